@@ -1,0 +1,1 @@
+"""KFP pipelines (DAGs of shipyard components) and their YAML profiles under ``configs/``."""

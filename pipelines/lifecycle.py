@@ -1,0 +1,39 @@
+"""The whole lifecycle as one KFP v2 pipeline: filter -> tokenize -> pretrain -> finetune ->
+reward model + DPO -> quantize -> evaluate -> register (gated champion).
+
+    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml        # kfp.local, CPU
+    shipyard compile pipelines/lifecycle.py -o lifecycle.yaml                     # KFP IR YAML
+    shipyard submit pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml --host URL
+
+The profile travels as one JSON parameter, validated again inside every component, so one
+compiled pipeline serves every profile. Models and datasets pass between steps as KFP artifacts.
+"""
+
+from kfp import dsl
+
+from shipyard.components.align.component import align
+from shipyard.components.data_filter.component import data_filter
+from shipyard.components.evaluate.component import evaluate
+from shipyard.components.finetune.component import finetune
+from shipyard.components.pretrain.component import pretrain
+from shipyard.components.quantize.component import quantize
+from shipyard.components.register.component import register
+from shipyard.components.reward_model.component import reward_model
+from shipyard.components.train_tokenizer.component import train_tokenizer
+
+
+@dsl.pipeline(name="shipyard-lifecycle", description="Data to gated, registered, servable model.")
+def lifecycle(config: str, tracking_uri: str, parent_run_id: str):
+    run = dict(config=config, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
+    clean = data_filter(**run)
+    tok = train_tokenizer(corpus=clean.outputs["clean"], **run)
+    base = pretrain(corpus=clean.outputs["clean"], tokenizer=tok.outputs["tokenizer"], **run)
+    sft = finetune(base_model=base.outputs["model"], **run)
+    rm = reward_model(base_model=base.outputs["model"], **run)
+    dpo = align(policy=sft.outputs["model"], **run)
+    q = quantize(source=dpo.outputs["model"], **run)
+    ev = evaluate(base_model=base.outputs["model"], finetuned_model=sft.outputs["model"],
+                  aligned_model=dpo.outputs["model"], quantized_model=q.outputs["model"],
+                  reward_model=rm.outputs["model"], **run)
+    register(quantized_model=q.outputs["model"], aligned_model=dpo.outputs["model"],
+             eval_report=ev.outputs["report"], **run)

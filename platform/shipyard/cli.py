@@ -1,0 +1,200 @@
+"""The ``shipyard`` command. Heavy libraries load inside each command, so ``--help`` stays fast.
+
+    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml
+    shipyard serve models:/shipyard-tiny@champion
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shipyard.config import ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Shipyard: the generative-AI lifecycle as Kubeflow Pipelines, tracked in MLflow, "
+                       "served on KServe.")
+models_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: list, promote, roll back.")
+config_app = typer.Typer(no_args_is_help=True, help="Pipeline profiles.")
+app.add_typer(models_app, name="models")
+app.add_typer(config_app, name="config")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline profile YAML.")]
+TrackingOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under .shipyard/].")]
+
+
+def _tracking(uri: str | None) -> str:
+    from shipyard.tracking.runs import default_tracking_uri
+
+    return uri or default_tracking_uri()
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def print_summary(summary) -> None:
+    from shipyard.eval.evaluate import format_table
+
+    typer.echo(f"\nPipeline finished in {summary.wall_s:.0f} s (MLflow run {summary.parent_run_id})")
+    typer.echo("Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stages.items()))
+    typer.echo("\nEvaluation\n" + format_table(summary.eval_table))
+    if summary.model_name:
+        typer.echo(f"Registered {summary.model_name} version {summary.version}: gate {summary.gate}"
+                   + (f" -> models:/{summary.model_name}@champion" if summary.gate == "passed" else ""))
+
+
+@app.command()
+def run(pipeline: Annotated[str, typer.Argument(help="Pipeline file, e.g. pipelines/lifecycle.py.")],
+        config: ConfigOpt, tracking_uri: TrackingOpt = None) -> None:
+    """Run a pipeline locally on kfp.local (no cluster), tracked in MLflow."""
+    from shipyard.pipeline_runs import run_local
+
+    try:
+        print_summary(run_local(pipeline, str(config), _tracking(tracking_uri)))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    except RuntimeError as exc:
+        _fail(str(exc))
+
+
+@app.command("compile")
+def compile_(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")],
+             output: Annotated[Path, typer.Option("--output", "-o", help="IR YAML to write.")] = Path(
+                 "pipeline.yaml")) -> None:
+    """Compile a pipeline to KFP IR YAML for a cluster."""
+    from shipyard.pipeline_runs import compile_pipeline
+
+    try:
+        typer.echo(f"wrote {compile_pipeline(pipeline, output)}")
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def submit(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")], config: ConfigOpt,
+           host: Annotated[str, typer.Option(help="KFP API server URL.")],
+           tracking_uri: Annotated[str, typer.Option(
+               "--tracking-uri", help="MLflow server reachable from the cluster's pods.")]) -> None:
+    """Submit a pipeline run to Kubeflow Pipelines on a cluster."""
+    from shipyard.pipeline_runs import submit as submit_run
+
+    try:
+        typer.echo(f"submitted KFP run {submit_run(pipeline, str(config), host, tracking_uri)}")
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model dir.")],
+          host: Annotated[str, typer.Option(help="Bind address (loopback unless told otherwise).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+          name: Annotated[str | None, typer.Option(help="Served model name [default: from the URI].")] = None,
+          max_new_tokens: Annotated[int, typer.Option(help="Default max_tokens.")] = 64,
+          tracking_uri: TrackingOpt = None) -> None:
+    """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1)."""
+    from shipyard.serving.server import serve_model
+
+    try:
+        serve_model(model_uri, host=host, port=port, name=name, max_new_tokens=max_new_tokens,
+                    tracking_uri=_tracking(tracking_uri))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+       tracking_uri: TrackingOpt = None) -> None:
+    """Open the MLflow UI on the local tracking store (http://127.0.0.1:PORT)."""
+    from shipyard.tracking.runs import artifact_root_for
+
+    uri = _tracking(tracking_uri)
+    args = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri,
+            "--host", "127.0.0.1", "--port", str(port)]
+    root = artifact_root_for(uri)
+    if root:
+        args += ["--default-artifact-root", root]
+    typer.echo(f"MLflow UI at http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it")
+    os.execv(sys.executable, args)
+
+
+@app.command()
+def demo(config: ConfigOpt = Path("pipelines/configs/tiny-cpu.yaml"),
+         port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8080,
+         tracking_uri: TrackingOpt = None) -> None:
+    """Run the lifecycle pipeline, serve the champion, and chat with it once (``make demo``)."""
+    from shipyard.demo import run_demo
+
+    try:
+        run_demo(str(config), port=port, tracking_uri=_tracking(tracking_uri))
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@models_app.command("list")
+def models_list(tracking_uri: TrackingOpt = None) -> None:
+    """Registered models, their versions, aliases and gate results."""
+    from shipyard.tracking.runs import client
+
+    c = client(_tracking(tracking_uri))
+    for model in c.search_registered_models():
+        typer.echo(f"{model.name}")
+        aliases = {v: k for k, v in (model.aliases or {}).items()}
+        for mv in sorted(c.search_model_versions(f"name='{model.name}'"), key=lambda m: int(m.version)):
+            tags = []
+            if mv.version in aliases.values() or any(v == mv.version for v in (model.aliases or {}).values()):
+                tags = [a for a, v in (model.aliases or {}).items() if v == mv.version]
+            typer.echo(f"  v{mv.version}  gate={mv.tags.get('shipyard.gate', '?'):7s} "
+                       f"aliases={','.join(tags) or '-'}  run={mv.run_id}")
+
+
+@models_app.command("promote")
+def models_promote(name: str, version: str, tracking_uri: TrackingOpt = None) -> None:
+    """Point the champion alias at VERSION (the replaced champion is kept for rollback)."""
+    from shipyard.tracking.registry import promote
+
+    previous = promote(_tracking(tracking_uri), name, version)
+    typer.echo(f"{name}@champion -> v{version} (was {previous or 'none'})")
+
+
+@models_app.command("rollback")
+def models_rollback(name: str, tracking_uri: TrackingOpt = None) -> None:
+    """Move the champion alias back to the previous champion."""
+    from shipyard.tracking.registry import rollback
+
+    try:
+        typer.echo(f"{name}@champion -> v{rollback(_tracking(tracking_uri), name)}")
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+@config_app.command("validate")
+def config_validate(paths: Annotated[list[Path], typer.Argument(help="Profile YAML files.")]) -> None:
+    """Validate pipeline profiles: unknown keys, types, impossible values, missing data paths."""
+    from shipyard.config import load_pipeline_config
+
+    failed = False
+    for path in paths:
+        try:
+            cfg = load_pipeline_config(path)
+            typer.echo(f"ok  {path} (profile {cfg.name}, sha256 {cfg.digest()[:12]})")
+        except ConfigError as exc:
+            failed = True
+            typer.secho(str(exc), fg=typer.colors.RED, err=True)
+    if failed:
+        raise typer.Exit(2)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

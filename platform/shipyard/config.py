@@ -1,0 +1,311 @@
+"""Typed stage configs, shared by the CLI, the KFP components, the pipelines and the tests.
+
+    shipyard config validate pipelines/configs/tiny-cpu.yaml
+
+Every config rejects unknown keys, wrong types and impossible values at load time, and the error
+names the file, the line and the dotted key (``tiny-cpu.yaml:14: pretrain.lr: ...``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base of every config: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names file, line and key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage configs (one per stage; the stage function takes exactly this)
+# ---------------------------------------------------------------------------------------------
+
+
+class DataFilterConfig(StrictModel):
+    """Raw text shards -> clean corpus + quarantine + drop-reason table."""
+
+    input: str = Field(description="Directory (or file) of raw shards: *.jsonl[.gz] or *.txt[.gz].")
+    text_key: str = Field("text", description="JSONL field that holds the document text.")
+    normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normal form.")
+    min_chars: int = Field(50, ge=0, description="Drop documents shorter than this (after normalization).")
+    max_chars: int = Field(100_000, gt=0, description="Drop documents longer than this.")
+    min_words: int = Field(5, ge=0, description="Drop documents with fewer whitespace-separated words.")
+    min_alpha_ratio: float = Field(
+        0.5, ge=0, le=1, description="Drop documents whose share of letters among non-space chars is lower."
+    )
+    max_duplicate_line_ratio: float = Field(
+        0.3, ge=0, le=1, description="Drop documents where this share of lines repeat other lines."
+    )
+    exact_dedup: bool = Field(True, description="Drop exact duplicates (sha256 of the normalized text).")
+    max_docs: int | None = Field(None, gt=0, description="Stop after reading this many rows (smoke runs).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> DataFilterConfig:
+        if self.min_chars >= self.max_chars:
+            raise ValueError(f"min_chars ({self.min_chars}) must be < max_chars ({self.max_chars})")
+        return self
+
+
+class TokenizerConfig(StrictModel):
+    """Byte-level BPE trained on the clean corpus, saved as a transformers tokenizer."""
+
+    vocab_size: int = Field(4096, ge=300, le=1_000_000, description="Target vocabulary size.")
+    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a merge.")
+    model_max_length: int = Field(512, gt=0, description="Context length recorded in the tokenizer.")
+
+
+class PretrainConfig(StrictModel):
+    """Causal LM trained from scratch on the clean corpus (nanoGPT-style loop)."""
+
+    architecture: Literal["llama"] = Field("llama", description="transformers config family.")
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(2, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(344, gt=0)
+    context_length: int = Field(128, gt=8, description="Training block size in tokens.")
+    batch_size: int = Field(16, gt=0)
+    max_steps: int = Field(200, gt=0)
+    lr: float = Field(3e-3, gt=0, le=1)
+    warmup_steps: int = Field(20, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    eval_fraction: float = Field(0.02, gt=0, lt=0.5, description="Share of packed blocks held out for val loss.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _shapes(self) -> PretrainConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
+        return self
+
+
+class LoraConfig(StrictModel):
+    r: int = Field(8, gt=0, description="LoRA rank (8 is usually enough).")
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1)
+
+
+class FinetuneConfig(StrictModel):
+    """Instruction fine-tuning (loss on response tokens only)."""
+
+    train: str = Field(description="JSONL of {instruction, input?, response} rows.")
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraConfig = LoraConfig()
+    max_length: int = Field(256, gt=8, description="Prompt + response tokens; longer rows are truncated.")
+    batch_size: int = Field(8, gt=0)
+    max_steps: int = Field(100, gt=0)
+    lr: float = Field(1e-3, gt=0, le=1)
+    max_examples: int | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class RewardModelConfig(StrictModel):
+    """Pairwise reward model (-log sigmoid(r_chosen - r_rejected)) via TRL's RewardTrainer."""
+
+    train: str = Field(description="JSONL of {prompt, chosen, rejected} rows.")
+    test: str = Field(description="Held-out preference pairs for pairwise accuracy.")
+    max_length: int = Field(128, gt=8)
+    batch_size: int = Field(8, gt=0)
+    max_steps: int = Field(60, gt=0)
+    lr: float = Field(5e-4, gt=0, le=1)
+    max_examples: int | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class AlignConfig(StrictModel):
+    """Preference alignment of the fine-tuned model (DPO with TRL; PPO/GRPO come later)."""
+
+    method: Literal["dpo"] = "dpo"
+    train: str = Field(description="JSONL of {prompt, chosen, rejected} rows.")
+    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the pull to the reference.")
+    max_length: int = Field(128, gt=8)
+    batch_size: int = Field(8, gt=0)
+    max_steps: int = Field(40, gt=0)
+    lr: float = Field(5e-4, gt=0, le=1)
+    max_examples: int | None = Field(None, gt=0)
+    seed: int = 0
+
+
+class QuantizeConfig(StrictModel):
+    """Post-training quantization of the aligned model."""
+
+    method: Literal["dynamic_int8"] = "dynamic_int8"
+    skip_modules: list[str] = Field(["lm_head"], description="Linear layers kept in float (by name suffix).")
+
+
+class EvaluateConfig(StrictModel):
+    """Held-out perplexity, ROUGE/BLEU of generations, and reward score for every model."""
+
+    heldout_text: str = Field(description="JSONL of held-out documents ({text}) for perplexity.")
+    instructions_test: str = Field(description="JSONL of held-out instruction pairs for ROUGE/BLEU.")
+    preferences_test: str = Field(description="JSONL of held-out preference prompts for reward scoring.")
+    max_examples: int = Field(40, gt=0, description="Generations per model (CPU budget).")
+    max_new_tokens: int = Field(24, gt=0)
+    context_length: int = Field(128, gt=8, description="Window for perplexity.")
+
+
+class GateCheck(StrictModel):
+    """One promotion check: ``metric`` (``<model>.<name>``, e.g. ``quantized.rougeL``) within bounds."""
+
+    metric: str = Field(pattern=r"^[a-z_]+\.[A-Za-z0-9_]+$")
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> GateCheck:
+        if self.min is None and self.max is None:
+            raise ValueError(f"gate check on {self.metric!r} needs min or max")
+        return self
+
+
+class RegisterConfig(StrictModel):
+    """Register the deployable model; move ``champion`` only if every gate check passes."""
+
+    model_name: str = Field("shipyard-tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    model: Literal["quantized", "aligned"] = Field("quantized", description="Which output is deployable.")
+    gate: list[GateCheck] = Field(default_factory=list)
+
+
+class ServeConfig(StrictModel):
+    max_new_tokens: int = Field(64, gt=0, description="Default max_tokens for requests that set none.")
+
+
+class PipelineConfig(StrictModel):
+    """A pipeline profile: ``pipelines/configs/<name>.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    experiment: str = Field("shipyard", description="MLflow experiment of the parent run.")
+    data_filter: DataFilterConfig
+    train_tokenizer: TokenizerConfig = TokenizerConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    finetune: FinetuneConfig
+    reward_model: RewardModelConfig
+    align: AlignConfig
+    quantize: QuantizeConfig = QuantizeConfig()
+    evaluate: EvaluateConfig
+    # "register" would shadow BaseModel.register (ABCMeta), hence the alias.
+    register_: RegisterConfig = Field(RegisterConfig(), alias="register")
+    serve: ServeConfig = ServeConfig()
+
+    @model_validator(mode="after")
+    def _cross_stage(self) -> PipelineConfig:
+        ctx = self.pretrain.context_length
+        for stage in ("finetune", "reward_model", "align"):
+            if getattr(self, stage).max_length > ctx:
+                raise ValueError(f"{stage}.max_length ({getattr(self, stage).max_length}) exceeds "
+                                 f"pretrain.context_length ({ctx})")
+        if self.evaluate.context_length > ctx:
+            raise ValueError(f"evaluate.context_length ({self.evaluate.context_length}) exceeds "
+                             f"pretrain.context_length ({ctx})")
+        if self.pretrain.context_length > self.train_tokenizer.model_max_length:
+            raise ValueError("pretrain.context_length exceeds train_tokenizer.model_max_length")
+        return self
+
+    def data_paths(self) -> dict[str, str]:
+        """Every input path of the profile, by dotted key."""
+        return {
+            "data_filter.input": self.data_filter.input,
+            "finetune.train": self.finetune.train,
+            "reward_model.train": self.reward_model.train,
+            "reward_model.test": self.reward_model.test,
+            "align.train": self.align.train,
+            "evaluate.heldout_text": self.evaluate.heldout_text,
+            "evaluate.instructions_test": self.evaluate.instructions_test,
+            "evaluate.preferences_test": self.evaluate.preferences_test,
+        }
+
+    def with_absolute_paths(self, base: Path, source: str = "<config>") -> PipelineConfig:
+        """Resolve relative data paths against ``base`` and check that each exists."""
+        data = self.model_dump(by_alias=True)
+        for key, value in self.data_paths().items():
+            path = Path(value) if Path(value).is_absolute() else (base / value)
+            if not path.exists():
+                raise ConfigError(f"{source}: {key}: path does not exist: {value} (resolved to {path})")
+            section, field = key.split(".")
+            data[section][field] = str(path.resolve())
+        return PipelineConfig.model_validate(data)
+
+    def digest(self) -> str:
+        """sha256 of the canonical JSON: the config hash recorded in lineage tags."""
+        return hashlib.sha256(config_to_json(self).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with errors that name file, line and key
+# ---------------------------------------------------------------------------------------------
+
+
+def _key_lines(node: yaml.Node, prefix: tuple = ()) -> dict[tuple, int]:
+    """Map each key path of a YAML document to its 1-based line number."""
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (key_node.value,)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[prefix + (i,)] = item.start_mark.line + 1
+            lines.update(_key_lines(item, prefix + (i,)))
+    return lines
+
+
+def _format_errors(exc: ValidationError, source: str, lines: dict[tuple, int]) -> str:
+    out = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        # The nearest enclosing key that exists in the file gives the line.
+        line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
+        key = ".".join(str(p) for p in loc) or "<root>"
+        where = f"{source}:{line}" if line else source
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        out.append(f"{where}: {key}: {msg}")
+    return "invalid config:\n  " + "\n  ".join(out)
+
+
+def parse_config(model: type[BaseModel], text: str, source: str = "<string>") -> Any:
+    """Parse YAML (or JSON) text into ``model``; raise ConfigError naming source, line and key."""
+    try:
+        node = yaml.compose(text)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: top level must be a mapping, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source, _key_lines(node) if node else {})) from None
+
+
+def load_pipeline_config(path: str | Path, resolve_paths: bool = True) -> PipelineConfig:
+    """Load a pipeline profile; relative data paths resolve against the current directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    cfg = parse_config(PipelineConfig, path.read_text(encoding="utf-8"), str(path))
+    return cfg.with_absolute_paths(Path.cwd(), str(path)) if resolve_paths else cfg
+
+
+def config_to_json(cfg: BaseModel) -> str:
+    return json.dumps(cfg.model_dump(by_alias=True), sort_keys=True)

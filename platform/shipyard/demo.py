@@ -1,0 +1,100 @@
+"""``make demo``: run the lifecycle pipeline, serve the champion, chat with it once, print it all.
+
+    shipyard demo -c pipelines/configs/tiny-cpu.yaml
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from shipyard.data.shards import read_records
+from shipyard.pipeline_runs import RunSummary, run_local
+
+
+@dataclass
+class DemoResult:
+    summary: RunSummary
+    model_uri: str
+    question: str
+    answer: str
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Poll ``url`` until it answers 200; fail early if the server process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"model server exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"model server not ready after {timeout:.0f} s ({url})")
+
+
+def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    return subprocess.Popen([sys.executable, "-m", "shipyard.serving", model_uri, "--host", "127.0.0.1",
+                             "--port", str(port), "--max-new-tokens", str(max_new_tokens)], env=env)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def chat_once(port: int, model: str, question: str, max_tokens: int) -> str:
+    """One request through the official ``openai`` client, as any service would send it."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="not-needed", max_retries=0)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                           max_tokens=max_tokens, temperature=0)
+    return reply.choices[0].message.content
+
+
+def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None,
+             echo=print) -> DemoResult:
+    from shipyard.cli import print_summary
+    from shipyard.config import load_pipeline_config
+    from shipyard.tracking.runs import default_tracking_uri
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    cfg = load_pipeline_config(config_path)
+    summary = run_local("shipyard.pipelines.lifecycle", config_path, tracking_uri)
+    print_summary(summary)
+    name = cfg.register_.model_name
+    if summary.gate != "passed":
+        echo(f"The gate failed for version {summary.version}; serving the existing champion, if any.")
+    model_uri = f"models:/{name}@champion"
+
+    rows, _ = read_records(cfg.evaluate.instructions_test, ("instruction", "response"))
+    question = f"{rows[0]['instruction']}\n\n{rows[0].get('input', '')}".strip()
+    proc = start_server(model_uri, port, tracking_uri, cfg.serve.max_new_tokens)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models/{name}", proc)
+        answer = chat_once(port, name, question, cfg.serve.max_new_tokens)
+    finally:
+        stop_server(proc)
+    echo(f"\nChat with {model_uri} via POST /openai/v1/chat/completions:")
+    echo(f"  user:      {question[:300]}")
+    echo(f"  assistant: {answer}")
+    echo(f"  reference: {rows[0]['response']}")
+    echo(f"\nServed model: {model_uri}")
+    echo(f"MLflow data: {tracking_uri}  (browse it with `shipyard ui`, then http://127.0.0.1:5000)")
+    return DemoResult(summary, model_uri, question, answer)

@@ -1,0 +1,1 @@
+"""Model construction, saving and loading (safetensors only, never remote code)."""

@@ -1,0 +1,60 @@
+"""Start KServe's ModelServer for one Shipyard model, OpenAI routes included, on a chosen address.
+
+KServe's RESTServer binds 0.0.0.0 and parses ``sys.argv`` when ``kserve.model_server`` is first
+imported; here the import sees a clean argv, and the bind address is set explicitly (loopback
+unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+
+def _import_kserve_server():
+    argv, sys.argv = sys.argv, sys.argv[:1]  # KServe parses argv at import time
+    try:
+        import kserve.model_server as model_server
+        from kserve.protocol.rest.server import RESTServer
+    finally:
+        sys.argv = argv
+    return model_server, RESTServer
+
+
+def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int):
+    """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``."""
+    model_server, RESTServer = _import_kserve_server()
+    from shipyard.serving.llm import ShipyardLLM
+    from shipyard.serving.openai_api import openai_router
+
+    llm = ShipyardLLM(name, model_dir, max_new_tokens)
+    llm.load()
+    server = model_server.ModelServer(http_port=port, enable_grpc=False, workers=1)
+    server.register_model(llm)
+    model_server.app.include_router(openai_router(llm))
+    rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,
+                      server.model_repository_extension, port, workers=1, grace_period=10)
+    rest.config.host = host
+    return server, rest, llm
+
+
+def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name: str | None = None,
+                max_new_tokens: int = 64, tracking_uri: str | None = None) -> None:
+    """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped."""
+    from shipyard.tracking.registry import resolve_model_dir
+    from shipyard.tracking.runs import default_tracking_uri
+
+    model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
+    name = name or default_name(model_uri)
+    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens)
+    print(f"serving {model_uri} as {name!r} on http://{host}:{port} "
+          f"(OpenAI API at http://{host}:{port}/openai/v1)", flush=True)
+    server.setup_event_loop()
+    asyncio.run(rest.start())
+
+
+def default_name(model_uri: str) -> str:
+    """``models:/shipyard-tiny@champion`` -> ``shipyard-tiny``; a directory -> its name."""
+    if model_uri.startswith("models:/"):
+        return model_uri.removeprefix("models:/").split("@")[0].split("/")[0]
+    return model_uri.rstrip("/").rsplit("/", 1)[-1]

@@ -1,0 +1,163 @@
+"""The stage table: what each KFP component (and the tests) runs, with tracking around it.
+
+A component passes the pipeline config (JSON), its tracking coordinates and its artifact paths to
+``run_stage``; this opens the stage's nested MLflow run (config, lineage, duration), calls the
+plain stage function and records its metrics in MLflow and in the KFP Metrics artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from shipyard.config import PipelineConfig
+from shipyard.tracking.runs import StageRun, stage_run
+
+StageFn = Callable[[PipelineConfig, dict[str, str], dict[str, str], StageRun], dict[str, float]]
+
+
+def _data_filter(cfg, inputs, outputs, run):
+    from shipyard.data.filter import run_data_filter
+
+    return run_data_filter(cfg.data_filter, outputs["clean"], outputs["quarantine"]).metrics()
+
+
+def _train_tokenizer(cfg, inputs, outputs, run):
+    from shipyard.data.tokenizer import run_train_tokenizer
+
+    return run_train_tokenizer(cfg.train_tokenizer, inputs["corpus"], outputs["tokenizer"])
+
+
+def _pretrain(cfg, inputs, outputs, run):
+    from shipyard.train.pretrain import run_pretrain
+
+    return run_pretrain(cfg.pretrain, inputs["corpus"], inputs["tokenizer"], outputs["model"], log=run.log)
+
+
+def _finetune(cfg, inputs, outputs, run):
+    from shipyard.train.finetune import run_finetune
+
+    return run_finetune(cfg.finetune, inputs["base_model"], outputs["model"], log=run.log)
+
+
+def _reward_model(cfg, inputs, outputs, run):
+    from shipyard.train.reward import run_reward_model
+
+    return run_reward_model(cfg.reward_model, inputs["base_model"], outputs["model"], log=run.log)
+
+
+def _align(cfg, inputs, outputs, run):
+    from shipyard.train.align import run_align
+
+    return run_align(cfg.align, inputs["model"], outputs["model"], log=run.log)
+
+
+def _quantize(cfg, inputs, outputs, run):
+    from shipyard.optimize.quantize import run_quantize
+
+    return run_quantize(cfg.quantize, inputs["model"], outputs["model"])
+
+
+def _evaluate(cfg, inputs, outputs, run):
+    from shipyard.eval.evaluate import run_evaluate
+
+    models = {k.removesuffix("_model"): v for k, v in inputs.items() if k != "reward_model"}
+    table = run_evaluate(cfg.evaluate, models, inputs["reward_model"], outputs["report"])
+    run.artifact(outputs["report"], "eval")
+    flat = {f"{m}.{k}": v for m, scores in table.items() for k, v in scores.items()}
+    run.log_parent(flat)
+    return flat
+
+
+def _register(cfg, inputs, outputs, run):
+    from shipyard.tracking.registry import CANDIDATE, check_gate, log_model_version, promote
+    from shipyard.tracking.runs import sha256_path
+
+    reg = cfg.register_
+    table = json.loads((Path(inputs["eval_report"]) / "eval.json").read_text())
+    model_dir = inputs["quantized_model"] if reg.model == "quantized" else inputs["aligned_model"]
+    version = log_model_version(run.tracking_uri, run.run_id, model_dir, reg.model_name,
+                                cfg.serve.max_new_tokens)
+    c = run.client
+    c.set_registered_model_alias(reg.model_name, CANDIDATE, version)
+    failures = check_gate(reg.gate, table)
+    tags = {
+        "shipyard.pipeline_run": run.parent_run_id,
+        "shipyard.register_run": run.run_id,
+        "shipyard.model_sha256": sha256_path(model_dir),
+        "shipyard.config_sha256": cfg.digest(),
+        "shipyard.eval_report": f"runs:/{run.run_id}/eval",
+        "shipyard.variant": reg.model,
+        "shipyard.gate": "failed" if failures else "passed",
+    }
+    if failures:
+        tags["shipyard.gate_failures"] = "; ".join(failures)
+    for k, v in tags.items():
+        c.set_model_version_tag(reg.model_name, version, k, v)
+    run.artifact(inputs["eval_report"], "eval")
+    previous = None if failures else promote(run.tracking_uri, reg.model_name, version)
+    decision = {"model_name": reg.model_name, "version": version, "gate_passed": not failures,
+                "failures": failures, "previous_champion": previous}
+    Path(outputs["decision"]).mkdir(parents=True, exist_ok=True)
+    (Path(outputs["decision"]) / "decision.json").write_text(json.dumps(decision, indent=2))
+    run.tag_parent({"shipyard.registered_model": reg.model_name, "shipyard.registered_version": version,
+                    "shipyard.gate": tags["shipyard.gate"]})
+    return {"version": float(version), "gate_passed": float(not failures)}
+
+
+STAGES: dict[str, StageFn] = {
+    "data_filter": _data_filter,
+    "train_tokenizer": _train_tokenizer,
+    "pretrain": _pretrain,
+    "finetune": _finetune,
+    "reward_model": _reward_model,
+    "align": _align,
+    "quantize": _quantize,
+    "evaluate": _evaluate,
+    "register": _register,
+}
+
+
+def _stage_config(cfg: PipelineConfig, stage: str):
+    return cfg.register_ if stage == "register" else getattr(cfg, stage)
+
+
+def _quiet_libraries() -> None:
+    # Progress bars and advisory warnings flood a component's log; metrics go to MLflow instead.
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_stage(stage: str, config_json: str, tracking_uri: str, parent_run_id: str,
+              inputs: dict[str, str], outputs: dict[str, str], kfp_metrics=None,
+              task_name: str | None = None) -> dict[str, float]:
+    """Run one stage of a pipeline run, tracked; the body of every KFP component.
+
+    Args:
+        stage: a key of ``STAGES``.
+        config_json: the whole pipeline config as JSON (validated again here).
+        tracking_uri: MLflow tracking URI of the pipeline run.
+        parent_run_id: the pipeline's parent MLflow run.
+        inputs: input artifact paths by name.
+        outputs: output artifact paths by name (directories are created).
+        kfp_metrics: the component's ``Output[Metrics]``, if any.
+        task_name: the KFP task name for the lineage tag.
+
+    Returns:
+        The stage's metrics.
+    """
+    _quiet_libraries()
+    cfg = PipelineConfig.model_validate_json(config_json)
+    for path in outputs.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    with stage_run(stage, tracking_uri, parent_run_id, _stage_config(cfg, stage), inputs, task_name) as run:
+        metrics = STAGES[stage](cfg, inputs, outputs, run)
+        run.log(metrics)
+    if kfp_metrics is not None:
+        for k, v in metrics.items():
+            kfp_metrics.log_metric(k, float(v))
+    return metrics

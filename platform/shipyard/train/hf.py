@@ -1,0 +1,64 @@
+"""What the transformers/TRL-based stages share: trainer arguments and forwarding logs to MLflow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+MetricsLogger = Callable[[dict[str, float], int], None]
+
+
+def trainer_args(cfg) -> dict:
+    """Keyword arguments common to every HF/TRL TrainingArguments subclass we build.
+
+    No checkpoints are written by the Trainer here (the stage saves its own output), and nothing
+    is reported to third parties: metrics go through ``LogForwarder`` to the stage's MLflow run.
+    """
+    import tempfile
+
+    import torch
+
+    return dict(
+        output_dir=tempfile.mkdtemp(prefix="shipyard-trainer-"),
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        learning_rate=cfg.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=max(1, cfg.max_steps // 10),
+        logging_steps=max(1, cfg.max_steps // 10),
+        save_strategy="no",
+        report_to=[],
+        seed=cfg.seed,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+    )
+
+
+def quiet(trainer):
+    """Drop the Trainer's stdout printer: logs already go to MLflow through ``log_forwarder``."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def log_forwarder(log: MetricsLogger):
+    """A TrainerCallback that hands every numeric log entry to ``log(metrics, step)``."""
+    from transformers import TrainerCallback
+
+    class LogForwarder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            numeric = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
+            if numeric:
+                log(numeric, state.global_step)
+
+    return LogForwarder()
+
+
+def split_holdout(rows: list, fraction: float = 0.05, minimum: int = 4) -> tuple[list, list]:
+    """(train, held_out): the first ``fraction`` of the rows (at least ``minimum``) is held out."""
+    n = max(minimum, int(len(rows) * fraction))
+    if n >= len(rows):
+        raise ValueError(f"too few rows ({len(rows)}) to hold out {n} for evaluation")
+    return rows[n:], rows[:n]

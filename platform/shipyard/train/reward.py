@@ -1,0 +1,77 @@
+"""reward_model stage: a pairwise reward model, loss -log sigmoid(r_chosen - r_rejected), via TRL.
+
+    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # beside finetune
+
+A one-logit sequence-classification head on the pretrained base. Reports held-out pairwise
+accuracy (share of test pairs where the chosen text scores higher) before and after training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shipyard.config import RewardModelConfig
+from shipyard.data.preferences import load_preferences
+from shipyard.data.shards import write_quarantine
+from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, trainer_args
+
+
+def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> list[float]:
+    """Reward of each text: the classifier's single logit at the last non-pad token."""
+    import torch
+
+    scores: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True,
+                            truncation=True, max_length=max_length)
+            scores.extend(model(**enc).logits[:, 0].tolist())
+    return scores
+
+
+def pairwise_accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
+    chosen = score_texts(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows], max_length)
+    rejected = score_texts(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows], max_length)
+    return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
+
+
+def load_reward_model(path: str | Path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(
+        str(path), num_labels=1, trust_remote_code=False, use_safetensors=True
+    ).eval()
+
+
+def run_reward_model(
+    cfg: RewardModelConfig,
+    base_model_dir: str | Path,
+    output_dir: str | Path,
+    log: MetricsLogger = lambda m, s: None,
+) -> dict[str, float]:
+    """Train a reward model from ``base_model_dir`` on ``cfg.train``; save it to ``output_dir``."""
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from shipyard.models.causal_lm import load_tokenizer
+
+    output_dir = Path(output_dir)
+    train, bad = load_preferences(cfg.train, cfg.max_examples)
+    test, bad_test = load_preferences(cfg.test)
+    tokenizer = load_tokenizer(base_model_dir)
+    model = load_reward_model(base_model_dir)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    acc_before = pairwise_accuracy(model, tokenizer, test, cfg.max_length)
+    args = RewardConfig(**trainer_args(cfg), max_length=cfg.max_length)
+    trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
+                                  processing_class=tokenizer, callbacks=[log_forwarder(log)]))
+    out = trainer.train()
+    model = trainer.model
+    acc = pairwise_accuracy(model, tokenizer, test, cfg.max_length)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    tokenizer.save_pretrained(output_dir)
+    write_quarantine(output_dir / "quarantine.jsonl", bad + bad_test)
+    return {"pairwise_accuracy_before": acc_before, "pairwise_accuracy": acc,
+            "train_loss": out.training_loss, "train_pairs": len(train), "test_pairs": len(test),
+            "quarantined": len(bad) + len(bad_test)}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shipyard.config import config_to_json, load_pipeline_config
-from shipyard.tracking.runs import STATE_DIR, default_tracking_uri, end_pipeline_run, start_pipeline_run
+from shipyard.tracking.runs import default_tracking_uri, state_dir, end_pipeline_run, start_pipeline_run
 
 
 def load_pipeline(ref: str):
@@ -90,7 +90,7 @@ def run_local(pipeline_ref: str, config_path: str, tracking_uri: str | None = No
     pipeline = load_pipeline(pipeline_ref)
     tracking_uri = tracking_uri or default_tracking_uri()
     parent = start_pipeline_run(tracking_uri, cfg.experiment, pipeline.name, cfg, config_path)
-    root = Path(pipeline_root or STATE_DIR / "kfp").resolve()
+    root = Path(pipeline_root or state_dir() / "kfp").resolve()
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     t0 = time.perf_counter()
     ok = False

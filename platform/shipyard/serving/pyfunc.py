@@ -21,7 +21,11 @@ class ShipyardCausalLM(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params: dict | None = None) -> list[str]:
         from shipyard.eval.metrics import generate
 
-        prompts = list(model_input["prompt"]) if hasattr(model_input, "columns") else list(model_input)
+        if hasattr(model_input, "columns"):  # a DataFrame: the "prompt" column, else the first one
+            col = "prompt" if "prompt" in model_input.columns else model_input.columns[0]
+            prompts = list(model_input[col])
+        else:
+            prompts = list(model_input)
         params = params or {}
         return generate(self.model, self.tokenizer, [str(p) for p in prompts],
                         int(params.get("max_new_tokens", 32)))

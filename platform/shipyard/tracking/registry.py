@@ -88,12 +88,12 @@ def current_alias(tracking_uri: str, name: str, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client(tracking_uri).get_model_version_by_alias(name, alias).version
+        return str(client(tracking_uri).get_model_version_by_alias(name, alias).version)
     except MlflowException:
         return None
 
 
-def resolve_model_dir(tracking_uri: str, uri: str, cache: str | Path = ".shipyard/models") -> Path:
+def resolve_model_dir(tracking_uri: str, uri: str, cache: str | Path | None = None) -> Path:
     """A local model directory for ``uri``: a directory as is, or ``models:/NAME@ALIAS`` downloaded."""
     if not uri.startswith(("models:/", "runs:/")):
         path = Path(uri)
@@ -102,8 +102,11 @@ def resolve_model_dir(tracking_uri: str, uri: str, cache: str | Path = ".shipyar
         return path
     import mlflow
 
+    from shipyard.tracking.runs import state_dir
+
     client(tracking_uri)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(_cache_dir(cache, uri))))
+    dst = _cache_dir(cache or state_dir() / "models", uri)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     found = sorted(p.parent for p in local.rglob("config.json"))
     if not found:
         raise FileNotFoundError(f"{uri}: downloaded to {local} but it holds no model (config.json)")

@@ -17,16 +17,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-STATE_DIR = Path(".shipyard")
+def state_dir() -> Path:
+    """Where local runs keep their state: ``$SHIPYARD_HOME``, else ``./.shipyard``."""
+    path = Path(os.environ.get("SHIPYARD_HOME", ".shipyard")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store under ``./.shipyard/``."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    STATE_DIR.mkdir(exist_ok=True)
-    return f"sqlite:///{(STATE_DIR / 'mlflow.db').resolve()}"
+    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in ``state_dir()``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:

@@ -8,11 +8,12 @@ accuracy (share of test pairs where the chosen text scores higher) before and af
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from shipyard.config import RewardModelConfig
 from shipyard.data.preferences import load_preferences
-from shipyard.data.shards import write_quarantine
+from shipyard.data.shards import Quarantined, write_quarantine
 from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, trainer_args
 
 
@@ -57,9 +58,21 @@ def run_reward_model(
     from shipyard.models.causal_lm import load_tokenizer
 
     output_dir = Path(output_dir)
-    train, bad = load_preferences(cfg.train, cfg.max_examples)
-    test, bad_test = load_preferences(cfg.test)
     tokenizer = load_tokenizer(base_model_dir)
+    rows, bad = load_preferences(cfg.train, cfg.max_examples)
+    # TRL drops pairs longer than max_length; do it here instead so that each one is counted
+    # and quarantined with its reason rather than lost silently.
+    train = []
+    for i, r in enumerate(rows):
+        longest = max(len(tokenizer(r["prompt"] + r[k], verbose=False)["input_ids"]) for k in ("chosen", "rejected"))
+        if longest > cfg.max_length:
+            bad.append(Quarantined(json.dumps(r), f"{Path(cfg.train).name}:row {i + 1}",
+                                   f"{longest} tokens > max_length {cfg.max_length}"))
+        else:
+            train.append(r)
+    if not train:
+        raise ValueError(f"{cfg.train}: every pair is longer than max_length={cfg.max_length} tokens")
+    test, bad_test = load_preferences(cfg.test)
     model = load_reward_model(base_model_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
     acc_before = pairwise_accuracy(model, tokenizer, test, cfg.max_length)

@@ -1,0 +1,28 @@
+# The README's two commands: `make demo` (the main job) and `make test` (the tests).
+# Both create .venv if absent and install Shipyard with everything it needs; a second run reuses it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.shipyard-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: this takes the CPU wheel from local disk (a bare `torch` pulls GBs of CUDA)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/shipyard demo -c pipelines/configs/tiny-cpu.yaml
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .shipyard local_outputs .pytest_cache

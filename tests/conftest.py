@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny data and a tiny pretrained model built once per session (nothing downloaded)."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "data" / "demo"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path, monkeypatch):
+    """Each test keeps its .shipyard state (MLflow store, kfp outputs) in its own temp dir."""
+    monkeypatch.setenv("SHIPYARD_HOME", str(tmp_path / "shipyard-home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    from shipyard.config import DataFilterConfig
+    from shipyard.data.filter import run_data_filter
+
+    out = tmp_path_factory.mktemp("corpus")
+    run_data_filter(DataFilterConfig(input=str(DEMO / "raw"), max_docs=800), out / "clean", out / "q")
+    return out / "clean"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_corpus, tmp_path_factory) -> Path:
+    from shipyard.config import TokenizerConfig
+    from shipyard.data.tokenizer import run_train_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    run_train_tokenizer(TokenizerConfig(vocab_size=600, model_max_length=128), tiny_corpus, out)
+    return out
+
+
+TINY_PRETRAIN = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, context_length=128,
+                     batch_size=8, max_steps=30, warmup_steps=3, lr=0.01)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_corpus, tiny_tokenizer, tmp_path_factory) -> Path:
+    from shipyard.config import PretrainConfig
+    from shipyard.train.pretrain import run_pretrain
+
+    out = tmp_path_factory.mktemp("base")
+    run_pretrain(PretrainConfig(**TINY_PRETRAIN), tiny_corpus, tiny_tokenizer, out)
+    return out
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path

@@ -1,0 +1,64 @@
+"""The whole lifecycle pipeline on kfp.local with the ci-tiny profile, then a real chat request."""
+
+import pytest
+import yaml
+from conftest import REPO, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def test_compiled_pipeline_loads_back_in_kfp(tmp_path):
+    from kfp import components
+
+    from shipyard.pipeline_runs import compile_pipeline
+
+    out = compile_pipeline(str(REPO / "pipelines/lifecycle.py"), tmp_path / "lifecycle.yaml")
+    spec = yaml.safe_load(out.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"data-filter", "train-tokenizer", "pretrain", "finetune", "reward-model", "align",
+                          "quantize", "evaluate", "register"}
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config", "tracking_uri", "parent_run_id"}
+    loaded = components.load_component_from_file(str(out))
+    assert loaded.name == "shipyard-lifecycle"
+
+
+def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
+    from shipyard.demo import run_demo
+    from shipyard.tracking.registry import current_alias
+    from shipyard.tracking.runs import client, default_tracking_uri
+
+    monkeypatch.chdir(REPO)
+    uri = default_tracking_uri()
+    result = run_demo("pipelines/configs/ci-tiny.yaml", port=free_port(), tracking_uri=uri, echo=lambda *_: None)
+
+    summary = result.summary
+    assert list(summary.stages) == ["data_filter", "train_tokenizer", "pretrain", "finetune", "align",
+                                    "quantize", "reward_model", "evaluate", "register"] or \
+        set(summary.stages) == {"data_filter", "train_tokenizer", "pretrain", "finetune", "align", "quantize",
+                                "reward_model", "evaluate", "register"}
+    assert set(summary.eval_table) == {"base", "finetuned", "aligned", "quantized"}
+    for scores in summary.eval_table.values():
+        assert {"perplexity", "rouge1", "rouge2", "rougeL", "bleu", "reward"} <= set(scores)
+    assert summary.gate == "passed" and summary.version == "1"
+    assert current_alias(uri, "shipyard-ci", "champion") == "1"
+    assert current_alias(uri, "shipyard-ci", "candidate") == "1"
+    assert result.model_uri == "models:/shipyard-ci@champion" and isinstance(result.answer, str)
+
+    c = client(uri)
+    parent = c.get_run(summary.parent_run_id)
+    assert parent.info.status == "FINISHED"
+    children = c.search_runs([parent.info.experiment_id],
+                             filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
+    assert len(children) == 9 and all(r.info.status == "FINISHED" for r in children)
+    by_stage = {r.data.tags["shipyard.stage"]: r for r in children}
+    pre = by_stage["pretrain"]
+    assert pre.data.metrics["val_loss"] < pre.data.metrics["val_loss_initial"]
+    assert len(pre.data.tags["shipyard.input.corpus.sha256"]) == 64
+    assert pre.data.tags["shipyard.git_sha"] and pre.data.params["max_steps"] == "40"
+    assert by_stage["data_filter"].data.metrics["read"] == (
+        by_stage["data_filter"].data.metrics["kept"] + by_stage["data_filter"].data.metrics["dropped"]
+        + by_stage["data_filter"].data.metrics["quarantined"])
+    version = c.get_model_version("shipyard-ci", "1")
+    assert version.tags["shipyard.gate"] == "passed"
+    assert version.tags["shipyard.pipeline_run"] == summary.parent_run_id
+    assert len(version.tags["shipyard.model_sha256"]) == 64

@@ -1,0 +1,49 @@
+"""Registry and promotion on a real MLflow store (SQLite backend, local artifacts)."""
+
+import pytest
+
+from shipyard.tracking.registry import (CANDIDATE, CHAMPION, current_alias, log_model_version, promote,
+                                        resolve_model_dir, rollback)
+from shipyard.tracking.runs import client, default_tracking_uri
+
+pytestmark = pytest.mark.integration
+
+
+def test_versions_promote_and_roll_back(tiny_base):
+    uri = default_tracking_uri()
+    c = client(uri)
+    exp = c.create_experiment("reg-test")
+    versions = []
+    for _ in range(2):
+        run = c.create_run(exp)
+        versions.append(log_model_version(uri, run.info.run_id, tiny_base, "tiny", 8))
+        c.set_registered_model_alias("tiny", CANDIDATE, versions[-1])
+    assert versions == ["1", "2"]
+    assert promote(uri, "tiny", "1") is None
+    assert promote(uri, "tiny", "2") == "1"
+    assert current_alias(uri, "tiny", CHAMPION) == "2"
+    assert rollback(uri, "tiny") == "1"
+    assert current_alias(uri, "tiny", CHAMPION) == "1"
+    local = resolve_model_dir(uri, "models:/tiny@champion")
+    assert (local / "model.safetensors").exists() and (local / "config.json").exists()
+
+    import mlflow
+
+    model = mlflow.pyfunc.load_model("models:/tiny@champion")
+    out = model.predict(["The Python"], params={"max_new_tokens": 3})
+    assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_rollback_without_history_is_a_clear_error(tiny_base):
+    uri = default_tracking_uri()
+    c = client(uri)
+    run = c.create_run(c.create_experiment("reg-test-2"))
+    v = log_model_version(uri, run.info.run_id, tiny_base, "lonely", 8)
+    promote(uri, "lonely", v)
+    with pytest.raises(ValueError, match="no previous champion"):
+        rollback(uri, "lonely")
+
+
+def test_resolve_model_dir_rejects_a_non_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a model directory"):
+        resolve_model_dir("sqlite:///unused.db", str(tmp_path))

@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from shipyard.config import ConfigError, FinetuneConfig, PipelineConfig, load_pipeline_config, parse_config
+
+PROFILES = sorted((REPO / "pipelines" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.name)
+def test_every_profile_loads_and_its_data_exists(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_pipeline_config(path)
+    assert cfg.name == path.stem
+    assert all(Path(p).is_absolute() and Path(p).exists() for p in cfg.data_paths().values())
+    assert path.read_text().startswith(f"# shipyard run pipelines/lifecycle.py -c pipelines/configs/{path.name}")
+
+
+def _profile_with(monkeypatch, old: str, new: str, tmp_path) -> Path:
+    monkeypatch.chdir(REPO)
+    text = (REPO / "pipelines/configs/tiny-cpu.yaml").read_text()
+    assert old in text
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text.replace(old, new, 1))
+    return bad
+
+
+def test_unknown_key_names_file_line_and_key(monkeypatch, tmp_path):
+    bad = _profile_with(monkeypatch, "  lr: 0.003\n", "  lr: 0.003\n  learning_rate: 0.1\n", tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(bad)
+    line = bad.read_text().splitlines().index("  learning_rate: 0.1") + 1
+    assert f"bad.yaml:{line}: pretrain.learning_rate: unknown key" in str(err.value)
+
+
+def test_wrong_type_and_impossible_values_are_named(monkeypatch, tmp_path):
+    bad = _profile_with(monkeypatch, "  max_steps: 300\n", "  max_steps: many\n", tmp_path)
+    with pytest.raises(ConfigError, match=r"pretrain\.max_steps: .*integer.*'many'"):
+        load_pipeline_config(bad)
+    bad = _profile_with(monkeypatch, "lora: {r: 16,", "lora: {r: 0,", tmp_path)
+    with pytest.raises(ConfigError, match=r"finetune\.lora\.r: .*greater than 0"):
+        load_pipeline_config(bad)
+    bad = _profile_with(monkeypatch, "  lr: 0.003\n", "  lr: -1\n", tmp_path)
+    with pytest.raises(ConfigError, match=r"pretrain\.lr"):
+        load_pipeline_config(bad)
+
+
+def test_cross_stage_limits(monkeypatch, tmp_path):
+    bad = _profile_with(monkeypatch, "  max_length: 256\n", "  max_length: 4096\n", tmp_path)
+    with pytest.raises(ConfigError, match=r"finetune.max_length \(4096\) exceeds pretrain.context_length \(256\)"):
+        load_pipeline_config(bad)
+
+
+def test_missing_data_path_is_named(monkeypatch, tmp_path):
+    bad = _profile_with(monkeypatch, "input: data/demo/raw", "input: data/nowhere", tmp_path)
+    with pytest.raises(ConfigError, match=r"data_filter.input: path does not exist: data/nowhere"):
+        load_pipeline_config(bad)
+
+
+def test_configs_are_frozen_and_hashable_by_content():
+    cfg = parse_config(FinetuneConfig, "train: x.jsonl\n")
+    with pytest.raises(Exception):
+        cfg.lr = 1.0
+    a = parse_config(PipelineConfig, (REPO / "pipelines/configs/ci-tiny.yaml").read_text())
+    b = parse_config(PipelineConfig, (REPO / "pipelines/configs/ci-tiny.yaml").read_text())
+    assert a.digest() == b.digest()
+
+
+def test_not_a_mapping_and_bad_yaml():
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        parse_config(PipelineConfig, "- a\n- b\n", "x.yaml")
+    with pytest.raises(ConfigError, match="x.yaml: not valid YAML"):
+        parse_config(PipelineConfig, "a: [\n", "x.yaml")

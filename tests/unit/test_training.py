@@ -1,0 +1,113 @@
+"""Each training stage on a tiny model: it must change the weights and improve its own objective."""
+
+import json
+
+import pytest
+import torch
+from conftest import DEMO, TINY_PRETRAIN
+
+from shipyard.config import (AlignConfig, FinetuneConfig, LoraConfig, PretrainConfig, QuantizeConfig,
+                             RewardModelConfig)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _changed(a, b) -> int:
+    return sum(not torch.equal(a[k], b[k]) for k in a if k in b)
+
+
+def test_tokenizer_has_special_tokens_and_chat_template(tiny_tokenizer):
+    from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.templates import format_prompt
+
+    tok = load_tokenizer(tiny_tokenizer)
+    assert tok.eos_token == "<|eos|>" and tok.pad_token_id is not None and len(tok) == 600
+    text = "def f(x):\n    return x  # über"
+    assert tok.decode(tok(text)["input_ids"]) == text  # byte-level: lossless
+    chat = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
+    assert chat == format_prompt("Hi")
+
+
+def test_pretrain_lowers_validation_loss(tiny_corpus, tiny_tokenizer, tmp_path):
+    from shipyard.train.pretrain import run_pretrain
+
+    logged = []
+    out = run_pretrain(PretrainConfig(**TINY_PRETRAIN), tiny_corpus, tiny_tokenizer, tmp_path,
+                       log=lambda m, s: logged.append((s, m)))
+    assert out["val_loss"] < out["val_loss_initial"] - 0.5
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
+    assert any("train_loss" in m for _, m in logged)
+
+
+def test_pretrain_rejects_a_corpus_too_small(tiny_tokenizer, tmp_path):
+    from shipyard.train.pretrain import run_pretrain
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "corpus.jsonl").write_text(json.dumps({"text": "tiny"}) + "\n")
+    with pytest.raises(ValueError, match="corpus too small"):
+        run_pretrain(PretrainConfig(**TINY_PRETRAIN), tmp_path / "c", tiny_tokenizer, tmp_path / "m")
+
+
+def test_lora_finetune_changes_weights_and_lowers_loss(tiny_base, tmp_path):
+    from shipyard.train.finetune import run_finetune
+
+    cfg = FinetuneConfig(train=str(DEMO / "instructions/train.jsonl"), max_examples=120, max_steps=15, lr=0.02,
+                         max_length=128, lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    out = run_finetune(cfg, tiny_base, tmp_path)
+    assert out["eval_loss"] < out["eval_loss_before"]
+    assert 0 < out["trainable_params"] < 5_000
+    assert _changed(_weights(tiny_base), _weights(tmp_path)) > 0
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_reward_model_trains_a_scalar_head(tiny_base, tmp_path):
+    from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.train.reward import load_reward_model, score_texts
+
+    cfg = RewardModelConfig(train=str(DEMO / "preferences/train.jsonl"), test=str(DEMO / "preferences/test.jsonl"),
+                            max_steps=10, max_examples=80, max_length=110, lr=0.005)
+    from shipyard.train.reward import run_reward_model
+
+    out = run_reward_model(cfg, tiny_base, tmp_path)
+    assert out["train_loss"] > 0 and 0.0 <= out["pairwise_accuracy"] <= 1.0
+    # pairs over max_length are quarantined with a reason, never silently dropped
+    assert out["train_pairs"] + out["quarantined"] == 80 and out["quarantined"] > 0
+    assert "> max_length 110" in (tmp_path / "quarantine.jsonl").read_text()
+    rm = load_reward_model(tmp_path)
+    scores = score_texts(rm, load_tokenizer(tmp_path), ["great film", "awful film"], 110)
+    assert len(scores) == 2 and scores[0] != scores[1]
+
+
+def test_dpo_moves_the_policy_toward_chosen(tiny_base, tmp_path):
+    from shipyard.train.align import run_align
+
+    cfg = AlignConfig(train=str(DEMO / "preferences/train.jsonl"), max_examples=80, max_steps=20, lr=0.005,
+                      max_length=128, batch_size=8)
+    logged = []
+    out = run_align(cfg, tiny_base, tmp_path, log=lambda m, s: logged.append(m))
+    margins = [m["rewards/margins"] for m in logged if "rewards/margins" in m and "eval_loss" not in m]
+    # the policy's log-ratio of chosen over rejected grows on the pairs it trains on
+    assert len(margins) >= 2 and margins[-1] > margins[0] and margins[-1] > 0
+    assert out["train_pairs"] == 80 - 16
+    assert _changed(_weights(tiny_base), _weights(tmp_path)) > 0
+
+
+def test_quantize_is_smaller_and_reloads_exactly(tiny_base, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from shipyard.models.causal_lm import load_causal_lm
+    from shipyard.optimize.quantize import _quantize_modules, linear_names, run_quantize
+
+    out = run_quantize(QuantizeConfig(), tiny_base, tmp_path)
+    assert out["size_bytes_after"] < out["size_bytes_before"] and out["quantized_layers"] == 7
+    q = load_causal_lm(tmp_path)
+    ref = AutoModelForCausalLM.from_pretrained(str(tiny_base)).eval()
+    ref = _quantize_modules(ref, linear_names(ref, ["lm_head"]))
+    name = "model.layers.0.mlp.down_proj"
+    assert torch.equal(q.get_submodule(name).weight().int_repr(), ref.get_submodule(name).weight().int_repr())
+    ids = torch.randint(0, 600, (1, 16))
+    assert torch.allclose(q(ids).logits, ref(ids).logits)

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -146,11 +145,8 @@ def models_list(tracking_uri: TrackingOpt = None) -> None:
     c = client(_tracking(tracking_uri))
     for model in c.search_registered_models():
         typer.echo(f"{model.name}")
-        aliases = {v: k for k, v in (model.aliases or {}).items()}
         for mv in sorted(c.search_model_versions(f"name='{model.name}'"), key=lambda m: int(m.version)):
-            tags = []
-            if mv.version in aliases.values() or any(v == mv.version for v in (model.aliases or {}).values()):
-                tags = [a for a, v in (model.aliases or {}).items() if v == mv.version]
+            tags = [a for a, v in (model.aliases or {}).items() if str(v) == str(mv.version)]
             typer.echo(f"  v{mv.version}  gate={mv.tags.get('shipyard.gate', '?'):7s} "
                        f"aliases={','.join(tags) or '-'}  run={mv.run_id}")
 

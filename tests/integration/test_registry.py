@@ -4,7 +4,7 @@ import pytest
 
 from shipyard.tracking.registry import (CANDIDATE, CHAMPION, current_alias, log_model_version, promote,
                                         resolve_model_dir, rollback)
-from shipyard.tracking.runs import client, default_tracking_uri
+from shipyard.tracking.runs import artifact_root_for, client, default_tracking_uri
 
 pytestmark = pytest.mark.integration
 
@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 def test_versions_promote_and_roll_back(tiny_base):
     uri = default_tracking_uri()
     c = client(uri)
-    exp = c.create_experiment("reg-test")
+    exp = c.create_experiment("reg-test", artifact_location=artifact_root_for(uri))
     versions = []
     for _ in range(2):
         run = c.create_run(exp)
@@ -37,7 +37,7 @@ def test_versions_promote_and_roll_back(tiny_base):
 def test_rollback_without_history_is_a_clear_error(tiny_base):
     uri = default_tracking_uri()
     c = client(uri)
-    run = c.create_run(c.create_experiment("reg-test-2"))
+    run = c.create_run(c.create_experiment("reg-test-2", artifact_location=artifact_root_for(uri)))
     v = log_model_version(uri, run.info.run_id, tiny_base, "lonely", 8)
     promote(uri, "lonely", v)
     with pytest.raises(ValueError, match="no previous champion"):

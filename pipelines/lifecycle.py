@@ -7,12 +7,13 @@ reward model + DPO -> quantize -> evaluate -> register (gated champion).
 
 The profile travels as one JSON parameter, validated again inside every component, so one
 compiled pipeline serves every profile. Models and datasets pass between steps as KFP artifacts.
+The data filter fans out over ``data_shards`` pods (``dsl.ParallelFor``); a merge step dedups.
 """
 
 from kfp import dsl
 
 from shipyard.components.align.component import align
-from shipyard.components.data_filter.component import data_filter
+from shipyard.components.data_filter.component import data_filter, data_filter_shard
 from shipyard.components.evaluate.component import evaluate
 from shipyard.components.finetune.component import finetune
 from shipyard.components.pretrain.component import pretrain
@@ -23,9 +24,11 @@ from shipyard.components.train_tokenizer.component import train_tokenizer
 
 
 @dsl.pipeline(name="shipyard-lifecycle", description="Data to gated, registered, servable model.")
-def lifecycle(config: str, tracking_uri: str, parent_run_id: str):
+def lifecycle(config: str, tracking_uri: str, parent_run_id: str, data_shards: list = [0]):  # noqa: B006
     run = dict(config=config, tracking_uri=tracking_uri, parent_run_id=parent_run_id)
-    clean = data_filter(**run)
+    with dsl.ParallelFor(data_shards) as shard:  # data_shards = range(data_filter.fan_out), set by the CLI
+        part = data_filter_shard(shard=shard, **run)
+    clean = data_filter(parts=dsl.Collected(part.outputs["part"]), **run)
     tok = train_tokenizer(corpus=clean.outputs["clean"], **run)
     base = pretrain(corpus=clean.outputs["clean"], tokenizer=tok.outputs["tokenizer"], **run)
     sft = finetune(base_model=base.outputs["model"], **run)

@@ -31,7 +31,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
     from shipyard.data.filter import run_data_filter
 
     out = tmp_path_factory.mktemp("corpus")
-    run_data_filter(DataFilterConfig(input=str(DEMO / "raw"), max_docs=800), out / "clean", out / "q")
+    run_data_filter(DataFilterConfig(input=str(DEMO / "raw"), max_docs=800, steps=["normalize", "length", "exact_dedup"]),
+                    out / "clean", out / "q")
     return out / "clean"
 
 

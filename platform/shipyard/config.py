@@ -17,14 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
-class StrictModel(BaseModel):
-    """Base of every config: unknown keys are errors, values are immutable once loaded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ConfigError(ValueError):
-    """A config file that cannot be used; the message names file, line and key."""
+from shipyard.data.filter_config import DataFilterConfig
+from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,37 +26,18 @@ class ConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-class DataFilterConfig(StrictModel):
-    """Raw text shards -> clean corpus + quarantine + drop-reason table."""
-
-    input: str = Field(description="Directory (or file) of raw shards: *.jsonl[.gz] or *.txt[.gz].")
-    text_key: str = Field("text", description="JSONL field that holds the document text.")
-    normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normal form.")
-    min_chars: int = Field(50, ge=0, description="Drop documents shorter than this (after normalization).")
-    max_chars: int = Field(100_000, gt=0, description="Drop documents longer than this.")
-    min_words: int = Field(5, ge=0, description="Drop documents with fewer whitespace-separated words.")
-    min_alpha_ratio: float = Field(
-        0.5, ge=0, le=1, description="Drop documents whose share of letters among non-space chars is lower."
-    )
-    max_duplicate_line_ratio: float = Field(
-        0.3, ge=0, le=1, description="Drop documents where this share of lines repeat other lines."
-    )
-    exact_dedup: bool = Field(True, description="Drop exact duplicates (sha256 of the normalized text).")
-    max_docs: int | None = Field(None, gt=0, description="Stop after reading this many rows (smoke runs).")
-
-    @model_validator(mode="after")
-    def _bounds(self) -> DataFilterConfig:
-        if self.min_chars >= self.max_chars:
-            raise ValueError(f"min_chars ({self.min_chars}) must be < max_chars ({self.max_chars})")
-        return self
-
-
 class TokenizerConfig(StrictModel):
-    """Byte-level BPE trained on the clean corpus, saved as a transformers tokenizer."""
+    """Tokenizer trained on the clean corpus (``tokenizers``), saved as a transformers tokenizer."""
 
+    kind: Literal["bpe", "wordpiece", "unigram"] = Field(
+        "bpe", description="bpe: byte-level BPE (GPT); wordpiece: BERT; unigram: SentencePiece/T5.")
     vocab_size: int = Field(4096, ge=300, le=1_000_000, description="Target vocabulary size.")
-    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a merge.")
+    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a merge (bpe, wordpiece).")
     model_max_length: int = Field(512, gt=0, description="Context length recorded in the tokenizer.")
+    lowercase: bool = Field(False, description="Lowercase before tokenizing (wordpiece, unigram).")
+    extra_ids: int = Field(0, ge=0, le=1000, description="Sentinel tokens <extra_id_N> (T5 span corruption).")
+    heldout_every: int = Field(50, ge=0, description="Hold out every N-th document for the stats (0: none).")
+    stats_docs: int = Field(500, gt=0, description="Held-out documents the stats are measured on.")
 
 
 class PretrainConfig(StrictModel):

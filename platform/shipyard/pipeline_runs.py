@@ -76,6 +76,14 @@ def summarize(tracking_uri: str, parent_run_id: str, wall_s: float = 0.0) -> Run
     return summary
 
 
+def pipeline_arguments(pipeline, cfg, tracking_uri: str, parent_run_id: str) -> dict:
+    """The run arguments: the profile as JSON, tracking coordinates, and the data fan-out list."""
+    args = {"config": config_to_json(cfg), "tracking_uri": tracking_uri, "parent_run_id": parent_run_id}
+    if "data_shards" in (pipeline.component_spec.inputs or {}):
+        args["data_shards"] = list(range(cfg.data_filter.fan_out))
+    return args
+
+
 def run_local(pipeline_ref: str, config_path: str, tracking_uri: str | None = None,
               pipeline_root: str | Path | None = None) -> RunSummary:
     """Run a pipeline on kfp.local under one MLflow parent run; returns its summary.
@@ -95,7 +103,7 @@ def run_local(pipeline_ref: str, config_path: str, tracking_uri: str | None = No
     t0 = time.perf_counter()
     ok = False
     try:
-        pipeline(config=config_to_json(cfg), tracking_uri=tracking_uri, parent_run_id=parent)
+        pipeline(**pipeline_arguments(pipeline, cfg, tracking_uri, parent))
         ok = True
     except Exception as exc:
         raise RuntimeError(f"pipeline {pipeline.name} failed (MLflow run {parent}): {exc}") from exc
@@ -124,7 +132,6 @@ def submit(pipeline_ref: str, config_path: str, host: str, tracking_uri: str,
     parent = start_pipeline_run(tracking_uri, cfg.experiment, pipeline.name, cfg, config_path)
     kfp_client = kfp.Client(host=host)
     result = kfp_client.create_run_from_pipeline_func(
-        pipeline, arguments={"config": config_to_json(cfg), "tracking_uri": tracking_uri,
-                             "parent_run_id": parent},
+        pipeline, arguments=pipeline_arguments(pipeline, cfg, tracking_uri, parent),
         experiment_name=experiment or cfg.experiment, run_name=f"{pipeline.name}-{cfg.name}")
     return result.run_id

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from shipyard.config import PipelineConfig
 from shipyard.tracking.runs import StageRun, stage_run
@@ -18,10 +20,27 @@ from shipyard.tracking.runs import StageRun, stage_run
 StageFn = Callable[[PipelineConfig, dict[str, str], dict[str, str], StageRun], dict[str, float]]
 
 
-def _data_filter(cfg, inputs, outputs, run):
-    from shipyard.data.filter import run_data_filter
+def _data_filter_shard(cfg, inputs, outputs, run, shard: int = 0):
+    from shipyard.data.filter import run_filter_phase
 
-    return run_data_filter(cfg.data_filter, outputs["clean"], outputs["quarantine"]).metrics()
+    t0 = time.perf_counter()
+    n = run_filter_phase(cfg.data_filter, outputs["part"], shard=shard, fan_out=cfg.data_filter.fan_out)
+    return {"shard": shard, "shards_total": n, "seconds": time.perf_counter() - t0}
+
+
+def _data_filter(cfg, inputs, outputs, run):
+    """Merge the filter phase's parts (one per ParallelFor pod), dedup, write the corpus."""
+    import tempfile
+
+    from shipyard.data.filter import merge_parts, run_merge_phase
+
+    with tempfile.TemporaryDirectory(prefix="shipyard-datafilter-") as work:
+        merge_parts([inputs[k] for k in sorted(inputs) if k.startswith("part")], work)
+        result = run_merge_phase(cfg.data_filter, work, outputs["clean"], outputs["quarantine"])
+    for name in ("drop_table.md", "toxicity_hist.png", "stats.json"):
+        if (Path(outputs["clean"]) / name).exists():
+            run.artifact(str(Path(outputs["clean"]) / name), "data_filter")
+    return result.metrics()
 
 
 def _train_tokenizer(cfg, inputs, outputs, run):
@@ -108,6 +127,7 @@ def _register(cfg, inputs, outputs, run):
 
 
 STAGES: dict[str, StageFn] = {
+    "data_filter_shard": _data_filter_shard,
     "data_filter": _data_filter,
     "train_tokenizer": _train_tokenizer,
     "pretrain": _pretrain,
@@ -121,7 +141,9 @@ STAGES: dict[str, StageFn] = {
 
 
 def _stage_config(cfg: PipelineConfig, stage: str):
-    return cfg.register_ if stage == "register" else getattr(cfg, stage)
+    if stage == "register":
+        return cfg.register_
+    return getattr(cfg, "data_filter" if stage == "data_filter_shard" else stage)
 
 
 def _quiet_libraries() -> None:
@@ -134,7 +156,7 @@ def _quiet_libraries() -> None:
 
 def run_stage(stage: str, config_json: str, tracking_uri: str, parent_run_id: str,
               inputs: dict[str, str], outputs: dict[str, str], kfp_metrics=None,
-              task_name: str | None = None) -> dict[str, float]:
+              task_name: str | None = None, params: dict[str, Any] | None = None) -> dict[str, float]:
     """Run one stage of a pipeline run, tracked; the body of every KFP component.
 
     Args:
@@ -146,6 +168,7 @@ def run_stage(stage: str, config_json: str, tracking_uri: str, parent_run_id: st
         outputs: output artifact paths by name (directories are created).
         kfp_metrics: the component's ``Output[Metrics]``, if any.
         task_name: the KFP task name for the lineage tag.
+        params: extra keyword arguments of the stage function (a fan-out shard index).
 
     Returns:
         The stage's metrics.
@@ -155,7 +178,7 @@ def run_stage(stage: str, config_json: str, tracking_uri: str, parent_run_id: st
     for path in outputs.values():
         Path(path).mkdir(parents=True, exist_ok=True)
     with stage_run(stage, tracking_uri, parent_run_id, _stage_config(cfg, stage), inputs, task_name) as run:
-        metrics = STAGES[stage](cfg, inputs, outputs, run)
+        metrics = STAGES[stage](cfg, inputs, outputs, run, **(params or {}))
         run.log(metrics)
     if kfp_metrics is not None:
         for k, v in metrics.items():

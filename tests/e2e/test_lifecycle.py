@@ -15,9 +15,11 @@ def test_compiled_pipeline_loads_back_in_kfp(tmp_path):
     out = compile_pipeline(str(REPO / "pipelines/lifecycle.py"), tmp_path / "lifecycle.yaml")
     spec = yaml.safe_load(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"data-filter", "train-tokenizer", "pretrain", "finetune", "reward-model", "align",
-                          "quantize", "evaluate", "register"}
-    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config", "tracking_uri", "parent_run_id"}
+    assert set(tasks) == {"for-loop-1", "data-filter", "train-tokenizer", "pretrain", "finetune", "reward-model",
+                          "align", "quantize", "evaluate", "register"}
+    assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--data_shards"
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config", "tracking_uri", "parent_run_id",
+                                                                   "data_shards"}
     loaded = components.load_component_from_file(str(out))
     assert loaded.name == "shipyard-lifecycle"
 
@@ -32,7 +34,7 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     result = run_demo("pipelines/configs/ci-tiny.yaml", port=free_port(), tracking_uri=uri, echo=lambda *_: None)
 
     summary = result.summary
-    assert set(summary.stages) == {"data_filter", "train_tokenizer", "pretrain", "finetune", "align", "quantize",
+    assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "align", "quantize",
                                    "reward_model", "evaluate", "register"}
     assert set(summary.eval_table) == {"base", "finetuned", "aligned", "quantized"}
     for scores in summary.eval_table.values():
@@ -47,7 +49,7 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert parent.info.status == "FINISHED"
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
-    assert len(children) == 9 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in children)
     by_stage = {r.data.tags["shipyard.stage"]: r for r in children}
     pre = by_stage["pretrain"]
     assert pre.data.metrics["val_loss"] < pre.data.metrics["val_loss_initial"]
@@ -56,6 +58,10 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert by_stage["data_filter"].data.metrics["read"] == (
         by_stage["data_filter"].data.metrics["kept"] + by_stage["data_filter"].data.metrics["dropped"]
         + by_stage["data_filter"].data.metrics["quarantined"])
+    df = by_stage["data_filter"].data.metrics
+    assert df["kept"] > 1000 and df["dropped.language"] > 0 and df["dropped.near_duplicate"] > 0
+    assert {"drop_table.md", "toxicity_hist.png", "stats.json"} <= {
+        a.path.rsplit("/", 1)[-1] for a in c.list_artifacts(by_stage["data_filter"].info.run_id, "data_filter")}
     version = c.get_model_version("shipyard-ci", "1")
     assert version.tags["shipyard.gate"] == "passed"
     assert version.tags["shipyard.pipeline_run"] == summary.parent_run_id

@@ -72,3 +72,19 @@ def test_not_a_mapping_and_bad_yaml():
         parse_config(PipelineConfig, "- a\n- b\n", "x.yaml")
     with pytest.raises(ConfigError, match="x.yaml: not valid YAML"):
         parse_config(PipelineConfig, "a: [\n", "x.yaml")
+
+
+def test_unknown_filter_step_fails_with_the_valid_names(monkeypatch, tmp_path):
+    bad = _profile_with(monkeypatch, "  length: {min_chars: 40, min_words: 5}\n",
+                        "  steps: [normalize, bloom_dedup]\n  length: {min_chars: 40, min_words: 5}\n", tmp_path)
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(bad)
+    msg = str(err.value)
+    assert "data_filter.steps" in msg and "unknown step(s) ['bloom_dedup']" in msg
+    assert "valid steps: normalize, pii, language, length, gopher_quality" in msg
+
+
+def test_unknown_key_inside_a_filter_step_is_named(monkeypatch, tmp_path):
+    bad = _profile_with(monkeypatch, "    min_stop_words: 1\n", "    min_stop_words: 1\n    max_stop_words: 9\n", tmp_path)
+    with pytest.raises(ConfigError, match=r"data_filter\.gopher_quality\.max_stop_words: unknown key"):
+        load_pipeline_config(bad)

@@ -1,69 +1,37 @@
-"""data_filter stage: raw shards -> normalized, rule-filtered, exact-deduplicated corpus.
+"""data_filter stage: raw shards -> curated corpus, on datatrove's pipeline engine.
 
-    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # runs it as the first step
+    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # its first step
 
-Each rule is a datatrove-style step: ``check(text) -> None`` when the document passes, or a short
-reason string when it does not. Every drop is counted by reason; malformed rows go to quarantine
-with file:line and reason. The invariant ``kept + dropped + quarantined == read`` always holds.
+Phases (each a datatrove ``LocalPipelineExecutor`` run, one task per input shard, all cores):
+
+1. filter (per shard; fans out over pods with ``fan_out``): read + quarantine, normalize, PII scrub,
+   language, length, Gopher quality/repetition, C4, toxicity -> ``filtered/<rank>.jsonl.gz``,
+   plus exact-dedup signatures.
+2. merge (one pod): exact-dedup find, MinHash signatures, LSH buckets, clusters; then each shard is
+   re-read through the dedup filters into the final corpus.
+
+Every rejected row is kept with its reason: malformed rows in ``quarantine.jsonl`` (file:line),
+filtered rows in ``dropped.jsonl`` (step, reason). ``kept + dropped + quarantined == read`` is
+checked at the end of every run. Completed tasks are skipped on a re-run with the same work dir,
+so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import hashlib
+import gzip
 import json
-import re
-import unicodedata
+import os
+import shutil
+import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shipyard.config import DataFilterConfig
-from shipyard.data.shards import Quarantined, read_rows, write_quarantine
+from shipyard.data.filter_config import DataFilterConfig
+from shipyard.data.shards import list_shards
+from shipyard.data.steps import normalize_text
 
-Rule = Callable[[str], str | None]
-_SPACES = re.compile(r"[ \t\u00a0]+")
-
-
-def normalize(text: str, form: str) -> str:
-    """Unicode normal form, unified newlines, collapsed runs of spaces, stripped ends."""
-    if form != "none":
-        text = unicodedata.normalize(form, text)
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "\n".join(_SPACES.sub(" ", ln).strip() for ln in text.split("\n")).strip()
-
-
-def build_rules(cfg: DataFilterConfig) -> list[tuple[str, Rule]]:
-    """The quality rules, in the order they run; each name is its drop reason."""
-
-    def too_short(t: str) -> str | None:
-        return None if len(t) >= cfg.min_chars else f"shorter than {cfg.min_chars} chars"
-
-    def too_long(t: str) -> str | None:
-        return None if len(t) <= cfg.max_chars else f"longer than {cfg.max_chars} chars"
-
-    def few_words(t: str) -> str | None:
-        return None if len(t.split()) >= cfg.min_words else f"fewer than {cfg.min_words} words"
-
-    def low_alpha(t: str) -> str | None:
-        chars = [c for c in t if not c.isspace()]
-        ratio = sum(c.isalpha() for c in chars) / max(len(chars), 1)
-        return None if ratio >= cfg.min_alpha_ratio else f"letter ratio {ratio:.2f} < {cfg.min_alpha_ratio}"
-
-    def repeated_lines(t: str) -> str | None:
-        lines = [ln for ln in t.split("\n") if ln.strip()]
-        if len(lines) < 3:
-            return None
-        ratio = 1 - len(set(lines)) / len(lines)
-        return None if ratio <= cfg.max_duplicate_line_ratio else f"duplicate-line ratio {ratio:.2f}"
-
-    return [
-        ("too_short", too_short),
-        ("too_long", too_long),
-        ("few_words", few_words),
-        ("low_alpha_ratio", low_alpha),
-        ("repeated_lines", repeated_lines),
-    ]
+__all__ = ["FilterResult", "merge_parts", "normalize_text", "run_data_filter", "run_filter_phase", "run_merge_phase"]
 
 
 @dataclass
@@ -72,63 +40,349 @@ class FilterResult:
     kept: int = 0
     quarantined: int = 0
     dropped: Counter = field(default_factory=Counter)
+    quarantine_kinds: Counter = field(default_factory=Counter)
     chars_in: int = 0
     chars_out: int = 0
+    pii: Counter = field(default_factory=Counter)
+    toxicity_histogram: list[int] = field(default_factory=lambda: [0] * 10)
+    steps: list[dict] = field(default_factory=list)
+    dedup_clusters: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
 
     def metrics(self) -> dict[str, float]:
         out = {"read": self.read, "kept": self.kept, "quarantined": self.quarantined,
                "dropped": sum(self.dropped.values()), "chars_in": self.chars_in, "chars_out": self.chars_out,
-               "kept_fraction": self.kept / max(self.read, 1)}
+               "kept_fraction": self.kept / max(self.read, 1), "docs_per_s": self.read / max(self.seconds, 1e-9)}
         out.update({f"dropped.{k}": v for k, v in sorted(self.dropped.items())})
+        out.update({f"quarantined.{k}": v for k, v in sorted(self.quarantine_kinds.items())})
+        out.update({f"pii.{k}": v for k, v in sorted(self.pii.items())})
+        out.update({f"dedup.{k}": v for k, v in sorted(self.dedup_clusters.items())})
         return out
 
+    def table(self) -> str:
+        """The drop-reason table (markdown): per step, documents and characters in and out."""
+        lines = ["| step | docs in | docs out | dropped | chars out | seconds |", "|---|---|---|---|---|---|"]
+        for s in self.steps:
+            lines.append(f"| {s['step']} | {s['docs_in']} | {s['docs_out']} | {s['dropped']} | "
+                         f"{s['chars_out']} | {s['seconds']:.2f} |")
+        lines += ["", "| reason | rows |", "|---|---|"]
+        lines += [f"| quarantined: {k} | {v} |" for k, v in sorted(self.quarantine_kinds.items())]
+        lines += [f"| {k} | {v} |" for k, v in sorted(self.dropped.items())]
+        return "\n".join(lines)
 
-def run_data_filter(cfg: DataFilterConfig, clean_dir: str | Path, quarantine_dir: str | Path) -> FilterResult:
-    """Filter ``cfg.input`` into ``clean_dir/corpus.jsonl``; bad rows go to ``quarantine_dir``.
+
+def _executor(pipeline, work: Path, phase: str, tasks: int, workers: int, **kw):
+    from datatrove.executor import LocalPipelineExecutor
+
+    return LocalPipelineExecutor(pipeline, tasks=tasks, workers=max(1, min(workers, tasks)),
+                                 logging_dir=str(work / "logs" / phase), start_method="fork", **kw)
+
+
+def _workers(cfg: DataFilterConfig) -> int:
+    return cfg.workers or len(os.sched_getaffinity(0))
+
+
+def _exact_config():
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+
+    from shipyard.data.steps import document_text
+
+    return ExactDedupConfig(content_getter=document_text)
+
+
+def _minhash_config(cfg: DataFilterConfig):
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+
+    m = cfg.minhash_dedup
+    return MinhashConfig(n_grams=m.n_grams, num_buckets=m.num_buckets, hashes_per_bucket=m.hashes_per_bucket,
+                         seed=m.seed)
+
+
+def _dropped_writer(work: Path, step: str):
+    from datatrove.pipeline.writers import JsonlWriter
+
+    return JsonlWriter(str(work / "dropped" / step))
+
+
+def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -> list:
+    """Phase 1 as a list of datatrove steps (task ``rank`` handles ``files[rank]``)."""
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupSignature
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from shipyard.data import steps as S
+
+    pii_kinds = tuple(cfg.pii.types) if cfg.enabled("pii") else ()
+    pipe: list = [S.ShardReader(files, str(work / "quarantine"), cfg.text_key, cfg.max_docs, pii_kinds)]
+    on = cfg.enabled
+    if on("normalize"):
+        pipe.append(S.Normalizer(cfg.normalize.form, cfg.normalize.fix_mojibake))
+    if on("pii"):
+        pipe.append(S.PiiScrubber(pii_kinds))
+    if on("language"):
+        lang = cfg.language
+        pipe.append(S.LanguageFilter(lang.keep, lang.candidates, lang.min_confidence,
+                                     exclusion_writer=_dropped_writer(work, "language")))
+    if on("length"):
+        pipe.append(S.LengthFilter(**cfg.length.model_dump(), exclusion_writer=_dropped_writer(work, "length")))
+    if on("gopher_quality"):
+        pipe.append(GopherQualityFilter(**cfg.gopher_quality.model_dump(),
+                                        exclusion_writer=_dropped_writer(work, "gopher_quality")))
+    if on("gopher_repetition"):
+        pipe.append(GopherRepetitionFilter(**cfg.gopher_repetition.model_dump(),
+                                           exclusion_writer=_dropped_writer(work, "gopher_repetition")))
+    if on("c4_quality"):
+        pipe.append(C4QualityFilter(**cfg.c4_quality.model_dump(), exclusion_writer=_dropped_writer(work, "c4_quality")))
+    if on("toxicity"):
+        tox = cfg.toxicity
+        pipe.append(S.ToxicityFilter(tox.threshold, tox.action, tox.batch_size,
+                                     exclusion_writer=_dropped_writer(work, "toxicity")))
+    pipe.append(JsonlWriter(str(work / "filtered")))
+    if on("exact_dedup"):
+        pipe.append(ExactDedupSignature(str(work / "exact_sigs"), _exact_config()))
+    return pipe
+
+
+def run_filter_phase(cfg: DataFilterConfig, work: str | Path, shard: int = 0, fan_out: int = 1) -> int:
+    """Phase 1 for this pod's share of the input shards (``shard`` of ``fan_out``); returns shard count."""
+    work = Path(work)
+    files = [str(f) for f in list_shards(cfg.input)]
+    per_pod = -(-len(files) // fan_out)
+    offset = min(shard * per_pod, len(files))
+    local = min(per_pod, len(files) - offset)
+    (work / "shards.json").parent.mkdir(parents=True, exist_ok=True)
+    (work / "shards.json").write_text(json.dumps({"files": files}))
+    if local > 0:
+        _executor(build_filter_pipeline(cfg, files, work), work, "filter", tasks=len(files),
+                  workers=_workers(cfg), local_tasks=local, local_rank_offset=offset).run()
+    return len(files)
+
+
+def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Path,
+                    quarantine_dir: str | Path, seconds_so_far: float = 0.0) -> FilterResult:
+    """Phase 2: dedup across all shards, write corpus/quarantine/dropped, reconcile the counts."""
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactFindDedups
+    from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
+                                                  MinhashDedupSignature)
+    from datatrove.pipeline.writers import JsonlWriter
+
+    from shipyard.data.steps import RankReader
+
+    t0 = time.perf_counter()
+    work, clean_dir, quarantine_dir = Path(work), Path(clean_dir), Path(quarantine_dir)
+    n = len(json.loads((work / "shards.json").read_text())["files"])
+    workers = _workers(cfg)
+    exact = cfg.enabled("exact_dedup")
+    exact_filter = (lambda excl: [ExactDedupFilter(str(work / "exact_dups"), _exact_config(), exclusion_writer=excl)]
+                    ) if exact else (lambda excl: [])
+    if exact:
+        _executor([ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), _exact_config())],
+                  work, "exact_find", tasks=1, workers=1).run()
+    final = [RankReader(str(work / "filtered"))]
+    final += exact_filter(_dropped_writer(work, "exact_dedup"))
+    if cfg.enabled("minhash_dedup"):
+        mh = _minhash_config(cfg)
+        _executor([RankReader(str(work / "filtered")), *exact_filter(None),
+                   MinhashDedupSignature(str(work / "mh_sigs"), config=mh)], work, "minhash_sigs", n, workers).run()
+        _executor([MinhashDedupBuckets(str(work / "mh_sigs"), str(work / "mh_buckets"), config=mh)],
+                  work, "minhash_buckets", mh.num_buckets, workers).run()
+        _executor([MinhashDedupCluster(str(work / "mh_buckets"), str(work / "mh_remove"), config=mh,
+                                       save_cluster_size=True)], work, "minhash_cluster", 1, 1).run()
+        final.append(MinhashDedupFilter(str(work / "mh_remove"), exclusion_writer=_dropped_writer(work, "minhash_dedup"),
+                                        load_cluster_sizes=True))
+    final.append(JsonlWriter(str(work / "final")))
+    _executor(final, work, "final", n, workers).run()
+
+    result = _collect(work, n, cfg)
+    result.seconds = seconds_so_far + time.perf_counter() - t0
+    _write_outputs(work, n, result, clean_dir, quarantine_dir)
+    return result
+
+
+def merge_parts(parts: list[str | Path], work: str | Path) -> None:
+    """Lay the filter-phase outputs of several pods into one work folder (file names are per rank,
+    so parts never collide); hard links where the filesystem allows, copies otherwise."""
+    work = Path(work)
+    for part in map(Path, parts):
+        for src in part.rglob("*"):
+            if not src.is_file():
+                continue
+            dst = work / src.relative_to(part)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                rel = src.relative_to(part)
+                if src.name == "shards.json" or rel.parts[0] == "logs" and rel.parent.name == "filter":
+                    continue  # the same shard list; each pod's executor.json / merged stats.json
+                raise FileExistsError(f"two filter parts both wrote {rel}")
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copy2(src, dst)
+
+
+def run_data_filter(cfg: DataFilterConfig, clean_dir: str | Path, quarantine_dir: str | Path,
+                    work_dir: str | Path | None = None, keep_work: bool = False) -> FilterResult:
+    """Curate ``cfg.input`` into ``clean_dir/corpus.jsonl``; every rejected row goes to ``quarantine_dir``.
 
     Args:
         cfg: the stage config.
-        clean_dir: output directory of the clean corpus (``corpus.jsonl``, ``stats.json``).
-        quarantine_dir: output directory for ``quarantine.jsonl`` (malformed rows) and
-            ``dropped.jsonl`` (rule failures: the row and its reason).
+        clean_dir: output directory: ``corpus.jsonl``, ``stats.json``, ``drop_table.md``,
+            ``toxicity_hist.png``.
+        quarantine_dir: output directory: ``quarantine.jsonl`` (malformed rows: source file:line,
+            reason) and ``dropped.jsonl`` (filtered rows: source, step, reason, scrubbed text).
+        work_dir: datatrove's working folder (signatures, logs, completion markers). Re-running
+            with the same folder resumes: finished tasks are skipped. Default ``clean_dir/_work``.
+        keep_work: keep ``work_dir`` after success (it is removed otherwise).
 
     Returns:
         The counts, with ``kept + sum(dropped) + quarantined == read``.
     """
-    clean_dir, quarantine_dir = Path(clean_dir), Path(quarantine_dir)
+    t0 = time.perf_counter()
+    work = Path(work_dir) if work_dir else Path(clean_dir) / "_work"
+    run_filter_phase(cfg, work)
+    result = run_merge_phase(cfg, work, clean_dir, quarantine_dir, seconds_so_far=time.perf_counter() - t0)
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _total(v) -> float:
+    return v["total"] if isinstance(v, dict) else v
+
+
+def _load_stats(work: Path, phase: str) -> list[list[dict]]:
+    folder = work / "logs" / phase / "stats"
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
+
+
+def _collect(work: Path, n: int, cfg: DataFilterConfig) -> FilterResult:
+    """Sum the per-task datatrove stats of every phase into one FilterResult."""
+    res = FilterResult()
+    rows: dict[str, dict] = {}
+
+    def row(label: str, step: dict, docs_in: float, docs_out: float) -> None:
+        r = rows.setdefault(label, {"step": label, "docs_in": 0, "docs_out": 0, "dropped": 0, "chars_out": 0,
+                                    "seconds": 0.0})
+        r["docs_in"] += int(docs_in)
+        r["docs_out"] += int(docs_out)
+        r["dropped"] += int(docs_in - docs_out)
+        r["chars_out"] += int(_total(step["stats"].get("doc_len", 0)))
+        r["seconds"] += float(_total(step.get("time_stats", 0)) or 0)
+
+    for task in _load_stats(work, "filter"):
+        for step in task:
+            name, st = step["name"], step["stats"]
+            get = lambda k, st=st: _total(st.get(k, 0))  # noqa: E731
+            if "shard reader" in name:
+                row("read", step, get("read") + get("quarantined"), get("read"))
+                res.read += int(get("read") + get("quarantined"))
+                res.quarantined += int(get("quarantined"))
+                res.chars_in += int(get("doc_len"))
+                for k in st:
+                    if k.startswith("quarantined_"):
+                        res.quarantine_kinds[k.removeprefix("quarantined_")] += int(get(k))
+            elif "FILTER" in name:
+                label = _step_label(name)
+                row(label, step, get("total"), get("forwarded"))
+                named = 0
+                for k in st:
+                    if k.startswith("dropped_"):
+                        res.dropped[k.removeprefix("dropped_")] += int(get(k))
+                        named += int(get(k))
+                    elif k.startswith("toxicity_bin_"):
+                        res.toxicity_histogram[int(k.rsplit("_", 1)[1])] += int(get(k))
+                if get("dropped") > named:  # a filter that dropped without naming a reason
+                    res.dropped[label] += int(get("dropped") - named)
+            elif "PII" in name or "normalize" in name:
+                row("pii" if "PII" in name else "normalize", step, get("total"), get("total"))
+                for k in st:
+                    if k.startswith("pii_"):
+                        res.pii[k.removeprefix("pii_")] += int(get(k))
+    for task in _load_stats(work, "final"):
+        for step in task:
+            name, st = step["name"], step["stats"]
+            get = lambda k, st=st: _total(st.get(k, 0))  # noqa: E731
+            if "exact-deduplication" in name or "MinHash" in name:
+                label, reason = (("exact_dedup", "exact_duplicate") if "exact" in name
+                                 else ("minhash_dedup", "near_duplicate"))
+                row(label, step, get("total"), get("total") - get("dropped"))
+                res.dropped[reason] += int(get("dropped"))
+            elif "WRITER" in name:
+                res.kept += int(get("total"))
+                res.chars_out += int(get("doc_len"))
+    for task in _load_stats(work, "minhash_cluster"):
+        for step in task:
+            st = step["stats"]
+            cs = st.get("cluster_size", 0)
+            res.dedup_clusters = {
+                "near_dup_clusters": (cs.get("n", 1) if isinstance(cs, dict) else int(bool(cs))),
+                "near_dup_docs_in_clusters": int(_total(st.get("duplicates", 0))),
+                "near_dup_max_cluster": int(cs.get("max", cs.get("mean", 0)) if isinstance(cs, dict) else cs),
+            }
+    res.dropped = Counter({k: v for k, v in res.dropped.items() if v})
+    res.steps = list(rows.values())
+    return res
+
+
+def _step_label(name: str) -> str:
+    labels = {"Gopher Quality": "gopher_quality", "Gopher Repetition": "gopher_repetition", "C4 Quality": "c4_quality",
+              "length": "length", "language": "language", "toxicity": "toxicity"}
+    return next((v for k, v in labels.items() if k in name), name)
+
+
+def _iter_jsonl_gz(folder: Path):
+    for path in sorted(folder.rglob("*.jsonl.gz")) if folder.exists() else []:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                yield path, json.loads(line)
+
+
+def _write_outputs(work: Path, n: int, res: FilterResult, clean_dir: Path, quarantine_dir: Path) -> None:
     clean_dir.mkdir(parents=True, exist_ok=True)
     quarantine_dir.mkdir(parents=True, exist_ok=True)
-    rules = build_rules(cfg)
-    seen: set[bytes] = set()
-    result = FilterResult()
-    bad: list[Quarantined] = []
-    with open(clean_dir / "corpus.jsonl", "w", encoding="utf-8") as out, \
-            open(quarantine_dir / "dropped.jsonl", "w", encoding="utf-8") as dropped:
-        for item in read_rows(cfg.input, cfg.text_key):
-            if cfg.max_docs is not None and result.read >= cfg.max_docs:
-                break
-            result.read += 1
-            if isinstance(item, Quarantined):
-                bad.append(item)
-                continue
-            result.chars_in += len(item.text)
-            text = normalize(item.text, cfg.normalize)
-            reason_key, reason = next(((k, r) for k, rule in rules if (r := rule(text))), (None, None))
-            if reason_key is None and cfg.exact_dedup:
-                digest = hashlib.sha256(text.encode()).digest()
-                if digest in seen:
-                    reason_key, reason = "exact_duplicate", "exact duplicate of an earlier document"
-                seen.add(digest)
-            if reason_key is not None:
-                result.dropped[reason_key] += 1
-                dropped.write(json.dumps({"source": item.source, "reason": reason, "text": text},
-                                         ensure_ascii=False) + "\n")
-                continue
-            result.kept += 1
-            result.chars_out += len(text)
-            out.write(json.dumps({"text": text, "source": item.source}, ensure_ascii=False) + "\n")
-    result.quarantined = len(bad)
-    write_quarantine(quarantine_dir / "quarantine.jsonl", bad)
-    (clean_dir / "stats.json").write_text(json.dumps(result.metrics(), indent=2))
-    assert result.kept + sum(result.dropped.values()) + result.quarantined == result.read
-    return result
+    with open(clean_dir / "corpus.jsonl", "w", encoding="utf-8") as out:
+        for _, doc in _iter_jsonl_gz(work / "final"):
+            meta = doc.get("metadata") or {}
+            row = {"text": doc["text"], "source": doc["id"]}
+            row.update({k: meta[k] for k in ("language", "toxicity", "toxic", "pii") if k in meta})
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    with open(quarantine_dir / "quarantine.jsonl", "w", encoding="utf-8") as q:
+        for path in sorted((work / "quarantine").glob("*.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                shutil.copyfileobj(f, q)
+    dropped = 0
+    with open(quarantine_dir / "dropped.jsonl", "w", encoding="utf-8") as d:
+        for path, doc in _iter_jsonl_gz(work / "dropped"):
+            step = path.parent.name
+            meta = doc.get("metadata") or {}
+            reason = meta.get("filter_reason") or {"exact_dedup": "exact_duplicate",
+                                                   "minhash_dedup": "near_duplicate"}.get(step, step)
+            d.write(json.dumps({"source": doc["id"], "step": step, "reason": reason, "text": doc["text"]},
+                               ensure_ascii=False) + "\n")
+            dropped += 1
+    total_dropped = sum(res.dropped.values())
+    if res.kept + total_dropped + res.quarantined != res.read or dropped != total_dropped:
+        raise RuntimeError(f"data_filter counts do not reconcile: kept {res.kept} + dropped {total_dropped} "
+                           f"+ quarantined {res.quarantined} != read {res.read} (dropped rows on disk: {dropped})")
+    (clean_dir / "stats.json").write_text(json.dumps({**res.metrics(), "steps": res.steps,
+                                                      "toxicity_histogram": res.toxicity_histogram}, indent=2))
+    (clean_dir / "drop_table.md").write_text(res.table() + "\n")
+    if any(res.toxicity_histogram):
+        _plot_histogram(res.toxicity_histogram, clean_dir / "toxicity_hist.png")
+
+
+def _plot_histogram(counts: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar([i / 10 + 0.05 for i in range(10)], counts, width=0.09)
+    ax.set_xlabel("profanity probability")
+    ax.set_ylabel("documents")
+    ax.set_yscale("log")
+    ax.set_title("toxicity score distribution")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

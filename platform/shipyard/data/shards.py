@@ -27,6 +27,7 @@ class Quarantined:
     raw: str
     source: str
     reason: str
+    kind: str = "malformed"  # a stable key for counting: invalid_utf8, invalid_json, binary_file...
 
 
 def list_shards(path: str | Path) -> list[Path]:
@@ -49,40 +50,68 @@ def _open_lines(path: Path) -> Iterator[bytes]:
         yield from f
 
 
+def _sniff(shard: Path) -> str | None:
+    """Why a whole shard is unreadable as text (binary, UTF-16, empty, corrupt gzip), or None."""
+    try:
+        with (gzip.open if shard.name.endswith(".gz") else open)(shard, "rb") as f:
+            head = f.read(8192)
+    except (OSError, EOFError) as exc:
+        return f"corrupt_file: {exc}"
+    if not head:
+        return "empty_file: no rows"
+    if b"\x00" in head:
+        return "binary_file: NUL bytes (a binary or UTF-16 file, not UTF-8 text)"
+    return None
+
+
 def read_rows(path: str | Path, text_key: str = "text") -> Iterator[Row | Quarantined]:
     """Yield a Row per document, or a Quarantined record per malformed one.
 
     JSONL: one object per line with a string ``text_key``. Plain text: one document per line.
-    Blank lines are skipped in both (they are not documents).
+    Blank lines are skipped in both (they are not documents). A shard that is not text at all
+    (binary, UTF-16, empty, a corrupt gzip) yields one Quarantined record at line 0; a gzip that
+    breaks mid-way yields one at the line where it broke; either way the next shard is read.
     """
     for shard in list_shards(path):
+        problem = _sniff(shard)
+        if problem:
+            kind, reason = problem.split(": ", 1)
+            yield Quarantined("", f"{shard.name}:0", reason, kind)
+            continue
         is_jsonl = ".jsonl" in shard.name
-        for lineno, raw in enumerate(_open_lines(shard), start=1):
-            source = f"{shard.name}:{lineno}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield Quarantined(raw.decode("utf-8", "replace"), source, f"invalid utf-8: {exc.reason}")
-                continue
-            if not line.strip():
-                continue
-            if not is_jsonl:
-                yield Row(line.rstrip("\n"), source, {})
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Quarantined(line.rstrip("\n"), source, f"invalid json: {exc.msg} at column {exc.colno}")
-                continue
-            if not isinstance(obj, dict):
-                yield Quarantined(line.rstrip("\n"), source, f"row is a {type(obj).__name__}, not an object")
-            elif text_key not in obj:
-                yield Quarantined(line.rstrip("\n"), source, f"missing key {text_key!r}")
-            elif not isinstance(obj[text_key], str):
-                yield Quarantined(line.rstrip("\n"), source,
-                                  f"key {text_key!r} is {type(obj[text_key]).__name__}, not a string")
-            else:
-                yield Row(obj.pop(text_key), source, obj)
+        lineno = 0
+        try:
+            for lineno, raw in enumerate(_open_lines(shard), start=1):
+                yield from _parse_line(raw, f"{shard.name}:{lineno}", is_jsonl, text_key)
+        except (OSError, EOFError) as exc:
+            yield Quarantined("", f"{shard.name}:{lineno + 1}", f"unreadable from here on: {exc}", "corrupt_file")
+
+
+def _parse_line(raw: bytes, source: str, is_jsonl: bool, text_key: str) -> Iterator[Row | Quarantined]:
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield Quarantined(raw.decode("utf-8", "replace"), source, f"invalid utf-8: {exc.reason}", "invalid_utf8")
+        return
+    if not line.strip():
+        return
+    if not is_jsonl:
+        yield Row(line.rstrip("\n"), source, {})
+        return
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        yield Quarantined(line.rstrip("\n"), source, f"invalid json: {exc.msg} at column {exc.colno}", "invalid_json")
+        return
+    if not isinstance(obj, dict):
+        yield Quarantined(line.rstrip("\n"), source, f"row is a {type(obj).__name__}, not an object", "not_object")
+    elif text_key not in obj:
+        yield Quarantined(line.rstrip("\n"), source, f"missing key {text_key!r}", "missing_text")
+    elif not isinstance(obj[text_key], str):
+        yield Quarantined(line.rstrip("\n"), source,
+                          f"key {text_key!r} is {type(obj[text_key]).__name__}, not a string", "text_not_string")
+    else:
+        yield Row(obj.pop(text_key), source, obj)
 
 
 def read_records(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], list[Quarantined]]:

@@ -57,7 +57,10 @@ def run_finetune(
     trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
                                eval_dataset=Dataset.from_list(held), processing_class=tokenizer,
                                peft_config=peft_config, callbacks=[log_forwarder(log)]))
-    before = trainer.evaluate()["eval_loss"]
+    before = trainer.evaluate().get("eval_loss")
+    if before is None:
+        raise ValueError(f"{cfg.train}: no held-out example keeps a response token within max_length="
+                         f"{cfg.max_length} tokens; raise finetune.max_length or use a tokenizer with more merges")
     trainer.train()
     after = trainer.evaluate()["eval_loss"]
     trained = trainer.model

@@ -81,7 +81,7 @@ def test_unknown_filter_step_fails_with_the_valid_names(monkeypatch, tmp_path):
         load_pipeline_config(bad)
     msg = str(err.value)
     assert "data_filter.steps" in msg and "unknown step(s) ['bloom_dedup']" in msg
-    assert "valid steps: normalize, pii, language, length, gopher_quality" in msg
+    assert "valid steps: normalize, pii, length, language, gopher_quality" in msg
 
 
 def test_unknown_key_inside_a_filter_step_is_named(monkeypatch, tmp_path):

@@ -44,6 +44,10 @@ def _near_dup(text: str) -> str:
     return text.replace("careful record", "careful register", 1)
 
 
+def _counts(res) -> dict:
+    return {k: v for k, v in res.metrics().items() if not k.endswith("seconds") and k != "docs_per_s"}
+
+
 def _rows(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -86,7 +90,7 @@ def test_every_filter_drops_its_crafted_document_and_pii_never_reaches_disk(tmp_
     assert stats["pii.email"] == 1 and sum(stats["toxicity_histogram"]) == 7  # docs reaching the toxicity step
     assert stats["dedup.near_dup_clusters"] == 1
     table = (tmp_path / "clean" / "drop_table.md").read_text()
-    assert "| language | 12 | 11 | 1 |" in table and "| near_duplicate | 1 |" in table
+    assert "| language | 11 | 10 | 1 |" in table and "| near_duplicate | 1 |" in table
     assert (tmp_path / "clean" / "toxicity_hist.png").stat().st_size > 1000
     assert not (tmp_path / "clean" / "_work").exists()
 
@@ -138,7 +142,7 @@ def test_fan_out_parts_merge_to_the_single_run_result(tmp_path):
     assert sorted(p.name for p in (tmp_path / "part1" / "filtered").iterdir()) == ["00002.jsonl.gz", "00003.jsonl.gz"]
     merge_parts([tmp_path / "part0", tmp_path / "part1"], tmp_path / "merged")
     merged = run_merge_phase(cfg, tmp_path / "merged", tmp_path / "fan" / "clean", tmp_path / "fan" / "q")
-    assert merged.metrics() | {"docs_per_s": 0} == single.metrics() | {"docs_per_s": 0}
+    assert _counts(merged) == _counts(single)
     assert single.kept == 4 and single.dropped == {"exact_duplicate": 7, "near_duplicate": 1}
     assert ((tmp_path / "fan" / "clean" / "corpus.jsonl").read_text()
             == (tmp_path / "single" / "clean" / "corpus.jsonl").read_text())
@@ -159,7 +163,7 @@ def test_an_interrupted_run_resumes_and_skips_finished_tasks(tmp_path):
     second = run_data_filter(cfg, tmp_path / "c2", tmp_path / "q2", work_dir=work, keep_work=True)
     assert {r: os.stat(work / "filtered" / f"{r:05d}.jsonl.gz").st_mtime_ns for r in (0, 2)} == before
     assert (work / "filtered" / "00001.jsonl.gz").exists()
-    assert first.metrics() | {"docs_per_s": 0} == second.metrics() | {"docs_per_s": 0}
+    assert _counts(first) == _counts(second)
     assert (tmp_path / "c1" / "corpus.jsonl").read_text() == (tmp_path / "c2" / "corpus.jsonl").read_text()
 
 

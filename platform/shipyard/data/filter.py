@@ -5,7 +5,7 @@
 Phases (each a datatrove ``LocalPipelineExecutor`` run, one task per input shard, all cores):
 
 1. filter (per shard; fans out over pods with ``fan_out``): read + quarantine, normalize, PII scrub,
-   language, length, Gopher quality/repetition, C4, toxicity -> ``filtered/<rank>.jsonl.gz``,
+   length, language, Gopher quality/repetition, C4, toxicity -> ``filtered/<rank>.jsonl.gz``,
    plus exact-dedup signatures.
 2. merge (one pod): exact-dedup find, MinHash signatures, LSH buckets, clusters; then each shard is
    re-read through the dedup filters into the final corpus.
@@ -57,6 +57,9 @@ class FilterResult:
         out.update({f"quarantined.{k}": v for k, v in sorted(self.quarantine_kinds.items())})
         out.update({f"pii.{k}": v for k, v in sorted(self.pii.items())})
         out.update({f"dedup.{k}": v for k, v in sorted(self.dedup_clusters.items())})
+        for s in self.steps:
+            out.update({f"step.{s['step']}.{k}": s[k] for k in ("docs_in", "docs_out", "chars_out", "seconds")})
+        out.update({f"toxicity.bin_{i}": n for i, n in enumerate(self.toxicity_histogram) if n})
         return out
 
     def table(self) -> str:
@@ -119,12 +122,10 @@ def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -
         pipe.append(S.Normalizer(cfg.normalize.form, cfg.normalize.fix_mojibake))
     if on("pii"):
         pipe.append(S.PiiScrubber(pii_kinds))
-    if on("language"):
-        lang = cfg.language
-        pipe.append(S.LanguageFilter(lang.keep, lang.candidates, lang.min_confidence,
-                                     exclusion_writer=_dropped_writer(work, "language")))
     if on("length"):
         pipe.append(S.LengthFilter(**cfg.length.model_dump(), exclusion_writer=_dropped_writer(work, "length")))
+    if on("language"):
+        pipe.append(S.LanguageFilter(**cfg.language.model_dump(), exclusion_writer=_dropped_writer(work, "language")))
     if on("gopher_quality"):
         pipe.append(GopherQualityFilter(**cfg.gopher_quality.model_dump(),
                                         exclusion_writer=_dropped_writer(work, "gopher_quality")))
@@ -153,8 +154,12 @@ def run_filter_phase(cfg: DataFilterConfig, work: str | Path, shard: int = 0, fa
     (work / "shards.json").parent.mkdir(parents=True, exist_ok=True)
     (work / "shards.json").write_text(json.dumps({"files": files}))
     if local > 0:
-        _executor(build_filter_pipeline(cfg, files, work), work, "filter", tasks=len(files),
-                  workers=_workers(cfg), local_tasks=local, local_rank_offset=offset).run()
+        from shipyard.data.steps import warm_up
+
+        pipeline = build_filter_pipeline(cfg, files, work)
+        warm_up(pipeline)
+        _executor(pipeline, work, "filter", tasks=len(files), workers=_workers(cfg), local_tasks=local,
+                  local_rank_offset=offset).run()
     return len(files)
 
 
@@ -319,6 +324,10 @@ def _collect(work: Path, n: int, cfg: DataFilterConfig) -> FilterResult:
                 "near_dup_docs_in_clusters": int(_total(st.get("duplicates", 0))),
                 "near_dup_max_cluster": int(cs.get("max", cs.get("mean", 0)) if isinstance(cs, dict) else cs),
             }
+    if cfg.enabled("minhash_dedup"):
+        m = cfg.minhash_dedup  # LSH: P(candidate | Jaccard s) = 1 - (1 - s^r)^b; threshold where it is steepest
+        res.dedup_clusters["lsh_threshold"] = round((1 / m.num_buckets) ** (1 / m.hashes_per_bucket), 4)
+        res.dedup_clusters["lsh_p_at_0.8"] = round(1 - (1 - 0.8 ** m.hashes_per_bucket) ** m.num_buckets, 4)
     res.dropped = Counter({k: v for k, v in res.dropped.items() if v})
     res.steps = list(rows.values())
     return res

@@ -6,8 +6,9 @@
       length: {min_chars: 40}
       minhash_dedup: {threshold: 0.8}
 
-Steps always run in the canonical order of ``STEP_ORDER`` (normalize and scrub first, so that
-nothing written to the drop folders carries raw PII; dedup last, so it only hashes survivors).
+Steps always run in the canonical order of ``STEP_ORDER``: normalize and scrub first, so that
+nothing written to the drop folders carries raw PII; cheap rules before costly ones (length before
+language ID before the Gopher/C4 rules); dedup last, so it only hashes survivors.
 Naming a step that does not exist fails at load time with the list of valid names.
 """
 
@@ -20,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 from shipyard.schema import StrictModel
 
 STEP_ORDER = (
-    "normalize", "pii", "language", "length", "gopher_quality", "gopher_repetition", "c4_quality",
+    "normalize", "pii", "length", "language", "gopher_quality", "gopher_repetition", "c4_quality",
     "toxicity", "exact_dedup", "minhash_dedup",
 )
 PII_TYPES = ("email", "phone", "ip", "credit_card", "iban")
@@ -42,6 +43,10 @@ class LanguageStep(StrictModel):
         ["en", "de", "fr", "es", "it", "pt", "nl"], min_length=2,
         description="Languages the detector chooses among (more = slower, more memory).")
     min_confidence: float = Field(0.5, ge=0, le=1, description="Drop if P(kept language) is below this.")
+    sample_chars: int = Field(500, gt=0, description="Detect on the first N characters of a document.")
+    accuracy: Literal["high", "low"] = Field(
+        "high", description="lingua mode: high (1-5-gram models, ~270 MB) or low (trigrams, ~30 MB, "
+                            "as good on texts over ~120 chars).")
 
     @model_validator(mode="after")
     def _keep_in_candidates(self) -> LanguageStep:

@@ -2,8 +2,9 @@
 
 Each step is a plain datatrove ``PipelineStep``: filters implement ``filter(doc) -> bool | (False,
 reason)`` and inherit datatrove's counting (``total``, ``forwarded``, ``dropped_<reason>``) and its
-exclusion writers. Heavy models (lingua, the profanity classifier) load lazily inside the worker,
-so the steps pickle cheaply to datatrove's executor processes.
+exclusion writers. Heavy models (lingua, the profanity classifier) live in module-level caches, not
+in the steps, so the steps pickle cheaply to datatrove's executor processes; ``warm_up`` fills the
+caches in the parent before the executor forks, and the workers share them copy-on-write.
 """
 
 from __future__ import annotations
@@ -36,6 +37,38 @@ def normalize_text(text: str, form: str = "NFC", fix_mojibake: bool = False) -> 
         text = unicodedata.normalize(form, text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return "\n".join(_SPACES.sub(" ", ln).strip() for ln in text.split("\n")).strip()
+
+
+_DETECTORS: dict[tuple, object] = {}
+
+
+def _detector(candidates: tuple[str, ...], accuracy: str = "high"):
+    """One lingua detector per candidate set per process, models preloaded (module level, so a
+    detector built in the parent before datatrove forks its workers is shared copy-on-write)."""
+    key = (candidates, accuracy)
+    if key not in _DETECTORS:
+        from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
+
+        langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in candidates]
+        builder = LanguageDetectorBuilder.from_languages(*langs)
+        if accuracy == "low":
+            builder = builder.with_low_accuracy_mode()
+        _DETECTORS[key] = builder.with_preloaded_language_models().build()
+    return _DETECTORS[key]
+
+
+def warm_up(pipeline: list) -> None:
+    """Load every model the steps need once, in the parent, before the executor forks its workers.
+
+    Without it each worker process loads lingua's models, the profanity classifier and spacy on
+    its first document, which costs seconds per process.
+    """
+    from datatrove.utils.text import split_into_words
+
+    split_into_words("warm up the word tokenizer", "en")
+    for step in pipeline:
+        if hasattr(step, "warm_up"):
+            step.warm_up()
 
 
 class ShardReader(PipelineStep):
@@ -155,22 +188,17 @@ class LanguageFilter(BaseFilter):
     name = "🌍 language (lingua)"
 
     def __init__(self, keep: list[str], candidates: list[str], min_confidence: float,
-                 sample_chars: int = 2000, exclusion_writer=None):
+                 sample_chars: int = 500, accuracy: str = "high", exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.keep, self.candidates = list(keep), list(candidates)
-        self.min_confidence, self.sample_chars = min_confidence, sample_chars
-        self._detector = None
+        self.min_confidence, self.sample_chars, self.accuracy = min_confidence, sample_chars, accuracy
 
-    def __getstate__(self):
-        return {**self.__dict__, "_detector": None}
+    def warm_up(self) -> None:
+        _detector(tuple(self.candidates), self.accuracy)
 
     def _detect(self, text: str):
-        if self._detector is None:
-            from lingua import IsoCode639_1, Language, LanguageDetectorBuilder
-
-            langs = [Language.from_iso_code_639_1(getattr(IsoCode639_1, c.upper())) for c in self.candidates]
-            self._detector = LanguageDetectorBuilder.from_languages(*langs).build()
-        return self._detector.compute_language_confidence_values(text[: self.sample_chars])
+        detector = _detector(tuple(self.candidates), self.accuracy)
+        return detector.compute_language_confidence_values(text[: self.sample_chars])
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         values = self._detect(doc.text)
@@ -193,6 +221,11 @@ class ToxicityFilter(BaseFilter):
     def __init__(self, threshold: float, action: str = "drop", batch_size: int = 256, exclusion_writer=None):
         super().__init__(exclusion_writer, batch_size=batch_size)
         self.threshold, self.action = threshold, action
+
+    def warm_up(self) -> None:
+        from profanity_check import predict_prob
+
+        predict_prob(["warm up"])
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         return self.filter_batch([doc])[0]

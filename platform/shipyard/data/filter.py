@@ -315,6 +315,8 @@ def _collect(work: Path, n: int, cfg: DataFilterConfig) -> FilterResult:
             elif "WRITER" in name:
                 res.kept += int(get("total"))
                 res.chars_out += int(get("doc_len"))
+    if "minhash_dedup" in rows:  # datatrove's MinhashDedupFilter keeps no doc_len; it feeds the writer directly
+        rows["minhash_dedup"]["chars_out"] = res.chars_out
     for task in _load_stats(work, "minhash_cluster"):
         for step in task:
             st = step["stats"]

@@ -141,6 +141,11 @@ class Normalizer(BaseFormatter):
     def format(self, text: str) -> str:
         return normalize_text(text, self.form, self.fix_mojibake)
 
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in super().run(data, rank, world_size):
+            self.update_doc_stats(doc)  # doc_len after normalizing: the drop table's chars_out
+            yield doc
+
 
 class PiiScrubber(PipelineStep):
     """Replace PII by typed placeholders; counts per kind go to the stats (``pii_email``...)."""
@@ -162,6 +167,7 @@ class PiiScrubber(PipelineStep):
                 doc.metadata["pii"] = dict(counts)
                 for kind, n in counts.items():
                     self.stat_update(f"pii_{kind}", value=n)
+            self.update_doc_stats(doc)
             yield doc
 
 

@@ -171,6 +171,32 @@ def models_rollback(name: str, tracking_uri: TrackingOpt = None) -> None:
         _fail(str(exc))
 
 
+@app.command()
+def pretrain(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML with a `pretrain:` section (a profile will do).")],
+    corpus: Annotated[Path, typer.Option(help="Clean corpus folder (corpus.jsonl), e.g. a data_filter output.")],
+    tokenizer: Annotated[Path, typer.Option(help="Tokenizer folder from train_tokenizer.")],
+    output: Annotated[Path, typer.Option(help="Where the model and tokenizer are saved.")],
+    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoints; rerun with the same one to resume.")] = None,
+) -> None:
+    """Pretrain one model outside a pipeline: any objective (clm, mlm, span), same stage function."""
+    from shipyard.config import PretrainSection, parse_config
+    from shipyard.train.pretrain import run_pretrain
+
+    try:
+        if not config.is_file():
+            raise ConfigError(f"config file not found: {config}")
+        cfg = parse_config(PretrainSection, config.read_text(encoding="utf-8"), str(config)).pretrain
+        metrics = run_pretrain(cfg, corpus, tokenizer, output, checkpoint_dir=checkpoint_dir,
+                               log=lambda m, step: typer.echo(f"step {step}: " + ", ".join(
+                                   f"{k} {v:.4g}" for k, v in m.items())))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"saved {cfg.objective}/{cfg.architecture} model to {output}: val_loss "
+               f"{metrics['val_loss_initial'] if 'val_loss_initial' in metrics else float('nan'):.3f} -> "
+               f"{metrics['val_loss']:.3f}, {metrics['train_tokens']:.0f} tokens, {metrics['train_pf_days']:.2e} PF-days")
+
+
 @config_app.command("validate")
 def config_validate(paths: Annotated[list[Path], typer.Argument(help="Profile YAML files.")]) -> None:
     """Validate pipeline profiles: unknown keys, types, impossible values, missing data paths."""

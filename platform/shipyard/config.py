@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shipyard.data.filter_config import DataFilterConfig
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
+from shipyard.train.pretrain_config import PretrainConfig  # noqa: F401  (re-exported)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,33 +39,6 @@ class TokenizerConfig(StrictModel):
     extra_ids: int = Field(0, ge=0, le=1000, description="Sentinel tokens <extra_id_N> (T5 span corruption).")
     heldout_every: int = Field(50, ge=0, description="Hold out every N-th document for the stats (0: none).")
     stats_docs: int = Field(500, gt=0, description="Held-out documents the stats are measured on.")
-
-
-class PretrainConfig(StrictModel):
-    """Causal LM trained from scratch on the clean corpus (nanoGPT-style loop)."""
-
-    architecture: Literal["llama"] = Field("llama", description="transformers config family.")
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(2, gt=0)
-    num_heads: int = Field(4, gt=0)
-    intermediate_size: int = Field(344, gt=0)
-    context_length: int = Field(128, gt=8, description="Training block size in tokens.")
-    batch_size: int = Field(16, gt=0)
-    max_steps: int = Field(200, gt=0)
-    lr: float = Field(3e-3, gt=0, le=1)
-    warmup_steps: int = Field(20, ge=0)
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, gt=0)
-    eval_fraction: float = Field(0.02, gt=0, lt=0.5, description="Share of packed blocks held out for val loss.")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _shapes(self) -> PretrainConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
-        if self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < max_steps ({self.max_steps})")
-        return self
 
 
 class LoraConfig(StrictModel):
@@ -159,6 +133,14 @@ class ServeConfig(StrictModel):
     max_new_tokens: int = Field(64, gt=0, description="Default max_tokens for requests that set none.")
 
 
+class PretrainSection(BaseModel):
+    """The ``pretrain:`` section of a YAML file on its own (``shipyard pretrain``); other sections are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    pretrain: PretrainConfig
+
+
 class PipelineConfig(StrictModel):
     """A pipeline profile: ``pipelines/configs/<name>.yaml``."""
 
@@ -180,6 +162,10 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _cross_stage(self) -> PipelineConfig:
+        if self.pretrain.objective != "clm":
+            raise ValueError(f"pretrain.objective {self.pretrain.objective!r}: the lifecycle fine-tunes, aligns and "
+                             f"serves a causal LM, so it pretrains with objective clm (llama or gpt2); "
+                             f"train mlm and span models with `shipyard pretrain`")
         ctx = self.pretrain.context_length
         for stage in ("finetune", "reward_model", "align"):
             if getattr(self, stage).max_length > ctx:

@@ -52,7 +52,13 @@ def _train_tokenizer(cfg, inputs, outputs, run):
 def _pretrain(cfg, inputs, outputs, run):
     from shipyard.train.pretrain import run_pretrain
 
-    return run_pretrain(cfg.pretrain, inputs["corpus"], inputs["tokenizer"], outputs["model"], log=run.log)
+    from shipyard.tracking.runs import state_dir
+
+    # Stable across retries of the same pipeline run, so a preempted pod resumes where it stopped.
+    ckpt = cfg.pretrain.checkpoint_dir or str(state_dir() / "checkpoints" / run.parent_run_id / "pretrain")
+    run.tag({"shipyard.checkpoint_dir": ckpt})
+    return run_pretrain(cfg.pretrain, inputs["corpus"], inputs["tokenizer"], outputs["model"], log=run.log,
+                        checkpoint_dir=ckpt)
 
 
 def _finetune(cfg, inputs, outputs, run):

@@ -50,6 +50,9 @@ def test_cross_stage_limits(monkeypatch, tmp_path):
     bad = _profile_with(monkeypatch, "  max_length: 256\n", "  max_length: 4096\n", tmp_path)
     with pytest.raises(ConfigError, match=r"finetune.max_length \(4096\) exceeds pretrain.context_length \(256\)"):
         load_pipeline_config(bad)
+    bad = _profile_with(monkeypatch, "pretrain:\n", "pretrain:\n  objective: mlm\n  architecture: bert\n", tmp_path)
+    with pytest.raises(ConfigError, match=r"pretrain.objective 'mlm': the lifecycle fine-tunes.*shipyard pretrain"):
+        load_pipeline_config(bad)
 
 
 def test_missing_data_path_is_named(monkeypatch, tmp_path):

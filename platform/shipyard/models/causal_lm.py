@@ -12,26 +12,6 @@ from pathlib import Path
 QUANT_FILE = "shipyard_quant.json"
 
 
-def build_llama(cfg, vocab_size: int, tokenizer):
-    """A randomly initialised Llama-architecture causal LM sized by a PretrainConfig."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_heads,
-        max_position_embeddings=cfg.context_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
-
-
 def load_tokenizer(path: str | Path):
     from transformers import AutoTokenizer
 

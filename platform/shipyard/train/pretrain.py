@@ -1,62 +1,40 @@
-"""pretrain stage: a causal LM trained from scratch on the clean corpus (nanoGPT-style loop).
+"""pretrain stage: a language model trained from scratch on the clean corpus.
 
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # third step
 
-Documents are tokenized, joined with EOS and packed into fixed blocks (no padding wasted); a small
-share of blocks is held out for validation loss. AdamW, linear warmup then cosine decay, gradient
-clipping. fp32 on CPU.
+Objectives: causal LM (Llama, GPT-2), masked LM (BERT, RoBERTa), span corruption (T5). Documents
+are tokenized, joined with a separator and packed into fixed blocks (no padding wasted); a share
+of blocks is held out for validation loss. AdamW, warmup then cosine, gradient clipping and
+accumulation, bf16 on GPUs that have it (fp32 on CPU). The loop (``loop.py``) checkpoints every
+N steps and at SIGTERM; ``resume: auto`` continues the newest checkpoint. With
+``nproc_per_node > 1`` the same loop runs under torchrun (DDP or FSDP; gloo on CPU).
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
+import hashlib
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from shipyard.config import PretrainConfig
-from shipyard.data.tokenizer import iter_corpus
+from shipyard.train.loop import MetricsLogger
+from shipyard.train.pretrain_config import PretrainConfig
+from shipyard.train.sizing import chinchilla, training_flops
 
-MetricsLogger = Callable[[dict[str, float], int], None]
+RESULT_FILE = "pretrain_result.json"
 
 
 def _noop(metrics: dict[str, float], step: int) -> None:
     return None
 
 
-def pack_corpus(corpus_dir: str | Path, tokenizer, block: int):
-    """Tokenize every document, join with EOS, cut into ``block``-token rows (LongTensor [n, block])."""
-    import torch
-
-    ids: list[int] = []
-    for text in iter_corpus(corpus_dir):
-        ids.extend(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-        ids.append(tokenizer.eos_token_id)
-    n = len(ids) // block
-    if n < 2:
-        raise ValueError(f"corpus too small: {len(ids)} tokens make fewer than 2 blocks of {block}")
-    return torch.tensor(ids[: n * block], dtype=torch.long).view(n, block)
-
-
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to 10% of it at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def evaluate_loss(model, blocks, batch_size: int) -> float:
-    import torch
-
-    model.eval()
-    losses = []
-    with torch.no_grad():
-        for i in range(0, len(blocks), batch_size):
-            batch = blocks[i : i + batch_size]
-            losses.append(model(input_ids=batch, labels=batch).loss.item() * len(batch))
-    model.train()
-    return sum(losses) / len(blocks)
+def training_digest(cfg: PretrainConfig) -> str:
+    """Hash of what makes checkpoints compatible (the run's length and logging may change)."""
+    keep = cfg.model_dump(exclude={"max_steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                                   "checkpoint_dir", "resume", "compile", "peak_tflops"})
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()
 
 
 def run_pretrain(
@@ -65,68 +43,111 @@ def run_pretrain(
     tokenizer_dir: str | Path,
     output_dir: str | Path,
     log: MetricsLogger = _noop,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict[str, float]:
-    """Train a causal LM on ``corpus_dir`` with the tokenizer in ``tokenizer_dir``; save to ``output_dir``.
+    """Pretrain on ``corpus_dir`` with the tokenizer in ``tokenizer_dir``; save model + tokenizer to ``output_dir``.
+
+    Args:
+        checkpoint_dir: overrides ``cfg.checkpoint_dir``; None and no config value: no checkpoints.
 
     Returns:
-        Metrics: initial and final validation loss, tokens seen, tokens/s, parameter count.
+        Metrics: initial/final validation loss, tokens, tokens/s, MFU (when the peak is known),
+        parameters, compute in FLOPs and petaFLOP/s-days, and the Chinchilla-optimal size for it.
     """
+    if cfg.nodes > 1:
+        raise ValueError("pretrain.nodes > 1 runs as a Kubeflow Trainer TrainJob on a cluster "
+                         "(shipyard.kube.trainjob); locally use nproc_per_node")
+    checkpoint_dir = checkpoint_dir or cfg.checkpoint_dir
+    if cfg.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch_torchrun(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_dir)
+    return train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_dir)
+
+
+def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_dir) -> dict[str, float]:
+    """One training process (the only one, or one rank under torchrun)."""
     import torch
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from shipyard.models.causal_lm import build_llama, load_tokenizer
+    from shipyard.models.builders import build_model, prepare_tokenizer
+    from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.train.distributed import Dist
+    from shipyard.train.loop import fit
+    from shipyard.train.objectives import Objective, pack_corpus
 
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(tokenizer_dir)
-    blocks = pack_corpus(corpus_dir, tokenizer, cfg.context_length)
-    perm = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))
-    n_val = max(1, int(len(blocks) * cfg.eval_fraction))
-    val, train = blocks[perm[:n_val]], blocks[perm[n_val:]]
+    budget = cfg.compute_budget_flops
+    cfg = cfg.sized()
+    dist = Dist.from_env()
+    try:
+        torch.manual_seed(cfg.seed)
+        tokenizer = load_tokenizer(tokenizer_dir)
+        added = prepare_tokenizer(tokenizer, cfg.objective, Objective.sentinels_needed(cfg))
+        blocks = pack_corpus(corpus_dir, tokenizer, cfg.context_length)
+        perm = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(cfg.seed))
+        n_val = max(1, int(len(blocks) * cfg.eval_fraction))
+        val, train = blocks[perm[:n_val]], blocks[perm[n_val:]]
+        need = cfg.batch_size * cfg.grad_accum_steps * dist.world
+        if len(train) < need:
+            raise ValueError(f"corpus too small: {len(train)} training blocks of {cfg.context_length} tokens, "
+                             f"but one optimizer step needs {need} (batch_size x grad_accum_steps x processes)")
+        model = build_model(cfg, tokenizer)
+        n_params = sum(p.numel() for p in model.parameters())
+        state, summary = fit(cfg, model, Objective(cfg, tokenizer), train, val, dist, checkpoint_dir, log,
+                             training_digest(cfg))
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        metrics = {
+            **summary,
+            "val_perplexity": _exp(summary["val_loss"]),
+            "train_loss": sum(state.losses[-10:]) / len(state.losses[-10:]),
+            "train_tokens": state.tokens,
+            "corpus_tokens": blocks.numel(),
+            "n_params": n_params,
+            "steps": state.step,
+            "added_special_tokens": len(added),
+            **training_flops(n_params, state.tokens),
+        }
+        if budget:
+            opt = chinchilla(budget)
+            metrics.update(budget_flops=budget, chinchilla_params=opt["params"], chinchilla_tokens=opt["tokens"])
+        if dist.main:
+            output_dir = Path(output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            model.save_pretrained(output_dir, state_dict=full, safe_serialization=True)
+            tokenizer.save_pretrained(output_dir)
+            (output_dir / "loss_curve.json").write_text(json.dumps(state.losses))
+            (output_dir / RESULT_FILE).write_text(json.dumps(metrics))
+        dist.barrier()
+        return metrics
+    finally:
+        dist.close()
 
-    model = build_llama(cfg, len(tokenizer), tokenizer)
-    n_params = sum(p.numel() for p in model.parameters())
-    # Weight decay on matrices only; norms and biases are left alone (as in nanoGPT).
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95),
-    )
-    val_loss_init = evaluate_loss(model, val, cfg.batch_size)
-    log({"val_loss": val_loss_init}, 0)
-    model.train()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    t0, tokens, loss_ema = time.perf_counter(), 0, None
-    for step in range(cfg.max_steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
-        batch = train[idx]
-        loss = model(input_ids=batch, labels=batch).loss
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {loss.item()} at step {step}: lower lr ({cfg.lr})")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        tokens += batch.numel()
-        loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
-        if (step + 1) % max(cfg.max_steps // 10, 1) == 0:
-            log({"train_loss": loss_ema, "lr": lr_at(step, cfg),
-                 "tokens_per_s": tokens / (time.perf_counter() - t0)}, step + 1)
-    elapsed = time.perf_counter() - t0
-    val_loss = evaluate_loss(model, val, cfg.batch_size)
-    log({"val_loss": val_loss}, cfg.max_steps)
 
+def _exp(x: float) -> float:
+    import math
+
+    return math.exp(min(x, 50.0))
+
+
+def _launch_torchrun(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_dir) -> dict[str, float]:
+    """Run ``nproc_per_node`` copies of ``train_process`` under torchrun and collect rank 0's results."""
     output_dir = Path(output_dir)
-    model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    return {
-        "val_loss_initial": val_loss_init,
-        "val_loss": val_loss,
-        "val_perplexity": math.exp(val_loss),
-        "train_loss": loss_ema,
-        "train_tokens": tokens,
-        "corpus_tokens": blocks.numel(),
-        "tokens_per_s": tokens / elapsed,
-        "n_params": n_params,
-    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    args = output_dir / ".launch.json"
+    metrics_file = output_dir / ".metrics.jsonl"
+    metrics_file.unlink(missing_ok=True)
+    args.write_text(json.dumps({"config": cfg.model_dump(), "corpus": str(corpus_dir),
+                                "tokenizer": str(tokenizer_dir), "output": str(output_dir),
+                                "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir else None,
+                                "metrics": str(metrics_file)}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={cfg.nproc_per_node}", "-m", "shipyard.train.launch", str(args)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if metrics_file.exists():
+        for line in metrics_file.read_text().splitlines():
+            rec = json.loads(line)
+            log(rec["metrics"], rec["step"])
+    if proc.returncode != 0:
+        raise RuntimeError(f"torchrun pretrain failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    args.unlink()
+    metrics_file.unlink(missing_ok=True)
+    return json.loads((output_dir / RESULT_FILE).read_text())

@@ -1,0 +1,267 @@
+"""The pretraining loop: accumulation, mixed precision, clipping, warmup+cosine, MFU, checkpoints.
+
+Deterministic by construction: rows come from a per-epoch permutation with a cursor (the data
+position a checkpoint stores), and each micro-batch's randomness (MLM masks, T5 spans) from a
+generator seeded by (seed, step, global micro-batch index). So a run killed and resumed, or the
+same global batch split over DDP processes, sees exactly the batches of one straight run.
+
+The GPU is synchronised only every ``log_every`` steps and at checkpoints: that is where losses
+are read, checked for NaN/inf and logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Callable
+
+from shipyard.train.checkpoint import TrainerState, latest, load_checkpoint, save_checkpoint
+from shipyard.train.distributed import Dist
+from shipyard.train.objectives import step_seed
+from shipyard.train.sizing import device_peak_flops, flops_per_token
+
+MetricsLogger = Callable[[dict[str, float], int], None]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN/inf; the last good checkpoint is kept, nothing after it is saved."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM arrived: a checkpoint was written and the run stopped; rerun to resume."""
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * cfg.min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min((step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1), 1.0)
+    floor = cfg.min_lr_ratio
+    return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Sampler:
+    """Rows in a fresh permutation per epoch; (epoch, cursor) is the resumable data position."""
+
+    def __init__(self, n: int, seed: int, state: TrainerState):
+        self.n, self.seed, self.state = n, seed, state
+        self._perm, self._perm_epoch = None, -1
+
+    def _order(self):
+        import torch
+
+        if self._perm_epoch != self.state.epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + self.state.epoch)
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=gen), self.state.epoch
+        return self._perm
+
+    def take(self, k: int):
+        import torch
+
+        out = []
+        while k:
+            order = self._order()
+            part = order[self.state.cursor : self.state.cursor + k]
+            out.append(part)
+            k -= len(part)
+            self.state.cursor += len(part)
+            if self.state.cursor >= self.n:
+                self.state.epoch, self.state.cursor = self.state.epoch + 1, 0
+        return torch.cat(out)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    import torch
+
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("precision fp16 needs a CUDA GPU (loss scaling); use fp32 or bf16 on CPU")
+    return precision
+
+
+def make_optimizer(model, cfg):
+    """AdamW; weight decay on matrices only, norms and biases are left alone (as in nanoGPT)."""
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), fused=None)
+
+
+def evaluate_loss(model, objective, rows, batch_size: int, seed: int, device: str, dtype) -> float:
+    """Mean loss over held-out rows (fixed masks/spans for mlm/span, so values are comparable)."""
+    import torch
+
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad(), _autocast(device, dtype):
+        for i in range(0, len(rows), batch_size):
+            gen = torch.Generator().manual_seed(step_seed(seed, 10**9, i))
+            batch = {k: v.to(device) for k, v in objective.batch(rows[i : i + batch_size], gen).items()}
+            total += model(**batch).loss.float().item() * len(batch["input_ids"])
+            n += len(batch["input_ids"])
+    model.train()
+    return total / n
+
+
+def _autocast(device: str, dtype):
+    import torch
+
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+class _StopFlag:
+    """Turns SIGTERM into a flag the loop checks after each optimizer step."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: no handler, no preemption support
+            self._old = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+
+
+def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: MetricsLogger,
+        digest: str = "") -> tuple[TrainerState, dict[str, float]]:
+    """Train ``model`` in place for ``cfg.max_steps`` optimizer steps; returns (state, summary metrics).
+
+    Raises:
+        NonFiniteLoss: the loss or gradient norm became NaN/inf.
+        Preempted: SIGTERM arrived (after a checkpoint was written).
+    """
+    import torch
+
+    from shipyard.models.builders import flop_params
+
+    device = dist.device
+    precision = resolve_precision(cfg.precision, device)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    n_flop_params = flop_params(model)
+    model.to(device)
+    wrapped = dist.wrap(model, cfg.strategy)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    optimizer = make_optimizer(wrapped, cfg)
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+    state, resumed = TrainerState(config_digest=digest), None
+    ckpt = latest(checkpoint_dir) if cfg.resume == "auto" else None
+    if ckpt is not None:
+        state, rng = load_checkpoint(ckpt, wrapped, optimizer)
+        if digest and state.config_digest and state.config_digest != digest:
+            raise ValueError(f"checkpoint {ckpt} was written by a different training config "
+                             f"({state.config_digest[:12]} != {digest[:12]}); use another checkpoint_dir "
+                             f"or resume: never")
+        torch.set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0])
+        resumed = ckpt
+    sampler = Sampler(len(train), cfg.seed, state)
+    world, accum, bsz = dist.world, cfg.grad_accum_steps, cfg.batch_size
+    peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else (
+        device_peak_flops(torch.cuda.get_device_name(device), precision) if device.startswith("cuda") else None)
+    per_token = flops_per_token(n_flop_params, cfg.num_layers, cfg.hidden_size, cfg.context_length)
+
+    summary: dict[str, float] = {"precision_bf16": float(precision == "bf16"), "resumed_at_step": float(state.step)}
+    if state.step == 0:
+        summary["val_loss_initial"] = evaluate_loss(wrapped, objective, val, bsz, cfg.seed, device, dtype)
+        log({"val_loss": summary["val_loss_initial"]}, 0)
+    pending: list = []  # (step, loss tensor, grad-norm tensor) not yet read back from the device
+    last_good = resumed
+    t_window, tokens_window, t_train, tokens_trained = time.perf_counter(), 0, 0.0, 0
+
+    def flush() -> None:
+        nonlocal t_window, tokens_window, t_train, tokens_trained
+        if not pending:
+            return
+        values = torch.stack([torch.stack([loss, norm]) for _, loss, norm in pending]).float().cpu().tolist()
+        for (step, _, _), (loss, norm) in zip(pending, values):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+                raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
+                                    f"({loss if not math.isfinite(loss) else norm}) at step {step + 1}; {where}; "
+                                    f"lower lr ({cfg.lr}) or raise warmup_steps ({cfg.warmup_steps})")
+            state.losses.append(loss)
+        elapsed = time.perf_counter() - t_window
+        t_train += elapsed
+        tokens_trained += tokens_window
+        tps = tokens_window / elapsed
+        metrics = {"train_loss": sum(v[0] for v in values) / len(values), "grad_norm": values[-1][1],
+                   "lr": lr_at(pending[-1][0], cfg), "tokens_per_s": tps}
+        if peak:
+            metrics["mfu"] = per_token * tps / (peak * world)
+        if dist.main:
+            log(metrics, state.step)
+        pending.clear()
+        t_window, tokens_window = time.perf_counter(), 0
+
+    with _StopFlag() as stop:
+        for step in range(state.step, cfg.max_steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            rows = sampler.take(bsz * accum * world)
+            total = torch.zeros((), device=device)
+            for m in range(accum):
+                micro = m * world + dist.rank
+                gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, micro))
+                batch = objective.batch(train[rows[micro * bsz : (micro + 1) * bsz]], gen)
+                tokens_window += objective.tokens(batch["input_ids"]) * world
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                sync = contextlib.nullcontext()
+                if world > 1 and m < accum - 1 and hasattr(wrapped, "no_sync"):
+                    sync = wrapped.no_sync()  # DDP: all-reduce gradients once per optimizer step
+                with sync:
+                    with _autocast(device, dtype):
+                        loss = wrapped(**batch).loss / accum
+                    (scaler.scale(loss) if scaler else loss).backward()
+                total += loss.detach().float()
+            if scaler:
+                scaler.unscale_(optimizer)
+            norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step = step + 1
+            state.tokens += bsz * accum * world * cfg.context_length
+            pending.append((step, dist.all_mean(total), norm.detach().float()))
+            last = state.step == cfg.max_steps
+            if state.step % cfg.log_every == 0 or last:
+                flush()
+            stop_now = any(dist.gather(stop.set))
+            if stop_now or (cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or last)):
+                flush()
+                if checkpoint_dir is not None:
+                    rng = dist.gather(torch.get_rng_state())
+                    last_good = save_checkpoint(checkpoint_dir, wrapped, optimizer, state, rng, cfg.keep_checkpoints)
+                    dist.barrier()
+            if stop_now:
+                raise Preempted(f"SIGTERM at step {state.step}: checkpoint {last_good}; rerun with resume: auto")
+    flush()
+    summary["val_loss"] = evaluate_loss(wrapped, objective, val, bsz, cfg.seed, device, dtype)
+    log({"val_loss": summary["val_loss"]}, state.step)
+    summary["train_seconds"] = t_train
+    summary["tokens_per_s"] = tokens_trained / t_train if t_train else 0.0
+    if peak:
+        summary["mfu"] = per_token * summary["tokens_per_s"] / (peak * world)
+    summary["flop_params"] = n_flop_params
+    summary["model_flops_per_token"] = per_token
+    return state, summary

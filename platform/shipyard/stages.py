@@ -56,6 +56,14 @@ def _pretrain(cfg, inputs, outputs, run):
 
     # Stable across retries of the same pipeline run, so a preempted pod resumes where it stopped.
     ckpt = cfg.pretrain.checkpoint_dir or str(state_dir() / "checkpoints" / run.parent_run_id / "pretrain")
+    if cfg.pretrain.nodes > 1:
+        from shipyard.components.images import SHIPYARD_GPU_IMAGE, SHIPYARD_IMAGE
+        from shipyard.train.cluster import run_on_trainjob
+
+        image = SHIPYARD_GPU_IMAGE if cfg.pretrain.trainjob.gpus_per_node else SHIPYARD_IMAGE
+        run.tag({"shipyard.trainjob_nodes": str(cfg.pretrain.nodes)})
+        return run_on_trainjob(cfg.pretrain, inputs["corpus"], inputs["tokenizer"], outputs["model"], run.log,
+                               run.parent_run_id, image)
     run.tag({"shipyard.checkpoint_dir": ckpt})
     return run_pretrain(cfg.pretrain, inputs["corpus"], inputs["tokenizer"], outputs["model"], log=run.log,
                         checkpoint_dir=ckpt)

@@ -16,6 +16,21 @@ ARCHITECTURES = {"clm": ("llama", "gpt2"), "mlm": ("bert", "roberta"), "span": (
 SIZE_FIELDS = ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_steps")
 
 
+class TrainJobConfig(StrictModel):
+    """How ``nodes > 1`` runs on Kubernetes: a Kubeflow Trainer v2 TrainJob on a torch runtime."""
+
+    runtime: str = Field("torch-distributed", description="ClusterTrainingRuntime to run on.")
+    namespace: str | None = Field(None, description="Default: the namespace this pod runs in.")
+    workspace_claim: str | None = Field(
+        None, description="ReadWriteMany PVC shared by this pod and the trainer pods (inputs, checkpoints, output).")
+    workspace_mount: str = Field("/workspace", description="Where the PVC is mounted, here and in the trainer pods.")
+    gpus_per_node: int = Field(0, ge=0, description="nvidia.com/gpu per node (0: CPU training with gloo).")
+    cpu: str = Field("4", description="CPU request and limit per node.")
+    memory: str = Field("16Gi", description="Memory request and limit per node.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="e.g. a GPU node pool's label.")
+    timeout_s: int = Field(7 * 86_400, gt=0, description="activeDeadlineSeconds of the TrainJob.")
+
+
 class PretrainConfig(StrictModel):
     """A language model trained from scratch on the clean corpus (our loop, nanoGPT-style)."""
 
@@ -58,14 +73,18 @@ class PretrainConfig(StrictModel):
     nproc_per_node: int = Field(1, gt=0, description="Processes on this node (torchrun; gloo on CPU).")
     nodes: int = Field(1, gt=0, description=">1 submits a Kubeflow Trainer TrainJob.")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="How processes share the model.")
+    trainjob: TrainJobConfig = TrainJobConfig()
     seed: int = 0
 
     @model_validator(mode="after")
-    def _consistent(self) -> PretrainConfig:
+    def _consistent(self) -> PretrainConfig:  # noqa: C901
         if self.architecture not in ARCHITECTURES[self.objective]:
             raise ValueError(
                 f"objective {self.objective!r} needs architecture in {list(ARCHITECTURES[self.objective])}, "
                 f"not {self.architecture!r} (e.g. mlm trains an encoder, not a causal decoder)")
+        if self.nodes > 1 and not self.trainjob.workspace_claim:
+            raise ValueError("nodes > 1 runs a TrainJob whose pods share data through a PVC: "
+                             "set trainjob.workspace_claim")
         if self.compute_budget_flops is not None:
             clash = sorted(set(SIZE_FIELDS) & self.model_fields_set)
             if clash:

@@ -234,6 +234,8 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
             if scaler:
                 scaler.unscale_(optimizer)
             norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+                norm = norm.full_tensor()
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()

@@ -94,6 +94,11 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
         state, summary = fit(cfg, model, Objective(cfg, tokenizer), train, val, dist, checkpoint_dir, log,
                              training_digest(cfg))
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        seen: set[int] = set()
+        for name, p in model.named_parameters(remove_duplicate=False):
+            if id(p) in seen:  # a tied weight (lm_head = embeddings): FSDP gathers it as a separate copy
+                full.pop(name, None)
+            seen.add(id(p))
         metrics = {
             **summary,
             "val_perplexity": _exp(summary["val_loss"]),

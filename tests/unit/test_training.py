@@ -61,7 +61,7 @@ def test_lora_finetune_changes_weights_and_lowers_loss(tiny_base, tmp_path):
     assert out["eval_loss"] < out["eval_loss_before"]
     assert 0 < out["trainable_params"] < 5_000
     assert _changed(_weights(tiny_base), _weights(tmp_path)) > 0
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "adapters" / "default" / "adapter_model.safetensors").exists()
 
 
 def test_reward_model_trains_a_scalar_head(tiny_base, tmp_path):

@@ -64,7 +64,7 @@ def _sniff(shard: Path) -> str | None:
     return None
 
 
-def read_rows(path: str | Path, text_key: str = "text") -> Iterator[Row | Quarantined]:
+def read_rows(path: str | Path, text_key: str | None = "text") -> Iterator[Row | Quarantined]:
     """Yield a Row per document, or a Quarantined record per malformed one.
 
     JSONL: one object per line with a string ``text_key``. Plain text: one document per line.
@@ -87,7 +87,7 @@ def read_rows(path: str | Path, text_key: str = "text") -> Iterator[Row | Quaran
             yield Quarantined("", f"{shard.name}:{lineno + 1}", f"unreadable from here on: {exc}", "corrupt_file")
 
 
-def _parse_line(raw: bytes, source: str, is_jsonl: bool, text_key: str) -> Iterator[Row | Quarantined]:
+def _parse_line(raw: bytes, source: str, is_jsonl: bool, text_key: str | None) -> Iterator[Row | Quarantined]:
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -105,6 +105,8 @@ def _parse_line(raw: bytes, source: str, is_jsonl: bool, text_key: str) -> Itera
         return
     if not isinstance(obj, dict):
         yield Quarantined(line.rstrip("\n"), source, f"row is a {type(obj).__name__}, not an object", "not_object")
+    elif text_key is None:  # the caller validates the fields itself
+        yield Row("", source, obj)
     elif text_key not in obj:
         yield Quarantined(line.rstrip("\n"), source, f"missing key {text_key!r}", "missing_text")
     elif not isinstance(obj[text_key], str):

@@ -16,7 +16,7 @@ from shipyard.config import EvaluateConfig
 from shipyard.data.preferences import load_preferences
 from shipyard.data.shards import read_records
 from shipyard.eval.metrics import bleu, generate, perplexity, rouge
-from shipyard.train.finetune import load_instructions
+from shipyard.train.sft_data import load_conversations, to_pair
 
 COLUMNS = ("perplexity", "rouge1", "rouge2", "rougeL", "bleu", "reward")
 
@@ -55,7 +55,10 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, str | Path], reward_mode
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     heldout, _ = read_records(cfg.heldout_text, ("text",))
-    sft, _ = load_instructions(cfg.instructions_test, cfg.max_examples)
+    convs, _ = load_conversations(cfg.instructions_test)
+    # The models of one run share a tokenizer, so one chat template renders every prompt.
+    template = load_tokenizer(next(iter(models.values())))
+    sft = [to_pair(msgs, template) for msgs, _ in convs[: cfg.max_examples]]
     prefs, _ = load_preferences(cfg.preferences_test, cfg.max_examples)
     data = {"heldout": [r["text"] for r in heldout], "sft": sft, "prefs": prefs}
     reward = (load_reward_model(reward_model_dir), load_tokenizer(reward_model_dir))

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 QUANT_FILE = "shipyard_quant.json"
+ADAPTER_FILE = "shipyard_adapter.json"  # written by finetune for unmerged adapters
 
 
 def load_tokenizer(path: str | Path):
@@ -32,7 +33,42 @@ def load_causal_lm(path: str | Path):
         model = AutoModelForCausalLM.from_pretrained(
             str(path), trust_remote_code=False, use_safetensors=True, dtype=torch.float32
         )
+    if (path / ADAPTER_FILE).exists():  # an adapter that is not merged (prompt tuning): attach it
+        spec = json.loads((path / ADAPTER_FILE).read_text())
+        model = _attach_adapter(model, path / spec["adapter"], quantized=(path / QUANT_FILE).exists())
     return model.eval()
+
+
+def _attach_adapter(model, adapter_dir: Path, quantized: bool):
+    from peft import PeftConfig, PeftModel, get_peft_model
+
+    config = PeftConfig.from_pretrained(str(adapter_dir))
+    if not (quantized and config.is_prompt_learning):
+        return PeftModel.from_pretrained(model, str(adapter_dir))
+    # PEFT's loader pushes a state dict through the whole model, which int8 Linear modules reject;
+    # a soft prompt is one embedding table, so set it directly.
+    from safetensors.torch import load_file
+
+    import torch
+
+    peft_model = get_peft_model(model, config)
+    weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(weights["prompt_embeddings"])
+    return peft_model
+
+
+def copy_adapter(src: str | Path, dst: str | Path) -> bool:
+    """Carry an unmerged adapter (and its pointer file) from one model directory to the next."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    if not (src / ADAPTER_FILE).exists():
+        return False
+    spec = json.loads((src / ADAPTER_FILE).read_text())
+    shutil.copytree(src / spec["adapter"], dst / spec["adapter"], dirs_exist_ok=True)
+    shutil.copy(src / ADAPTER_FILE, dst / ADAPTER_FILE)
+    return True
 
 
 def is_quantized(path: str | Path) -> bool:

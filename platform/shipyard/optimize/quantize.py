@@ -81,6 +81,9 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | Path, output_dir: str | P
     for name in _COPY:
         if (model_dir / name).exists():
             shutil.copy2(model_dir / name, output_dir / name)
+    from shipyard.models.causal_lm import copy_adapter
+
+    copy_adapter(model_dir, output_dir)  # a prompt-tuning adapter stays float, on top of the int8 base
     (output_dir / QUANT_FILE).write_text(json.dumps(
         {"method": cfg.method, "dtype": "qint8", "granularity": "per_channel", "modules": names}, indent=2))
     before, after = dir_size(model_dir), dir_size(output_dir)

@@ -1,27 +1,101 @@
-"""finetune stage: instruction fine-tuning (LoRA or full) with TRL's SFTTrainer.
+"""finetune stage: instruction fine-tuning with TRL's SFTTrainer — full, LoRA, QLoRA or prompt tuning.
 
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # fourth step
 
-Rows {instruction, input?, response} become (prompt, completion) pairs in the shared template;
-the loss covers completion tokens only. With LoRA the adapter is saved on its own under
-``adapter/`` and merged into the base for the output model, so later stages load a plain model.
+Rows (instruction/response or chat messages) become (prompt, completion) pairs through the
+tokenizer's chat template; the loss covers completion tokens only. Several tasks are mixed by
+weight into one adapter, or trained as one adapter per task (``adapters: per_task``). Adapters
+are always saved on their own under ``adapters/<name>/``; with ``merge`` the output directory also
+holds base + (first) adapter merged, so later stages load a plain model. Prompt tuning cannot be
+merged: the output holds the base weights and ``shipyard_adapter.json`` naming the adapter that
+``load_causal_lm`` attaches. A catastrophic-forgetting check scores the base task's held-out
+perplexity before and after, and can fail the stage.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from shipyard.config import FinetuneConfig
-from shipyard.data.shards import read_records, write_quarantine
-from shipyard.templates import format_prompt
+from shipyard.data.shards import Quarantined, write_quarantine
+from shipyard.train.finetune_config import FinetuneConfig
 from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, split_holdout, trainer_args
+from shipyard.train.sft_data import load_conversations, mix, to_pair
+
+from shipyard.models.causal_lm import ADAPTER_FILE  # noqa: E402
 
 
-def load_instructions(path: str | Path, limit: int | None = None):
-    rows, bad = read_records(path, ("instruction", "response"))
-    pairs = [{"prompt": format_prompt(r["instruction"], r.get("input") or ""), "completion": r["response"]}
-             for r in rows]
-    return (pairs[:limit] if limit else pairs), bad
+class ForgettingError(RuntimeError):
+    """The base task got worse than ``forgetting.max_ratio`` allows."""
+
+
+def check_device(cfg: FinetuneConfig) -> None:
+    """QLoRA's 4-bit base needs CUDA and bitsandbytes: say so before loading anything."""
+    if cfg.method != "qlora":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError("finetune.method qlora loads the base in 4 bits with bitsandbytes, which needs a CUDA "
+                         "GPU; this machine has none: use method lora (same adapters, full-precision base)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ValueError("finetune.method qlora needs bitsandbytes: pip install 'shipyard[gpu]'") from None
+
+
+def peft_config(cfg: FinetuneConfig, tokenizer, base_dir):
+    import peft
+
+    if cfg.method in ("lora", "qlora"):
+        return peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                               target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
+    if cfg.method == "prompt_tuning":
+        pt = cfg.prompt_tuning
+        init = ({"prompt_tuning_init": peft.PromptTuningInit.TEXT, "prompt_tuning_init_text": pt.init_text,
+                 "tokenizer_name_or_path": str(base_dir)} if pt.init_text else
+                {"prompt_tuning_init": peft.PromptTuningInit.RANDOM})
+        return peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=pt.num_virtual_tokens, **init)
+    return None
+
+
+def load_base(cfg: FinetuneConfig, base_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        q = cfg.qlora
+        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.quant_type,
+                                 bnb_4bit_use_double_quant=q.double_quant,
+                                 bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype))
+        model = AutoModelForCausalLM.from_pretrained(str(base_dir), quantization_config=bnb, device_map={"": 0},
+                                                     use_safetensors=True, trust_remote_code=False)
+        return prepare_model_for_kbit_training(model)
+    return AutoModelForCausalLM.from_pretrained(str(base_dir), use_safetensors=True, trust_remote_code=False,
+                                                dtype=torch.float32)
+
+
+def _base_perplexity(model, tokenizer, cfg: FinetuneConfig) -> float | None:
+    if not cfg.forgetting.heldout_text:
+        return None
+    from shipyard.data.shards import Row, read_rows
+    from shipyard.eval.metrics import perplexity
+
+    texts = []
+    for item in read_rows(cfg.forgetting.heldout_text, "text"):
+        if isinstance(item, Row):
+            texts.append(item.text)
+        if len(texts) >= cfg.forgetting.max_docs:
+            break
+    was_training = model.training
+    model.eval()
+    try:
+        return perplexity(model, tokenizer, texts, cfg.max_length)
+    finally:
+        model.train(was_training)
 
 
 def run_finetune(
@@ -30,46 +104,147 @@ def run_finetune(
     output_dir: str | Path,
     log: MetricsLogger = lambda m, s: None,
 ) -> dict[str, float]:
-    """Fine-tune the model in ``base_model_dir`` on ``cfg.train``; save the merged model to ``output_dir``.
+    """Fine-tune the model in ``base_model_dir``; write adapters and the output model to ``output_dir``.
 
     Returns:
-        Metrics: held-out loss before and after, trainable parameter count, quarantined rows.
-    """
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import SFTConfig, SFTTrainer
+        Metrics: held-out loss before/after (overall and per task), trainable parameters and
+        fraction, rows per task, quarantined rows, base-task perplexity before/after.
 
+    Raises:
+        ValueError: bad data or an impossible method for this machine (QLoRA without CUDA).
+        ForgettingError: the base task's perplexity grew beyond ``forgetting.max_ratio``.
+    """
     from shipyard.models.causal_lm import load_tokenizer
 
+    check_device(cfg)
     output_dir = Path(output_dir)
-    pairs, bad = load_instructions(cfg.train, cfg.max_examples)
-    train, held = split_holdout(pairs, minimum=16)
+    output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(base_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(base_model_dir), use_safetensors=True)
-    peft_config = None
-    if cfg.method == "lora":
-        from peft import LoraConfig
+    context = json.loads((Path(base_model_dir) / "config.json").read_text()).get("max_position_embeddings")
+    if context and cfg.max_length > context:
+        raise ValueError(f"finetune.max_length {cfg.max_length} exceeds the base model's context {context}")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_by_task, held_by_task, bad = {}, {}, []
+    for task in cfg.task_list():
+        convs, q = load_conversations(task.train)
+        bad.extend(q)
+        pairs = []
+        for msgs, source in convs:
+            pair = to_pair(msgs, tokenizer)
+            n = len(tokenizer(pair["prompt"], add_special_tokens=False, verbose=False)["input_ids"])
+            if n >= cfg.max_length:  # TRL would drop it silently: no response token would be left to learn
+                bad.append(Quarantined(json.dumps({"messages": msgs}, ensure_ascii=False), source,
+                                       f"prompt is {n} tokens, max_length {cfg.max_length} leaves no room for "
+                                       f"the response", "too_long"))
+            else:
+                pairs.append(pair)
+        if len(pairs) < 2:
+            raise ValueError(f"{task.train}: task {task.name!r} has {len(pairs)} usable rows of {len(convs) + len(q)} "
+                             f"({len(q)} malformed, {len(convs) - len(pairs)} longer than max_length "
+                             f"{cfg.max_length}); at least 2 are needed (one to train, one to hold out)")
+        train, held = split_holdout(pairs, minimum=min(16, max(1, len(pairs) // 4)))
+        train_by_task[task.name] = train[: task.max_examples] if task.max_examples else train
+        held_by_task[task.name] = held[: cfg.eval_examples]
+    weights = {t.name: t.weight for t in cfg.task_list()}
+    if cfg.adapters == "per_task":
+        groups = [(name, rows, {name: held_by_task[name]}) for name, rows in train_by_task.items()]
+    else:
+        name = "default" if len(train_by_task) == 1 else "mixture"
+        rows = mix(train_by_task, weights, cfg.max_examples, cfg.seed) if len(train_by_task) > 1 else \
+            list(train_by_task.values())[0][: cfg.max_examples or None]
+        groups = [(name, rows, held_by_task)]
 
-        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                 target_modules=list(cfg.lora.target_modules), task_type="CAUSAL_LM")
-    args = SFTConfig(**trainer_args(cfg), max_length=cfg.max_length,
-                     completion_only_loss=True, packing=False)
-    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
-                               eval_dataset=Dataset.from_list(held), processing_class=tokenizer,
-                               peft_config=peft_config, callbacks=[log_forwarder(log)]))
-    before = trainer.evaluate().get("eval_loss")
-    if before is None:
-        raise ValueError(f"{cfg.train}: no held-out example keeps a response token within max_length="
-                         f"{cfg.max_length} tokens; raise finetune.max_length or use a tokenizer with more merges")
-    trainer.train()
-    after = trainer.evaluate()["eval_loss"]
-    trained = trainer.model
-    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-    if cfg.method == "lora":
-        trained.save_pretrained(output_dir / "adapter")
-        trained = trained.merge_and_unload()
-    trained.save_pretrained(output_dir, safe_serialization=True)
+    metrics: dict[str, float] = {"quarantined": len(bad)}
+    first_model, first_adapter = None, None
+    for name, rows, held in groups:
+        model = load_base(cfg, base_model_dir)
+        if first_model is None:
+            metrics["forgetting_ppl_before"] = _base_perplexity(model, tokenizer, cfg) or float("nan")
+        trainer = _trainer(cfg, model, tokenizer, rows, held, base_model_dir, log)
+        before = _eval(trainer, held, cfg)
+        trainer.train()
+        after = _eval(trainer, held, cfg)
+        prefix = "" if len(groups) == 1 else f"{name}."
+        metrics.update({f"{prefix}eval_loss_before": before["all"], f"{prefix}eval_loss": after["all"],
+                        f"{prefix}train_rows": len(rows)})
+        if len(held) > 1:
+            metrics.update({f"{prefix}eval_loss.{t}": v for t, v in after.items() if t != "all"})
+        trained = trainer.model
+        trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in trained.parameters())
+        metrics.update(trainable_params=trainable, total_params=total, trainable_fraction=trainable / total)
+        if cfg.method != "full":
+            trained.save_pretrained(output_dir / "adapters" / name)
+        if first_model is None:
+            first_model, first_adapter = trained, name
+    for task, rows in train_by_task.items():
+        metrics[f"rows.{task}"] = len(rows)
+
+    out_model = _write_output(cfg, first_model, first_adapter, base_model_dir, output_dir)
     tokenizer.save_pretrained(output_dir)
     write_quarantine(output_dir / "quarantine.jsonl", bad)
-    return {"eval_loss_before": before, "eval_loss": after, "trainable_params": trainable,
-            "train_rows": len(train), "quarantined": len(bad)}
+    after_ppl = _base_perplexity(out_model, tokenizer, cfg)
+    if after_ppl is not None:
+        ratio = after_ppl / metrics["forgetting_ppl_before"]
+        metrics.update(forgetting_ppl_after=after_ppl, forgetting_ppl_ratio=ratio)
+        log({k: metrics[k] for k in ("forgetting_ppl_before", "forgetting_ppl_after", "forgetting_ppl_ratio")},
+            cfg.max_steps)
+        limit = cfg.forgetting.max_ratio
+        if limit is not None and ratio > limit:
+            raise ForgettingError(
+                f"catastrophic forgetting: base-task perplexity {metrics['forgetting_ppl_before']:.2f} -> "
+                f"{after_ppl:.2f} (x{ratio:.3f}) exceeds finetune.forgetting.max_ratio {limit}; lower lr, "
+                f"use LoRA, fewer steps, or mix base-task data into the tasks")
+    else:
+        metrics.pop("forgetting_ppl_before", None)
+    return metrics
+
+
+def _trainer(cfg, model, tokenizer, rows, held, base_model_dir, log):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    def ds(rs):
+        return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rs])
+
+    # Several tasks: one eval set per task (TRL evaluates each and reports eval_<task>_loss).
+    evals = ds(next(iter(held.values()))) if len(held) == 1 else {t: ds(rs) for t, rs in held.items()}
+    args = SFTConfig(**trainer_args(cfg), max_length=cfg.max_length, completion_only_loss=True, packing=False)
+    return quiet(SFTTrainer(model=model, args=args, train_dataset=ds(rows),
+                            eval_dataset=evals, processing_class=tokenizer,
+                            peft_config=peft_config(cfg, tokenizer, base_model_dir),
+                            callbacks=[log_forwarder(log)]))
+
+
+def _eval(trainer, held: dict[str, list], cfg) -> dict[str, float]:
+    """Held-out loss: overall ("all": the mean over tasks) and per task when there are several."""
+    res = trainer.evaluate()
+    if len(held) == 1:
+        out = {"all": res.get("eval_loss")}
+    else:
+        out = {t: res.get(f"eval_{t}_loss") for t in held}
+        out["all"] = None if None in out.values() else sum(out.values()) / len(held)
+    if out["all"] is None:
+        raise ValueError(f"no held-out example keeps a response token within max_length={cfg.max_length} "
+                         f"tokens; raise finetune.max_length")
+    return out
+
+
+def _write_output(cfg, trained, adapter: str, base_model_dir, output_dir: Path):
+    """The output model: merged (full, or LoRA with merge) or base weights + a named adapter."""
+    if cfg.method == "full":
+        trained.save_pretrained(output_dir, safe_serialization=True)
+        return trained
+    if cfg.method in ("lora", "qlora") and cfg.merge:
+        from shipyard.models.adapters import merge_adapter
+
+        return merge_adapter(base_model_dir, output_dir / "adapters" / adapter, output_dir)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_model_dir), use_safetensors=True)
+    base.save_pretrained(output_dir, safe_serialization=True)
+    (output_dir / ADAPTER_FILE).write_text(json.dumps({"adapter": f"adapters/{adapter}", "method": cfg.method}))
+    from shipyard.models.causal_lm import load_causal_lm
+
+    return load_causal_lm(output_dir)

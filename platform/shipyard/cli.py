@@ -179,7 +179,7 @@ def pretrain(
     corpus: Annotated[Path, typer.Option(help="Clean corpus folder (corpus.jsonl), e.g. a data_filter output.")],
     tokenizer: Annotated[Path, typer.Option(help="Tokenizer folder from train_tokenizer.")],
     output: Annotated[Path, typer.Option(help="Where the model and tokenizer are saved.")],
-    checkpoint_dir: Annotated[Path | None, typer.Option(help="Checkpoints; rerun with the same one to resume.")] = None,
+    checkpoint_dir: Annotated[str | None, typer.Option(help="Checkpoints (a folder or s3://bucket/prefix); rerun with the same one to resume.")] = None,
 ) -> None:
     """Pretrain one model outside a pipeline: any objective (clm, mlm, span), same stage function."""
     from shipyard.config import PretrainSection, parse_config

@@ -60,7 +60,9 @@ def _pretrain(cfg, inputs, outputs, run):
     from shipyard.tracking.runs import state_dir
 
     # Stable across retries of the same pipeline run, so a preempted pod resumes where it stopped.
-    ckpt = cfg.pretrain.checkpoint_dir or str(state_dir() / "checkpoints" / run.parent_run_id / "pretrain")
+    # SHIPYARD_CHECKPOINT_URI (s3://... on a cluster, set by the Helm chart) puts them in the artifact store.
+    root = os.environ.get("SHIPYARD_CHECKPOINT_URI") or str(state_dir() / "checkpoints")
+    ckpt = cfg.pretrain.checkpoint_dir or f"{root.rstrip('/')}/{run.parent_run_id}/pretrain"
     if cfg.pretrain.nodes > 1:
         from shipyard.components.images import SHIPYARD_GPU_IMAGE, SHIPYARD_IMAGE
         from shipyard.train.cluster import run_on_trainjob

@@ -16,6 +16,7 @@ import math
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from shipyard.train.checkpoint import TrainerState, latest, load_checkpoint, save_checkpoint
 from shipyard.train.distributed import Dist
@@ -140,7 +141,7 @@ class _StopFlag:
 
 
 def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: MetricsLogger,
-        digest: str = "") -> tuple[TrainerState, dict[str, float]]:
+        digest: str = "", mirror=None) -> tuple[TrainerState, dict[str, float]]:
     """Train ``model`` in place for ``cfg.max_steps`` optimizer steps; returns (state, summary metrics).
 
     Raises:
@@ -163,7 +164,12 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
     state, resumed = TrainerState(config_digest=digest), None
-    ckpt = latest(checkpoint_dir) if cfg.resume == "auto" else None
+    ckpt = None
+    if cfg.resume == "auto":
+        if mirror is not None and latest(checkpoint_dir) is None and dist.local_rank == 0:
+            mirror.pull_latest(Path(checkpoint_dir))  # this pod's disk is new: fetch from the artifact store
+        dist.barrier()
+        ckpt = latest(checkpoint_dir)
     if ckpt is not None:
         state, rng = load_checkpoint(ckpt, wrapped, optimizer)
         if digest and state.config_digest and state.config_digest != digest:
@@ -254,6 +260,8 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
                 if checkpoint_dir is not None:
                     rng = dist.gather(torch.get_rng_state())
                     last_good = save_checkpoint(checkpoint_dir, wrapped, optimizer, state, rng, cfg.keep_checkpoints)
+                    if mirror is not None and dist.main:
+                        mirror.push(last_good, cfg.keep_checkpoints)
                     dist.barrier()
             if stop_now:
                 raise Preempted(f"SIGTERM at step {state.step}: checkpoint {last_good}; rerun with resume: auto")

@@ -74,8 +74,13 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
     from shipyard.train.loop import fit
     from shipyard.train.objectives import Objective, pack_corpus
 
+    from shipyard.train.checkpoint_store import S3Mirror, is_remote, local_cache
+
     budget = cfg.compute_budget_flops
     cfg = cfg.sized()
+    mirror = None
+    if is_remote(checkpoint_dir):  # s3://: written locally, mirrored to the artifact store
+        mirror, checkpoint_dir = S3Mirror(checkpoint_dir), local_cache(checkpoint_dir)
     dist = Dist.from_env()
     try:
         torch.manual_seed(cfg.seed)
@@ -92,7 +97,7 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
         model = build_model(cfg, tokenizer)
         n_params = sum(p.numel() for p in model.parameters())
         state, summary = fit(cfg, model, Objective(cfg, tokenizer), train, val, dist, checkpoint_dir, log,
-                             training_digest(cfg))
+                             training_digest(cfg), mirror=mirror)
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         seen: set[int] = set()
         for name, p in model.named_parameters(remove_duplicate=False):

@@ -33,6 +33,9 @@ def test_checkpoints_go_to_s3_and_a_fresh_disk_resumes_from_there(s3, tiny_corpu
     from shipyard.train.pretrain import run_pretrain
 
     uri = "s3://shipyard/checkpoints/run-7/pretrain"
+    stale = local_cache(uri) / "step-000012"  # a leftover staging folder must never be resumed from
+    stale.mkdir(parents=True, exist_ok=True)
+    (stale / "trainer_state.json").write_text("{}")
     cfg = PretrainConfig(**{**TINY_PRETRAIN, "max_steps": 12}, checkpoint_every=4)
     first = run_pretrain(cfg.model_copy(update={"max_steps": 8}), tiny_corpus, tiny_tokenizer, tmp_path / "a",
                          checkpoint_dir=uri)
@@ -40,7 +43,7 @@ def test_checkpoints_go_to_s3_and_a_fresh_disk_resumes_from_there(s3, tiny_corpu
     keys = sorted(o.object_name for o in s3.list_objects("shipyard", prefix="checkpoints/run-7/", recursive=True))
     assert {k.split("/")[-2] for k in keys} == {"step-000004", "step-000008"}
     assert "checkpoints/run-7/pretrain/step-000008/trainer_state.json" in keys
-    shutil.rmtree(local_cache(uri))  # a new pod: nothing on its disk
+    shutil.rmtree(local_cache(uri))  # a new pod: nothing on its disk; the bucket has steps 4 and 8
 
     resumed = run_pretrain(cfg, tiny_corpus, tiny_tokenizer, tmp_path / "b", checkpoint_dir=uri)
     assert resumed["resumed_at_step"] == 8 and resumed["steps"] == 12

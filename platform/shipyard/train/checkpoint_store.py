@@ -29,8 +29,14 @@ def is_remote(uri: str | os.PathLike | None) -> bool:
 
 
 def local_cache(uri: str) -> Path:
-    """Where checkpoints of ``uri`` are written before upload (one folder per URI)."""
-    return Path(tempfile.gettempdir()) / "shipyard-checkpoints" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    """Where this run stages checkpoints of ``uri`` before upload.
+
+    One folder per URI and per launch (torchrun's run id is shared by its ranks; a single process
+    uses its pid), emptied at start: the bucket, not a leftover folder, says where to resume.
+    """
+    launch = os.environ.get("TORCHELASTIC_RUN_ID") or str(os.getpid())
+    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "shipyard-checkpoints" / f"{key}-{launch}"
 
 
 class S3Mirror:

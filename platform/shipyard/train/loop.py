@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -166,8 +167,9 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
     state, resumed = TrainerState(config_digest=digest), None
     ckpt = None
     if cfg.resume == "auto":
-        if mirror is not None and latest(checkpoint_dir) is None and dist.local_rank == 0:
-            mirror.pull_latest(Path(checkpoint_dir))  # this pod's disk is new: fetch from the artifact store
+        if mirror is not None and dist.local_rank == 0:  # the artifact store decides where to resume
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            mirror.pull_latest(Path(checkpoint_dir))
         dist.barrier()
         ckpt = latest(checkpoint_dir)
     if ckpt is not None:

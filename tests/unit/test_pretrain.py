@@ -238,8 +238,8 @@ def test_fsdp_on_two_cpu_processes_matches_and_checkpoints(tiny_corpus, tiny_tok
     base = {**TINY_PRETRAIN, "max_steps": 8, "batch_size": 4, "checkpoint_every": 4}
     torch.set_num_threads(1)
     cfg = PretrainConfig(**base, nproc_per_node=2, strategy="fsdp")
-    run_pretrain(cfg.model_copy(update={"max_steps": 4}), tiny_corpus, tiny_tokenizer, tmp_path / "half",
-                 checkpoint_dir=tmp_path / "ck")
+    run_pretrain(cfg, tiny_corpus, tiny_tokenizer, tmp_path / "first", checkpoint_dir=tmp_path / "ck")
+    __import__("shutil").rmtree(tmp_path / "ck" / "step-000008")  # as if killed after the step-4 checkpoint
     resumed = run_pretrain(cfg, tiny_corpus, tiny_tokenizer, tmp_path / "fsdp", checkpoint_dir=tmp_path / "ck")
     single = run_pretrain(PretrainConfig(**base, grad_accum_steps=2), tiny_corpus, tiny_tokenizer, tmp_path / "one")
     assert resumed["resumed_at_step"] == 4
@@ -247,3 +247,21 @@ def test_fsdp_on_two_cpu_processes_matches_and_checkpoints(tiny_corpus, tiny_tok
     assert a == pytest.approx(b, abs=2e-5)
     wa, wb = _weights(tmp_path / "fsdp"), _weights(tmp_path / "one")
     assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_torch_compile_matches_eager_and_resumes(tiny_corpus, tiny_tokenizer, tmp_path):
+    """compile: true (inductor on CPU needs a C compiler): same losses as eager, checkpoints resume."""
+    from shipyard.train.pretrain import run_pretrain
+
+    import shutil
+
+    cfg = PretrainConfig(**{**TINY_PRETRAIN, "max_steps": 6, "warmup_steps": 1}, checkpoint_every=3)
+    run_pretrain(cfg.model_copy(update={"compile": True}), tiny_corpus, tiny_tokenizer, tmp_path / "full",
+                 checkpoint_dir=tmp_path / "ck")
+    shutil.rmtree(tmp_path / "ck" / "step-000006")  # as if killed after the step-3 checkpoint
+    compiled = run_pretrain(cfg.model_copy(update={"compile": True}), tiny_corpus, tiny_tokenizer, tmp_path / "c",
+                            checkpoint_dir=tmp_path / "ck")
+    eager = run_pretrain(cfg, tiny_corpus, tiny_tokenizer, tmp_path / "e")
+    assert compiled["resumed_at_step"] == 3 and eager["resumed_at_step"] == 0
+    a, b = (json.loads((tmp_path / d / "loss_curve.json").read_text()) for d in ("c", "e"))
+    assert a == pytest.approx(b, abs=1e-4)

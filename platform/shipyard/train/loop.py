@@ -159,8 +159,9 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
     n_flop_params = flop_params(model)
     model.to(device)
     wrapped = dist.wrap(model, cfg.strategy)
-    if cfg.compile:
-        wrapped = torch.compile(wrapped)
+    # Only the forward runs compiled: checkpoints, the optimizer and clipping see the plain module,
+    # whose parameter names (and so its saved state) do not depend on the compile flag.
+    runner = torch.compile(wrapped) if cfg.compile else wrapped
     optimizer = make_optimizer(wrapped, cfg)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
@@ -236,7 +237,7 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
                     sync = wrapped.no_sync()  # DDP: all-reduce gradients once per optimizer step
                 with sync:
                     with _autocast(device, dtype):
-                        loss = wrapped(**batch).loss / accum
+                        loss = runner(**batch).loss / accum
                     (scaler.scale(loss) if scaler else loss).backward()
                 total += loss.detach().float()
             if scaler:

@@ -1,5 +1,5 @@
 """The whole lifecycle as one KFP v2 pipeline: filter -> tokenize -> pretrain -> finetune ->
-reward model + DPO -> quantize -> evaluate -> register (gated champion).
+reward model -> align (PPO | DPO | GRPO) -> quantize -> evaluate -> register (gated champion).
 
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml        # kfp.local, CPU
     shipyard compile pipelines/lifecycle.py -o lifecycle.yaml                     # KFP IR YAML
@@ -33,10 +33,10 @@ def lifecycle(config: str, tracking_uri: str, parent_run_id: str, data_shards: l
     base = pretrain(corpus=clean.outputs["clean"], tokenizer=tok.outputs["tokenizer"], **run)
     sft = finetune(base_model=base.outputs["model"], **run)
     rm = reward_model(base_model=base.outputs["model"], **run)
-    dpo = align(policy=sft.outputs["model"], **run)
-    q = quantize(source=dpo.outputs["model"], **run)
+    aligned = align(policy=sft.outputs["model"], reward_model=rm.outputs["model"], **run)
+    q = quantize(source=aligned.outputs["model"], **run)
     ev = evaluate(base_model=base.outputs["model"], finetuned_model=sft.outputs["model"],
-                  aligned_model=dpo.outputs["model"], quantized_model=q.outputs["model"],
+                  aligned_model=aligned.outputs["model"], quantized_model=q.outputs["model"],
                   reward_model=rm.outputs["model"], **run)
-    register(quantized_model=q.outputs["model"], aligned_model=dpo.outputs["model"],
+    register(quantized_model=q.outputs["model"], aligned_model=aligned.outputs["model"],
              eval_report=ev.outputs["report"], **run)

@@ -156,7 +156,8 @@ def vader_preferences(src: Path) -> list[dict]:
         rng.shuffle(highs)
         for (lo, rej), (hi, cho) in zip(lows, highs):
             if hi - lo >= 1.5:
-                pairs.append({"prompt": prompt, "chosen": cho, "rejected": rej,
+                pairs.append({"prompt": f'Continue the movie review that begins: "{prompt}"',
+                              "chosen": prompt + cho, "rejected": prompt + rej,
                               "chosen_rating": hi, "rejected_rating": lo})
     return pairs
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shipyard.data.filter_config import DataFilterConfig
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
 from shipyard.models.select import BaseModelConfig  # noqa: F401  (re-exported)
+from shipyard.train.align_config import AlignConfig  # noqa: F401  (re-exported)
 from shipyard.train.finetune_config import FinetuneConfig, LoraConfig  # noqa: F401  (re-exported)
 from shipyard.train.pretrain_config import PretrainConfig  # noqa: F401  (re-exported)
 
@@ -51,20 +52,6 @@ class RewardModelConfig(StrictModel):
     max_length: int = Field(128, gt=8)
     batch_size: int = Field(8, gt=0)
     max_steps: int = Field(60, gt=0)
-    lr: float = Field(5e-4, gt=0, le=1)
-    max_examples: int | None = Field(None, gt=0)
-    seed: int = 0
-
-
-class AlignConfig(StrictModel):
-    """Preference alignment of the fine-tuned model (DPO with TRL; PPO/GRPO come later)."""
-
-    method: Literal["dpo"] = "dpo"
-    train: str = Field(description="JSONL of {prompt, chosen, rejected} rows.")
-    beta: float = Field(0.1, gt=0, description="DPO temperature: strength of the pull to the reference.")
-    max_length: int = Field(128, gt=8)
-    batch_size: int = Field(8, gt=0)
-    max_steps: int = Field(40, gt=0)
     lr: float = Field(5e-4, gt=0, le=1)
     max_examples: int | None = Field(None, gt=0)
     seed: int = 0
@@ -174,6 +161,7 @@ class PipelineConfig(StrictModel):
             "reward_model.train": self.reward_model.train,
             "reward_model.test": self.reward_model.test,
             "align.train": self.align.train,
+            **({"align.eval_prompts": self.align.eval_prompts} if self.align.eval_prompts else {}),
             "evaluate.heldout_text": self.evaluate.heldout_text,
             "evaluate.instructions_test": self.evaluate.instructions_test,
             "evaluate.preferences_test": self.evaluate.preferences_test,

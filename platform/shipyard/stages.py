@@ -91,7 +91,16 @@ def _reward_model(cfg, inputs, outputs, run):
 def _align(cfg, inputs, outputs, run):
     from shipyard.train.align import run_align
 
-    return run_align(cfg.align, inputs["model"], outputs["model"], log=run.log)
+    ckpt = None
+    if cfg.align.method == "ppo":  # stable across retries of one pipeline run, like pretrain's
+        from shipyard.tracking.runs import state_dir
+
+        root = os.environ.get("SHIPYARD_CHECKPOINT_URI") or str(state_dir() / "checkpoints")
+        if not root.startswith("s3://"):  # PPO checkpoints are local (small: the policy and its optimizer)
+            ckpt = f"{root.rstrip('/')}/{run.parent_run_id}/align"
+            run.tag({"shipyard.checkpoint_dir": ckpt})
+    return run_align(cfg.align, inputs["model"], outputs["model"], inputs.get("reward_model"), log=run.log,
+                     eval_prompts=cfg.evaluate.preferences_test, checkpoint_dir=ckpt)
 
 
 def _quantize(cfg, inputs, outputs, run):

@@ -86,13 +86,15 @@ def test_dpo_moves_the_policy_toward_chosen(tiny_base, tmp_path):
     from shipyard.train.align import run_align
 
     cfg = AlignConfig(train=str(DEMO / "preferences/train.jsonl"), max_examples=80, max_steps=20, lr=0.005,
-                      max_length=128, batch_size=8)
+                      max_length=128, batch_size=8, eval_prompts=str(DEMO / "preferences/test.jsonl"),
+                      eval_examples=8, rewards=[{"kind": "non_toxic"}])
     logged = []
     out = run_align(cfg, tiny_base, tmp_path, log=lambda m, s: logged.append(m))
     margins = [m["rewards/margins"] for m in logged if "rewards/margins" in m and "eval_loss" not in m]
     # the policy's log-ratio of chosen over rejected grows on the pairs it trains on
     assert len(margins) >= 2 and margins[-1] > margins[0] and margins[-1] > 0
     assert out["train_pairs"] == 80 - 16
+    assert out["eval_prompts"] == 8 and 0 <= out["toxicity_rate_aligned"] <= 1
     assert _changed(_weights(tiny_base), _weights(tmp_path)) > 0
 
 

@@ -47,7 +47,8 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, str | Path], reward_mode
 
     Returns:
         ``{model_name: {metric: value}}``, plus ``quantized.perplexity_ratio`` (quantized over
-        aligned perplexity) when both are present.
+        aligned perplexity) when both are present, and an ``alignment`` row (reward_gain, win_rate,
+        toxicity rates, kl_to_instruct) copied from the aligned model's ``alignment.json``.
     """
     from shipyard.models.causal_lm import load_tokenizer
     from shipyard.train.reward import load_reward_model
@@ -59,7 +60,7 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, str | Path], reward_mode
     # The models of one run share a tokenizer, so one chat template renders every prompt.
     template = load_tokenizer(next(iter(models.values())))
     sft = [to_pair(msgs, template) for msgs, _ in convs[: cfg.max_examples]]
-    prefs, _ = load_preferences(cfg.preferences_test, cfg.max_examples)
+    prefs, _ = load_preferences(cfg.preferences_test, cfg.max_examples, template)
     data = {"heldout": [r["text"] for r in heldout], "sft": sft, "prefs": prefs}
     reward = (load_reward_model(reward_model_dir), load_tokenizer(reward_model_dir))
     table: dict[str, dict[str, float]] = {}
@@ -68,6 +69,10 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, str | Path], reward_mode
             table[name], samples = evaluate_model(path, cfg, data, reward)
             for s in samples:
                 f.write(json.dumps({"model": name, **s}, ensure_ascii=False) + "\n")
+    aligned_report = Path(models["aligned"]) / "alignment.json" if "aligned" in models else None
+    if aligned_report and aligned_report.exists():  # the align stage's instruct-vs-aligned judgement
+        table["alignment"] = {k: v for k, v in json.loads(aligned_report.read_text()).items()
+                              if isinstance(v, (int, float))}
     if "quantized" in table and "aligned" in table:
         table["quantized"]["perplexity_ratio"] = table["quantized"]["perplexity"] / table["aligned"]["perplexity"]
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
@@ -79,5 +84,10 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
     """A markdown table, one row per model."""
     lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, scores in table.items():
-        lines.append(f"| {name} | " + " | ".join(f"{scores.get(c, float('nan')):.4g}" for c in COLUMNS) + " |")
+        if name != "alignment":
+            lines.append(f"| {name} | " + " | ".join(f"{scores.get(c, float('nan')):.4g}" for c in COLUMNS) + " |")
+    if "alignment" in table:
+        lines += ["", "Aligned vs instruct on held-out prompts (align stage):", "",
+                  "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4g} |" for k, v in table["alignment"].items()]
     return "\n".join(lines) + "\n"

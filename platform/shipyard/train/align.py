@@ -1,9 +1,12 @@
-"""align stage: preference alignment of the fine-tuned model with DPO (TRL's DPOTrainer).
+"""align stage: the instruct model aligned by PPO (ours), DPO or GRPO (TRL), then judged against itself.
 
-    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # after finetune
+    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # after finetune + reward_model
 
-The reference policy is a frozen copy of the fine-tuned model; beta sets how hard the policy is
-pulled back to it. Reports the DPO reward margin and accuracy (chosen log-ratio above rejected).
+``align.method`` picks the algorithm; ``align.rewards`` (default: the reward model) scores
+completions for PPO and GRPO. After training, held-out prompts are answered by the instruct model
+and by the aligned one, and both answers are scored with the same reward and the toxicity
+classifier: mean reward, win rate, toxicity rate and KL(aligned || instruct) go to the stage's
+metrics and to ``alignment.json`` in the output, where the evaluate stage and the gate read them.
 """
 
 from __future__ import annotations
@@ -11,60 +14,156 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shipyard.config import AlignConfig
-from shipyard.data.preferences import load_preferences
+from shipyard.data.preferences import load_preferences, load_prompts
 from shipyard.data.shards import write_quarantine
-from shipyard.models.causal_lm import ADAPTER_FILE
+from shipyard.train.align_config import AlignConfig
 from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, split_holdout, trainer_args
+from shipyard.train.rewards import build_reward, trl_reward_functions
+
+ALIGNMENT_FILE = "alignment.json"
 
 
-def run_align(
-    cfg: AlignConfig,
-    policy_dir: str | Path,
-    output_dir: str | Path,
-    log: MetricsLogger = lambda m, s: None,
-) -> dict[str, float]:
-    """DPO-align the model in ``policy_dir`` on ``cfg.train``; save the aligned model to ``output_dir``."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM
-    from trl import DPOConfig, DPOTrainer
+def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
+              reward_model_dir: str | Path | None = None, log: MetricsLogger = lambda m, s: None,
+              eval_prompts: str | Path | None = None, checkpoint_dir: str | Path | None = None) -> dict[str, float]:
+    """Align the instruct model in ``policy_dir``; save it to ``output_dir`` with ``alignment.json``.
 
+    Args:
+        reward_model_dir: the reward_model stage's output (needed by a ``reward_model`` reward term).
+        eval_prompts: held-out prompts when ``cfg.eval_prompts`` is unset.
+        checkpoint_dir: where PPO checkpoints and resumes (none: no checkpoints).
+    """
     from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.train.policy import load_policy, save_policy
 
     output_dir = Path(output_dir)
-    rows, bad = load_preferences(cfg.train, cfg.max_examples)
-    train, held = split_holdout(rows, minimum=16)
-    tokenizer = load_tokenizer(policy_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(policy_dir), use_safetensors=True)
-    adapter = None
-    if (Path(policy_dir) / ADAPTER_FILE).exists():
-        # An unmerged adapter (prompt tuning): DPO trains the adapter; TRL's reference is the same
-        # base with the adapter disabled, so no second copy of the model is held.
-        from peft import PeftModel
+    output_dir.mkdir(parents=True, exist_ok=True)
+    import torch
 
-        adapter = json.loads((Path(policy_dir) / ADAPTER_FILE).read_text())["adapter"]
-        model = PeftModel.from_pretrained(model, str(Path(policy_dir) / adapter))
-        # PEFT refuses is_trainable=True for prompt-learning adapters it loads; unfreeze the soft prompt.
-        for p in model.prompt_encoder.parameters() if model.peft_config["default"].is_prompt_learning else []:
-            p.requires_grad_(True)
+    torch.manual_seed(cfg.seed)  # fresh adapters' initialization
+    tokenizer = load_tokenizer(policy_dir)
+    model = load_policy(policy_dir, cfg.lora, cfg.method)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if cfg.method == "dpo":
+        metrics, bad = _dpo(cfg, model, tokenizer, log)
+    else:
+        prompts, bad = load_prompts(cfg.train, cfg.max_examples, tokenizer)
+        if cfg.method == "ppo":
+            from shipyard.train.ppo import PPOTrainer
+
+            reward = build_reward(cfg.rewards, reward_model_dir, cfg.max_length)
+            trainer = PPOTrainer(cfg, model, tokenizer, prompts, reward, log, checkpoint_dir)
+            metrics = trainer.train()
+            model = trainer.policy.lm
+        else:
+            metrics = _grpo(cfg, model, tokenizer, prompts, reward_model_dir, log)
+        metrics["train_prompts"] = len(prompts)
+    how = save_policy(model.cpu(), tokenizer, policy_dir, output_dir)
+    write_quarantine(output_dir / "quarantine.jsonl", bad)
+    held_path = cfg.eval_prompts or eval_prompts
+    if held_path is None:
+        raise ValueError("align: no held-out prompts for the aligned-vs-instruct evaluation (set align.eval_prompts)")
+    held, _ = load_prompts(held_path, cfg.eval_examples, tokenizer)
+    judged = evaluate_alignment(cfg, policy_dir, output_dir, held, reward_model_dir)
+    (output_dir / ALIGNMENT_FILE).write_text(json.dumps({"method": cfg.method, "saved_as": how, **judged}, indent=2))
+    return {**metrics, **judged, "trainable_params": trainable, "quarantined": len(bad)}
+
+
+def _dpo(cfg: AlignConfig, model, tokenizer, log: MetricsLogger):
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    rows, bad = load_preferences(cfg.train, cfg.max_examples, tokenizer)
+    rows = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
+    train, held = split_holdout(rows, minimum=16)
     args = DPOConfig(**trainer_args(cfg), beta=cfg.beta, max_length=cfg.max_length)
+    # With adapters TRL's reference is the same model with adapters disabled (no second copy).
     trainer = quiet(DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
                                eval_dataset=Dataset.from_list(held), processing_class=tokenizer,
                                callbacks=[log_forwarder(log)]))
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
-    if adapter:
-        trainer.model.get_base_model().save_pretrained(output_dir, safe_serialization=True)
-        trainer.model.save_pretrained(output_dir / adapter)
-        (output_dir / ADAPTER_FILE).write_text((Path(policy_dir) / ADAPTER_FILE).read_text())
-    else:
-        trainer.model.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(output_dir)
-    write_quarantine(output_dir / "quarantine.jsonl", bad)
     pick = lambda d, k: float(d.get(f"eval_{k}", float("nan")))  # noqa: E731
     return {"eval_loss_before": pick(before, "loss"), "eval_loss": pick(after, "loss"),
-            "reward_margin_before": pick(before, "rewards/margins"),
-            "reward_margin": pick(after, "rewards/margins"),
-            "reward_accuracy": pick(after, "rewards/accuracies"),
-            "train_pairs": len(train), "quarantined": len(bad)}
+            "reward_margin_before": pick(before, "rewards/margins"), "reward_margin": pick(after, "rewards/margins"),
+            "reward_accuracy": pick(after, "rewards/accuracies"), "train_pairs": len(train)}, bad
+
+
+def _grpo(cfg: AlignConfig, model, tokenizer, prompts: list[str], reward_model_dir, log: MetricsLogger):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    funcs, weights = trl_reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)
+    g = cfg.generation
+    args = GRPOConfig(**{**trainer_args(cfg), "logging_steps": 1}, beta=cfg.grpo.beta,
+                      num_generations=cfg.grpo.num_generations, epsilon=cfg.grpo.epsilon,
+                      num_iterations=cfg.grpo.num_iterations, max_completion_length=g.max_new_tokens,
+                      temperature=g.temperature, top_k=g.top_k or None, top_p=g.top_p, reward_weights=weights,
+                      log_completions=False)
+    logged: list[dict] = []
+    forward = log_forwarder(lambda m, s: (logged.append(m), log(m, s)))
+    trainer = quiet(GRPOTrainer(model=model, reward_funcs=funcs, args=args,
+                                train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                                processing_class=tokenizer, callbacks=[forward]))
+    trainer.train()
+    rewards = [m["reward"] for m in logged if "reward" in m]
+    kls = [m["kl"] for m in logged if "kl" in m]
+    return {"reward_first": rewards[0], "reward_last": rewards[-1], "kl_last": kls[-1] if kls else float("nan"),
+            "iterations": len(rewards)}
+
+
+def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: list[str],
+                       reward_model_dir) -> dict[str, float]:
+    """Instruct vs aligned on held-out prompts: mean reward, win rate, toxicity rate, KL.
+
+    Answers are greedy (the serving default), scored by ``cfg.rewards``; toxicity is the share of
+    answers the classifier rates above 0.5. KL(aligned || instruct) is the mean over prompts of the
+    summed log-ratio of completions sampled from the aligned model (a Monte Carlo estimate).
+    """
+    from shipyard.eval.metrics import generate
+    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.train.rewards import toxicity_probability
+
+    tok = load_tokenizer(aligned_dir)
+    instruct, aligned = load_causal_lm(instruct_dir), load_causal_lm(aligned_dir)
+    n = cfg.generation.max_new_tokens
+    answers = {"instruct": generate(instruct, tok, prompts, n), "aligned": generate(aligned, tok, prompts, n)}
+    reward = build_reward(cfg.rewards, reward_model_dir, cfg.max_length)
+    scores = {k: reward(prompts, v) for k, v in answers.items()}
+    tox = {k: toxicity_probability(v) for k, v in answers.items()}
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores["aligned"], scores["instruct"])]
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    with open(Path(aligned_dir) / "alignment_samples.jsonl", "w", encoding="utf-8") as f:
+        for i, p in enumerate(prompts[:8]):
+            f.write(json.dumps({"prompt": p, **{f"{k}_answer": answers[k][i] for k in answers},
+                                **{f"{k}_reward": scores[k][i] for k in scores}}, ensure_ascii=False) + "\n")
+    return {"reward_instruct": mean(scores["instruct"]), "reward_aligned": mean(scores["aligned"]),
+            "reward_gain": mean(scores["aligned"]) - mean(scores["instruct"]), "win_rate": mean(wins),
+            "toxicity_rate_instruct": mean([p > 0.5 for p in tox["instruct"]]),
+            "toxicity_rate_aligned": mean([p > 0.5 for p in tox["aligned"]]),
+            "kl_to_instruct": sequence_kl(aligned, instruct, tok, prompts, cfg), "eval_prompts": len(prompts)}
+
+
+def sequence_kl(policy, reference, tokenizer, prompts: list[str], cfg: AlignConfig, batch_size: int = 16) -> float:
+    """Mean over prompts of sum_t log p(y_t) - log q(y_t), y sampled from ``policy`` (temperature 1)."""
+    import torch
+
+    from shipyard.train.ppo import response_logprobs, response_mask, sequence_logits
+
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    total, g = 0.0, cfg.generation
+    torch.manual_seed(cfg.seed)
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch_size):
+            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
+                            truncation=True, max_length=cfg.max_length - g.max_new_tokens)
+            out = policy.generate(**enc, do_sample=True, top_k=None, top_p=1.0, temperature=1.0,
+                                  max_new_tokens=g.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=tokenizer.eos_token_id)
+            P = enc["input_ids"].shape[1]
+            mask = response_mask(out[:, P:], tokenizer.eos_token_id)
+            attn = torch.cat([enc["attention_mask"], mask.long()], 1)
+            lp = [response_logprobs(sequence_logits(m, out, attn), out, P, 1.0)[0] for m in (policy, reference)]
+            total += ((lp[0] - lp[1]) * mask).sum().item()
+    return total / len(prompts)

@@ -29,6 +29,7 @@ class TrainerState:
     tokens: int = 0
     losses: list[float] = field(default_factory=list)  # per optimizer step: the loss curve
     config_digest: str = ""
+    extra: dict = field(default_factory=dict)  # stage-specific scalars (PPO: the KL coefficient)
 
 
 def _flatten(tree: dict, prefix: str, tensors: dict, plain: dict) -> None:

@@ -59,20 +59,21 @@ def run_reward_model(
 
     output_dir = Path(output_dir)
     tokenizer = load_tokenizer(base_model_dir)
-    rows, bad = load_preferences(cfg.train, cfg.max_examples)
+    rows, bad = load_preferences(cfg.train, cfg.max_examples, tokenizer)
     # TRL drops pairs longer than max_length; do it here instead so that each one is counted
     # and quarantined with its reason rather than lost silently.
     train = []
-    for i, r in enumerate(rows):
+    for r in rows:
         longest = max(len(tokenizer(r["prompt"] + r[k], verbose=False)["input_ids"]) for k in ("chosen", "rejected"))
         if longest > cfg.max_length:
-            bad.append(Quarantined(json.dumps(r), f"{Path(cfg.train).name}:row {i + 1}",
+            bad.append(Quarantined(json.dumps(r, ensure_ascii=False), r["source"],
                                    f"{longest} tokens > max_length {cfg.max_length}"))
         else:
             train.append(r)
+    train = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train]
     if not train:
         raise ValueError(f"{cfg.train}: every pair is longer than max_length={cfg.max_length} tokens")
-    test, bad_test = load_preferences(cfg.test)
+    test, bad_test = load_preferences(cfg.test, tokenizer=tokenizer)
     model = load_reward_model(base_model_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
     acc_before = pairwise_accuracy(model, tokenizer, test, cfg.max_length)

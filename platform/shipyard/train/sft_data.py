@@ -16,15 +16,25 @@ from shipyard.data.shards import Quarantined, read_rows
 ROLES = ("system", "user", "assistant")
 
 
+def check_messages(msgs: list, key: str = "messages") -> str | None:
+    """The reason ``msgs`` is not a list of {role, content} chat turns, or None."""
+    if not isinstance(msgs, list) or not msgs:
+        return f"{key} must be a non-empty list of messages"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            return f"{key}[{i}] needs role in {list(ROLES)} and a string content"
+    return None
+
+
 def to_messages(obj: dict) -> list[dict] | str:
     """The row as chat messages, or the reason it cannot be used."""
     if "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or len(msgs) < 2:
             return "messages must be a list of at least 2 turns"
-        for i, m in enumerate(msgs):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                return f"messages[{i}] needs role in {list(ROLES)} and a string content"
+        problem = check_messages(msgs)
+        if problem:
+            return problem
         if msgs[-1]["role"] != "assistant":
             return "the last message must be the assistant's (it is what the model learns to say)"
         return msgs

@@ -199,6 +199,27 @@ def pretrain(
                f"{metrics['val_loss']:.3f}, {metrics['train_tokens']:.0f} tokens, {metrics['train_pf_days']:.2e} PF-days")
 
 
+@app.command("critique-revise")
+def critique_revise(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML with a `critique_revise:` section.")],
+    model: Annotated[Path, typer.Option(help="The instruct model folder (a finetune output).")],
+    output: Annotated[Path, typer.Option(help="Folder for sft.jsonl, preferences.jsonl, trace.jsonl.")],
+) -> None:
+    """Constitutional critique-revise: AI-revised answers as SFT data and AI preference pairs."""
+    from shipyard.config import CritiqueReviseSection, parse_config
+    from shipyard.train.critique_revise import run_critique_revise
+
+    try:
+        if not config.is_file():
+            raise ConfigError(f"config file not found: {config}")
+        cfg = parse_config(CritiqueReviseSection, config.read_text(encoding="utf-8"), str(config)).critique_revise
+        metrics = run_critique_revise(cfg, model, output)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{metrics['prompts']} prompts, {cfg.rounds} round(s): {metrics['sft_rows']} SFT rows and "
+               f"{metrics['preference_pairs']} preference pairs in {output}")
+
+
 @adapters_app.command("list")
 def adapters_list(model_dir: Annotated[Path, typer.Argument(help="A finetune output directory.")]) -> None:
     """The adapters a fine-tuned model directory holds (one per task, or one for the mixture)."""

@@ -21,6 +21,7 @@ from shipyard.data.filter_config import DataFilterConfig
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
 from shipyard.models.select import BaseModelConfig  # noqa: F401  (re-exported)
 from shipyard.train.align_config import AlignConfig  # noqa: F401  (re-exported)
+from shipyard.train.critique_revise import CritiqueReviseConfig  # noqa: F401  (re-exported)
 from shipyard.train.finetune_config import FinetuneConfig, LoraConfig  # noqa: F401  (re-exported)
 from shipyard.train.pretrain_config import PretrainConfig  # noqa: F401  (re-exported)
 
@@ -109,6 +110,14 @@ class PretrainSection(BaseModel):
     pretrain: PretrainConfig
 
 
+class CritiqueReviseSection(BaseModel):
+    """The ``critique_revise:`` section of a YAML file on its own (``shipyard critique-revise``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    critique_revise: CritiqueReviseConfig
+
+
 class PipelineConfig(StrictModel):
     """A pipeline profile: ``pipelines/configs/<name>.yaml``."""
 
@@ -123,6 +132,7 @@ class PipelineConfig(StrictModel):
     finetune: FinetuneConfig
     reward_model: RewardModelConfig
     align: AlignConfig
+    critique_revise: CritiqueReviseConfig | None = None
     quantize: QuantizeConfig = QuantizeConfig()
     evaluate: EvaluateConfig
     # "register" would shadow BaseModel.register (ABCMeta), hence the alias.
@@ -162,6 +172,7 @@ class PipelineConfig(StrictModel):
             "reward_model.test": self.reward_model.test,
             "align.train": self.align.train,
             **({"align.eval_prompts": self.align.eval_prompts} if self.align.eval_prompts else {}),
+            **({"critique_revise.prompts": self.critique_revise.prompts} if self.critique_revise else {}),
             "evaluate.heldout_text": self.evaluate.heldout_text,
             "evaluate.instructions_test": self.evaluate.instructions_test,
             "evaluate.preferences_test": self.evaluate.preferences_test,

@@ -103,6 +103,16 @@ def _align(cfg, inputs, outputs, run):
                      eval_prompts=cfg.evaluate.preferences_test, checkpoint_dir=ckpt)
 
 
+def _critique_revise(cfg, inputs, outputs, run):
+    from shipyard.train.critique_revise import run_critique_revise
+
+    if cfg.critique_revise is None:
+        raise ValueError("the profile has no critique_revise section (prompts and constitution)")
+    out = run_critique_revise(cfg.critique_revise, inputs["model"], outputs["data"])
+    run.artifact(str(Path(outputs["data"]) / "trace.jsonl"), "critique_revise")
+    return out
+
+
 def _quantize(cfg, inputs, outputs, run):
     from shipyard.optimize.quantize import run_quantize
 
@@ -164,6 +174,7 @@ STAGES: dict[str, StageFn] = {
     "finetune": _finetune,
     "reward_model": _reward_model,
     "align": _align,
+    "critique_revise": _critique_revise,
     "quantize": _quantize,
     "evaluate": _evaluate,
     "register": _register,

@@ -36,9 +36,12 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     summary = result.summary
     assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "align", "quantize",
                                    "reward_model", "evaluate", "register"}
-    assert set(summary.eval_table) == {"base", "finetuned", "aligned", "quantized"}
-    for scores in summary.eval_table.values():
-        assert {"perplexity", "rouge1", "rouge2", "rougeL", "bleu", "reward"} <= set(scores)
+    assert set(summary.eval_table) == {"base", "finetuned", "aligned", "quantized", "alignment"}
+    for name, scores in summary.eval_table.items():
+        if name != "alignment":
+            assert {"perplexity", "rouge1", "rouge2", "rougeL", "bleu", "reward"} <= set(scores)
+    judged = summary.eval_table["alignment"]  # PPO's aligned model against the instruct model
+    assert {"reward_instruct", "reward_aligned", "win_rate", "toxicity_rate_aligned", "kl_to_instruct"} <= set(judged)
     assert summary.gate == "passed" and summary.version == "1"
     assert current_alias(uri, "shipyard-ci", "champion") == "1"
     assert current_alias(uri, "shipyard-ci", "candidate") == "1"
@@ -58,6 +61,8 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert by_stage["data_filter"].data.metrics["read"] == (
         by_stage["data_filter"].data.metrics["kept"] + by_stage["data_filter"].data.metrics["dropped"]
         + by_stage["data_filter"].data.metrics["quarantined"])
+    align = c.get_metric_history(by_stage["align"].info.run_id, "reward_mean")
+    assert len(align) == 6 and by_stage["align"].data.tags["shipyard.checkpoint_dir"].endswith("/align")
     df = by_stage["data_filter"].data.metrics
     assert df["kept"] > 1000 and df["dropped.language"] > 0 and df["dropped.near_duplicate"] > 0
     assert {"drop_table.md", "toxicity_hist.png", "stats.json"} <= {

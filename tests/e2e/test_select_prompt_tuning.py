@@ -24,7 +24,8 @@ def test_select_then_prompt_tuning_through_serving(tiny_base, monkeypatch, tmp_p
                                max_length=128, max_steps=6, eval_examples=16)
     profile["finetune"].pop("lora")
     profile["reward_model"].update(max_length=96, max_steps=4)
-    profile["align"].update(max_length=96, max_steps=3)
+    profile["align"] = {"method": "dpo", "train": profile["align"]["train"], "max_length": 96, "max_steps": 3,
+                        "batch_size": 8, "lr": 0.0005, "eval_examples": 4, "generation": {"max_new_tokens": 8}}
     profile["evaluate"].update(context_length=128, max_examples=4, max_new_tokens=8)
     profile["register"]["model_name"] = "shipyard-select"
     path = tmp_path / "ci-select.yaml"

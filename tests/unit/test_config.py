@@ -91,3 +91,29 @@ def test_unknown_key_inside_a_filter_step_is_named(monkeypatch, tmp_path):
     bad = _profile_with(monkeypatch, "    min_stop_words: 1\n", "    min_stop_words: 1\n    max_stop_words: 9\n", tmp_path)
     with pytest.raises(ConfigError, match=r"data_filter\.gopher_quality\.max_stop_words: unknown key"):
         load_pipeline_config(bad)
+
+
+def test_align_sections_reject_unknown_keys_and_bad_shapes(monkeypatch, tmp_path):
+    bad = _profile_with(monkeypatch, "  ppo: {epochs: 4,", "  ppo: {epoch: 4,", tmp_path)
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: align.ppo.epoch: unknown key"):
+        load_pipeline_config(bad)
+    bad = _profile_with(monkeypatch, "  method: ppo\n", "  method: reinforce\n", tmp_path)
+    with pytest.raises(ConfigError, match=r"align.method: Input should be 'ppo', 'dpo' or 'grpo'"):
+        load_pipeline_config(bad)
+    bad = _profile_with(monkeypatch, "  rewards: [{kind: reward_model}]", "  rewards: [{kind: keywords}]", tmp_path)
+    with pytest.raises(ConfigError, match=r"align.rewards.0: .*keywords: set exactly when kind is keywords"):
+        load_pipeline_config(bad)
+
+
+def test_critique_revise_section_is_validated_and_its_prompts_resolved(monkeypatch, tmp_path):
+    text = (REPO / "pipelines/configs/tiny-cpu.yaml").read_text() + (
+        "\ncritique_revise:\n  prompts: data/demo/preferences/test.jsonl\n"
+        "  constitution:\n    - {name: kind, critique: Point out anything unkind., revision: Rewrite it kindly.}\n")
+    monkeypatch.chdir(REPO)
+    (tmp_path / "p.yaml").write_text(text)
+    cfg = load_pipeline_config(tmp_path / "p.yaml")
+    assert Path(cfg.critique_revise.prompts).is_absolute() and cfg.critique_revise.constitution[0].name == "kind"
+    (tmp_path / "q.yaml").write_text(text.replace("  constitution:\n    - {name: kind, critique: Point out anything unkind., "
+                                                  "revision: Rewrite it kindly.}\n", "  constitution: []\n"))
+    with pytest.raises(ConfigError, match=r"q.yaml:\d+: critique_revise.constitution: List should have at least 1"):
+        load_pipeline_config(tmp_path / "q.yaml")

@@ -143,10 +143,9 @@ def _prompt_of(obj: dict):
     return None, "needs a non-empty string prompt (or a list of chat messages)"
 
 
-def load_prompts(path: str | Path, limit: int | None = None,
-                 tokenizer=None) -> tuple[list[str], list[Quarantined]]:
-    """The distinct rendered prompts of a file of prompt rows (``{prompt}``) or preference rows, in order."""
-    seen: dict[str, None] = {}
+def load_prompt_messages(path: str | Path, limit: int | None = None) -> tuple[list[list[dict]], list[Quarantined]]:
+    """The distinct prompts of a file of prompt rows (``{prompt}``) or preference rows, as chat messages."""
+    seen: dict[str, list[dict]] = {}
     bad = []
     for item in read_rows(path, text_key=None):
         if isinstance(item, Quarantined):
@@ -156,9 +155,17 @@ def load_prompts(path: str | Path, limit: int | None = None,
         if reason:
             bad.append(Quarantined(json.dumps(item.meta, ensure_ascii=False), item.source, reason, "bad_prompt"))
         else:
-            seen.setdefault(render_prompt(prompt, tokenizer))
-    prompts = list(seen)
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            seen.setdefault(json.dumps(messages, sort_keys=True), messages)
+    prompts = list(seen.values())
     if not prompts:
         first = f", first: {bad[0].source}: {bad[0].reason}" if bad else ""
         raise ValueError(f"{path}: no usable prompts ({len(bad)} quarantined{first})")
     return (prompts[:limit] if limit else prompts), bad
+
+
+def load_prompts(path: str | Path, limit: int | None = None,
+                 tokenizer=None) -> tuple[list[str], list[Quarantined]]:
+    """The distinct prompts of a file of prompt or preference rows, rendered for the model."""
+    messages, bad = load_prompt_messages(path, limit)
+    return [render_prompt(m, tokenizer) for m in messages], bad

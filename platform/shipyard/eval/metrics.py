@@ -26,8 +26,11 @@ def perplexity(model, tokenizer, texts: list[str], context_length: int) -> float
     return math.exp(nll / count)
 
 
-def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16) -> list[str]:
+def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens.
+
+    ``temperature`` > 0 samples instead, with optional ``top_k``/``top_p`` (seed torch to reproduce).
 
     Prompts longer than the model's context minus ``max_new_tokens`` keep their end (where the
     instruction template puts the response header).
@@ -44,7 +47,9 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         for i in range(0, len(prompts), batch_size):
             enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True,
                             add_special_tokens=False, truncation=True, max_length=room)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None,
+                        "top_p": top_p} if temperature else {"do_sample": False}
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             new = out[:, enc["input_ids"].shape[1]:]
             outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))

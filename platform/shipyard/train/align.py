@@ -117,32 +117,45 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
                        reward_model_dir) -> dict[str, float]:
     """Instruct vs aligned on held-out prompts: mean reward, win rate, toxicity rate, KL.
 
-    Answers are greedy (the serving default), scored by ``cfg.rewards``; toxicity is the share of
-    answers the classifier rates above 0.5. KL(aligned || instruct) is the mean over prompts of the
-    summed log-ratio of completions sampled from the aligned model (a Monte Carlo estimate).
+    Both models answer every prompt the same way (``cfg.eval_decoding``: ``cfg.eval_samples``
+    samples with the generation settings RL optimized, seeded alike, or one greedy answer), scored
+    by ``cfg.rewards``. A prompt is won when the aligned model's mean reward on it is higher (a tie
+    counts half). Toxicity is the share of answers the classifier rates above 0.5.
+    KL(aligned || instruct) is the mean over prompts of the summed log-ratio of completions sampled
+    from the aligned model at temperature 1 (a Monte Carlo estimate).
     """
+    import torch
+
     from shipyard.eval.metrics import generate
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
     from shipyard.train.rewards import toxicity_probability
 
     tok = load_tokenizer(aligned_dir)
-    instruct, aligned = load_causal_lm(instruct_dir), load_causal_lm(aligned_dir)
-    n = cfg.generation.max_new_tokens
-    answers = {"instruct": generate(instruct, tok, prompts, n), "aligned": generate(aligned, tok, prompts, n)}
+    g, sample = cfg.generation, cfg.eval_decoding == "sample"
+    k = cfg.eval_samples if sample else 1
+    asked = [p for p in prompts for _ in range(k)]
+    decode = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p) if sample else {}
+    models, answers = {}, {}
+    for name, path in (("instruct", instruct_dir), ("aligned", aligned_dir)):
+        torch.manual_seed(cfg.seed)
+        models[name] = load_causal_lm(path)
+        answers[name] = generate(models[name], tok, asked, g.max_new_tokens, **decode)
     reward = build_reward(cfg.rewards, reward_model_dir, cfg.max_length)
-    scores = {k: reward(prompts, v) for k, v in answers.items()}
-    tox = {k: toxicity_probability(v) for k, v in answers.items()}
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(scores["aligned"], scores["instruct"])]
+    scores = {name: reward(asked, a) for name, a in answers.items()}
+    per_prompt = {name: [sum(s[i * k:(i + 1) * k]) / k for i in range(len(prompts))] for name, s in scores.items()}
+    tox = {name: toxicity_probability(a) for name, a in answers.items()}
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(per_prompt["aligned"], per_prompt["instruct"])]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     with open(Path(aligned_dir) / "alignment_samples.jsonl", "w", encoding="utf-8") as f:
-        for i, p in enumerate(prompts[:8]):
-            f.write(json.dumps({"prompt": p, **{f"{k}_answer": answers[k][i] for k in answers},
-                                **{f"{k}_reward": scores[k][i] for k in scores}}, ensure_ascii=False) + "\n")
+        for i in range(0, min(len(asked), 8 * k), k):
+            f.write(json.dumps({"prompt": asked[i], **{f"{n}_answer": answers[n][i] for n in answers},
+                                **{f"{n}_reward": scores[n][i] for n in scores}}, ensure_ascii=False) + "\n")
     return {"reward_instruct": mean(scores["instruct"]), "reward_aligned": mean(scores["aligned"]),
             "reward_gain": mean(scores["aligned"]) - mean(scores["instruct"]), "win_rate": mean(wins),
             "toxicity_rate_instruct": mean([p > 0.5 for p in tox["instruct"]]),
             "toxicity_rate_aligned": mean([p > 0.5 for p in tox["aligned"]]),
-            "kl_to_instruct": sequence_kl(aligned, instruct, tok, prompts, cfg), "eval_prompts": len(prompts)}
+            "kl_to_instruct": sequence_kl(models["aligned"], models["instruct"], tok, prompts, cfg),
+            "eval_prompts": len(prompts), "eval_answers": len(asked)}
 
 
 def sequence_kl(policy, reference, tokenizer, prompts: list[str], cfg: AlignConfig, batch_size: int = 16) -> float:

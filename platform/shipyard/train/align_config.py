@@ -65,6 +65,10 @@ class AlignConfig(StrictModel):
     eval_prompts: str | None = Field(None, description="Held-out prompts for aligned-vs-instruct (any prompt "
                                      "or preference rows); null: the evaluate stage's preferences_test.")
     eval_examples: int = Field(32, gt=0, description="Held-out prompts scored aligned vs instruct.")
+    eval_decoding: Literal["sample", "greedy"] = Field("sample", description="How both models answer the "
+                                                       "held-out prompts: sample (the generation settings RL "
+                                                       "optimized, fixed seed) or greedy.")
+    eval_samples: int = Field(4, gt=0, le=64, description="Answers per held-out prompt and model (sample).")
     rewards: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm()], min_length=1,
                                       description="Reward terms (ppo, grpo, and the alignment evaluation).")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters on the policy (the reference is "

@@ -1,0 +1,108 @@
+"""Constitutional critique-revise (RLAIF): the model improves its own answers against principles.
+
+    shipyard critique-revise -c pipelines/configs/tiny-cpu.yaml --model INSTRUCT_DIR --output OUT
+
+For every prompt the model answers; then, for each revision round, it critiques its answer against
+one principle of the constitution (``critique`` request) and rewrites it (``revision`` request),
+all in one chat so each step sees the previous ones (Bai et al. 2022). Outputs, in formats the
+other stages read directly:
+
+- ``sft.jsonl``: ``{messages}`` with the final revision as the answer (finetune ``train``/``tasks``);
+- ``preferences.jsonl``: chat pairs, revised chosen over original rejected (reward_model ``train``,
+  align ``train`` with dpo) — AI preference data;
+- ``trace.jsonl``: every step (principle, answer, critique, revision) for inspection.
+
+An unchanged or empty revision gives no pair; such examples are listed in ``quarantine.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import Field
+
+from shipyard.schema import StrictModel
+
+Generate = Callable[[list[str]], list[str]]
+
+
+class Principle(StrictModel):
+    """One principle: how to critique an answer against it, and how to revise the answer."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    critique: str = Field(min_length=1, description="Critique request, e.g. 'Point out anything rude in your answer.'")
+    revision: str = Field(min_length=1, description="Revision request, e.g. 'Rewrite your answer without it.'")
+
+
+class CritiqueReviseConfig(StrictModel):
+    """The ``critique_revise:`` section: prompts, the constitution and generation budget."""
+
+    prompts: str = Field(description="JSONL of prompt rows ({prompt}) or preference rows; their prompts are used.")
+    constitution: list[Principle] = Field(min_length=1, description="The principles; each round draws one.")
+    rounds: int = Field(1, ge=1, le=8, description="Critique-revise rounds per prompt.")
+    max_examples: int = Field(32, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(0.7, ge=0, le=5, description="Sampling temperature (0: greedy).")
+    seed: int = 0
+
+
+def run_critique_revise(cfg: CritiqueReviseConfig, model_dir: str | Path, output_dir: str | Path,
+                        generate: Generate | None = None) -> dict[str, float]:
+    """Answer, critique and revise every prompt with the model in ``model_dir``; write the datasets.
+
+    ``generate`` (prompt texts -> completions) defaults to sampling from the model at ``temperature``.
+    """
+    from shipyard.data.preferences import load_prompt_messages
+    from shipyard.data.shards import Quarantined, write_quarantine
+    from shipyard.models.causal_lm import load_tokenizer
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(model_dir)
+    if generate is None:
+        import torch
+
+        from shipyard.eval.metrics import generate as sample
+        from shipyard.models.causal_lm import load_causal_lm
+
+        torch.manual_seed(cfg.seed)
+        model = load_causal_lm(model_dir)
+        generate = lambda prompts: sample(model, tok, prompts, cfg.max_new_tokens,  # noqa: E731
+                                          temperature=cfg.temperature)
+    render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    prompts, bad = load_prompt_messages(cfg.prompts, cfg.max_examples)
+    rng = random.Random(cfg.seed)
+    original = generate([render(p) for p in prompts])
+    answers, traces = list(original), [{"prompt": p, "original": a, "steps": []} for p, a in zip(prompts, original)]
+    for _ in range(cfg.rounds):
+        principles = [rng.choice(cfg.constitution) for _ in prompts]
+        chats = [p + [{"role": "assistant", "content": a}, {"role": "user", "content": pr.critique}]
+                 for p, a, pr in zip(prompts, answers, principles)]
+        critiques = generate([render(c) for c in chats])
+        chats = [c + [{"role": "assistant", "content": k}, {"role": "user", "content": pr.revision}]
+                 for c, k, pr in zip(chats, critiques, principles)]
+        answers = generate([render(c) for c in chats])
+        for t, pr, k, a in zip(traces, principles, critiques, answers):
+            t["steps"].append({"principle": pr.name, "critique": k, "revision": a})
+    sft, pairs = [], []
+    for t, final in zip(traces, answers):
+        t["revised"] = final
+        if not final.strip():
+            bad.append(Quarantined(json.dumps(t, ensure_ascii=False), "critique_revise", "empty revision", "empty"))
+            continue
+        sft.append({"messages": t["prompt"] + [{"role": "assistant", "content": final}]})
+        if final.strip() == t["original"].strip():
+            bad.append(Quarantined(json.dumps(t, ensure_ascii=False), "critique_revise",
+                                   "revision equals the original answer: no preference", "unchanged"))
+            continue
+        pairs.append({"prompt": t["prompt"], "chosen": [{"role": "assistant", "content": final}],
+                      "rejected": [{"role": "assistant", "content": t["original"]}]})
+    for name, rows in (("sft.jsonl", sft), ("preferences.jsonl", pairs), ("trace.jsonl", traces)):
+        with open(output_dir / name, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    write_quarantine(output_dir / "quarantine.jsonl", bad)
+    return {"prompts": len(prompts), "sft_rows": len(sft), "preference_pairs": len(pairs),
+            "unchanged_or_empty": len(traces) - len(pairs), "rounds": cfg.rounds}

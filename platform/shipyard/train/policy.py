@@ -40,10 +40,12 @@ def load_policy(policy_dir: str | Path, lora: LoraConfig | None, method: str):
                          f"one. Drop align.lora (the existing adapter trains) or merge it first "
                          f"(`shipyard adapters merge`)")
     if adapter:
-        from peft import PeftModel
+        from peft import PeftConfig, PeftModel
 
-        model = PeftModel.from_pretrained(model, str(Path(policy_dir) / adapter), is_trainable=True)
-        if model.peft_config["default"].is_prompt_learning:
+        adapter_dir = str(Path(policy_dir) / adapter)
+        prompt_learning = PeftConfig.from_pretrained(adapter_dir).is_prompt_learning
+        model = PeftModel.from_pretrained(model, adapter_dir, is_trainable=not prompt_learning)
+        if prompt_learning:
             if method == "ppo":
                 raise ValueError(f"{policy_dir}: PPO trains a merged model or LoRA adapters, not the prompt-tuning "
                                  f"adapter {adapter!r}; use align.method dpo, or merge it first")

@@ -65,3 +65,17 @@ def test_a_real_model_writes_data_that_finetune_and_reward_model_load(tiny_base,
     pairs, bad = load_preferences(tmp_path / "out/preferences.jsonl")
     assert len(pairs) >= 1 and bad == []
     assert pairs[0]["chosen"] != pairs[0]["rejected"]
+
+
+def test_the_kfp_component_compiles_and_runs_the_stage(tmp_path):
+    import yaml as _yaml
+    from kfp import compiler
+
+    from shipyard.components.critique_revise.component import critique_revise
+    from shipyard.stages import STAGES
+
+    compiler.Compiler().compile(critique_revise, str(tmp_path / "c.yaml"))
+    spec = _yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert set(spec["root"]["inputDefinitions"]["artifacts"]) == {"model"}
+    assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"data", "metrics"}
+    assert "critique_revise" in STAGES

@@ -182,7 +182,9 @@ def test_prompt_tuned_model_goes_through_align_quantize_and_generates(tiny_base,
     cfg = FinetuneConfig(train=TRAIN, method="prompt_tuning", max_examples=60, **{**FAST, "lr": 1.0, "max_steps": 4})
     run_finetune(cfg, tiny_base, tmp_path / "ft")
     out = run_align(AlignConfig(train=str(DEMO / "preferences/train.jsonl"), max_examples=48, max_steps=3,
-                                lr=0.05, max_length=110, batch_size=8), tmp_path / "ft", tmp_path / "al")
+                                lr=0.05, max_length=110, batch_size=8, eval_examples=4, rewards=[{"kind": "non_toxic"}],
+                                eval_prompts=str(DEMO / "preferences/test.jsonl"), generation={"max_new_tokens": 8}),
+                    tmp_path / "ft", tmp_path / "al")
     assert out["train_pairs"] > 0
     from safetensors.torch import load_file
 

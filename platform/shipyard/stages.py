@@ -49,6 +49,16 @@ def _train_tokenizer(cfg, inputs, outputs, run):
     return run_train_tokenizer(cfg.train_tokenizer, inputs["corpus"], outputs["tokenizer"])
 
 
+def _checkpoint_dir(run, stage: str) -> str:
+    """Where ``stage`` checkpoints: stable across retries of one pipeline run, so a preempted pod
+    resumes where it stopped. SHIPYARD_CHECKPOINT_URI (s3://... on a cluster, set by the Helm chart)
+    puts them in the artifact store; otherwise they live under the local state dir."""
+    from shipyard.tracking.runs import state_dir
+
+    root = os.environ.get("SHIPYARD_CHECKPOINT_URI") or str(state_dir() / "checkpoints")
+    return f"{root.rstrip('/')}/{run.parent_run_id}/{stage}"
+
+
 def _pretrain(cfg, inputs, outputs, run):
     if cfg.base.type != "pretrain":  # "select": start from an existing model instead
         from shipyard.models.select import run_select
@@ -57,12 +67,7 @@ def _pretrain(cfg, inputs, outputs, run):
         return run_select(cfg.base, outputs["model"])
     from shipyard.train.pretrain import run_pretrain
 
-    from shipyard.tracking.runs import state_dir
-
-    # Stable across retries of the same pipeline run, so a preempted pod resumes where it stopped.
-    # SHIPYARD_CHECKPOINT_URI (s3://... on a cluster, set by the Helm chart) puts them in the artifact store.
-    root = os.environ.get("SHIPYARD_CHECKPOINT_URI") or str(state_dir() / "checkpoints")
-    ckpt = cfg.pretrain.checkpoint_dir or f"{root.rstrip('/')}/{run.parent_run_id}/pretrain"
+    ckpt = cfg.pretrain.checkpoint_dir or _checkpoint_dir(run, "pretrain")
     if cfg.pretrain.nodes > 1:
         from shipyard.components.images import SHIPYARD_GPU_IMAGE, SHIPYARD_IMAGE
         from shipyard.train.cluster import run_on_trainjob
@@ -91,14 +96,11 @@ def _reward_model(cfg, inputs, outputs, run):
 def _align(cfg, inputs, outputs, run):
     from shipyard.train.align import run_align
 
-    ckpt = None
-    if cfg.align.method == "ppo":  # stable across retries of one pipeline run, like pretrain's
-        from shipyard.tracking.runs import state_dir
-
-        root = os.environ.get("SHIPYARD_CHECKPOINT_URI") or str(state_dir() / "checkpoints")
-        if not root.startswith("s3://"):  # PPO checkpoints are local (small: the policy and its optimizer)
-            ckpt = f"{root.rstrip('/')}/{run.parent_run_id}/align"
-            run.tag({"shipyard.checkpoint_dir": ckpt})
+    ckpt = _checkpoint_dir(run, "align") if cfg.align.method == "ppo" else None
+    if ckpt and ckpt.startswith("s3://"):  # PPO checkpoints are local only (no S3 mirror yet)
+        ckpt = None
+    if ckpt:
+        run.tag({"shipyard.checkpoint_dir": ckpt})
     return run_align(cfg.align, inputs["model"], outputs["model"], inputs.get("reward_model"), log=run.log,
                      eval_prompts=cfg.evaluate.preferences_test, checkpoint_dir=ckpt)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shipyard.data.shards import Quarantined, read_rows
+from shipyard.data.shards import Quarantined, parse_records
 from shipyard.templates import format_prompt
 from shipyard.train.sft_data import check_messages
 
@@ -111,56 +111,35 @@ def load_preferences(path: str | Path, limit: int | None = None,
 
     ``limit`` caps the number of pairs. Raises ValueError if the file yields no pair at all.
     """
-    out, bad = [], []
-    for item in read_rows(path, text_key=None):
-        if isinstance(item, Quarantined):
-            bad.append(item)
-            continue
-        parsed = parse_preference(item.meta)
-        if isinstance(parsed, str):
-            bad.append(Quarantined(json.dumps(item.meta, ensure_ascii=False), item.source, parsed, "bad_preference"))
-            continue
-        prompt, pairs = parsed
-        text = render_prompt(prompt, tokenizer)
-        out.extend({"prompt": text, "chosen": c, "rejected": r, "source": item.source} for c, r in pairs)
-    if not out:
-        first = f", first: {bad[0].source}: {bad[0].reason}" if bad else ""
-        raise ValueError(f"{path}: no usable preference pairs ({len(bad)} quarantined{first})")
+    rows, bad = parse_records(path, parse_preference, "preference pairs", "bad_preference")
+    out = [{"prompt": render_prompt(prompt, tokenizer), "chosen": c, "rejected": r, "source": source}
+           for (prompt, pairs), source in rows for c, r in pairs]
     return (out[:limit] if limit else out), bad
 
 
-def _prompt_of(obj: dict):
-    """(prompt, None) of a prompt row or preference row, or (None, reason)."""
+def _prompt_messages(obj: dict) -> list[dict] | str:
+    """The prompt of a prompt row or preference row as chat messages, or the reason there is none."""
     if set(obj) & {"chosen", "rejected", "completions", "ranks"}:
         parsed = parse_preference(obj)
-        return (None, parsed) if isinstance(parsed, str) else (parsed[0], None)
-    prompt = obj.get("prompt")
-    if isinstance(prompt, str) and prompt.strip():
-        return prompt, None
-    if isinstance(prompt, list):
-        problem = check_messages(prompt, "prompt")
-        return (None, problem) if problem else (prompt, None)
-    return None, "needs a non-empty string prompt (or a list of chat messages)"
+        if isinstance(parsed, str):
+            return parsed
+        prompt = parsed[0]
+    else:
+        prompt = obj.get("prompt")
+        if isinstance(prompt, list):
+            return check_messages(prompt, "prompt") or prompt
+        if not (isinstance(prompt, str) and prompt.strip()):
+            return "needs a non-empty string prompt (or a list of chat messages)"
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
 def load_prompt_messages(path: str | Path, limit: int | None = None) -> tuple[list[list[dict]], list[Quarantined]]:
     """The distinct prompts of a file of prompt rows (``{prompt}``) or preference rows, as chat messages."""
+    rows, bad = parse_records(path, _prompt_messages, "prompts", "bad_prompt")
     seen: dict[str, list[dict]] = {}
-    bad = []
-    for item in read_rows(path, text_key=None):
-        if isinstance(item, Quarantined):
-            bad.append(item)
-            continue
-        prompt, reason = _prompt_of(item.meta)
-        if reason:
-            bad.append(Quarantined(json.dumps(item.meta, ensure_ascii=False), item.source, reason, "bad_prompt"))
-        else:
-            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-            seen.setdefault(json.dumps(messages, sort_keys=True), messages)
+    for messages, _ in rows:
+        seen.setdefault(json.dumps(messages, sort_keys=True), messages)
     prompts = list(seen.values())
-    if not prompts:
-        first = f", first: {bad[0].source}: {bad[0].reason}" if bad else ""
-        raise ValueError(f"{path}: no usable prompts ({len(bad)} quarantined{first})")
     return (prompts[:limit] if limit else prompts), bad
 
 

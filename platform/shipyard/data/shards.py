@@ -143,6 +143,31 @@ def read_records(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict
     return rows, bad
 
 
+def parse_records(path: str | Path, parse, what: str, category: str) -> tuple[list[tuple], list[Quarantined]]:
+    """Every JSON row of ``path`` through ``parse(obj)``, which returns a value or the reason (a str).
+
+    Returns:
+        ([(value, file:line), ...], quarantined): bad JSON and rejected rows carry their reason.
+
+    Raises:
+        ValueError: naming ``what`` and the first problem, if no row is usable.
+    """
+    good, bad = [], []
+    for item in read_rows(path, text_key=None):
+        if isinstance(item, Quarantined):
+            bad.append(item)
+            continue
+        value = parse(item.meta)
+        if isinstance(value, str):
+            bad.append(Quarantined(json.dumps(item.meta, ensure_ascii=False), item.source, value, category))
+        else:
+            good.append((value, item.source))
+    if not good:
+        first = f", first: {bad[0].source}: {bad[0].reason}" if bad else ""
+        raise ValueError(f"{path}: no usable {what} ({len(bad)} quarantined{first})")
+    return good, bad
+
+
 def write_quarantine(path: str | Path, items: list[Quarantined]) -> None:
     """Write quarantined rows as JSONL: the raw row, where it came from and why."""
     with open(path, "w", encoding="utf-8") as f:

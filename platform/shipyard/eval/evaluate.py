@@ -69,7 +69,9 @@ def run_evaluate(cfg: EvaluateConfig, models: dict[str, str | Path], reward_mode
             table[name], samples = evaluate_model(path, cfg, data, reward)
             for s in samples:
                 f.write(json.dumps({"model": name, **s}, ensure_ascii=False) + "\n")
-    aligned_report = Path(models["aligned"]) / "alignment.json" if "aligned" in models else None
+    from shipyard.train.align import ALIGNMENT_FILE
+
+    aligned_report = Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None
     if aligned_report and aligned_report.exists():  # the align stage's instruct-vs-aligned judgement
         table["alignment"] = {k: v for k, v in json.loads(aligned_report.read_text()).items()
                               if isinstance(v, (int, float))}

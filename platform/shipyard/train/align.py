@@ -18,7 +18,7 @@ from shipyard.data.preferences import load_preferences, load_prompts
 from shipyard.data.shards import write_quarantine
 from shipyard.train.align_config import AlignConfig
 from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, split_holdout, trainer_args
-from shipyard.train.rewards import build_reward, trl_reward_functions
+from shipyard.train.rewards import RewardFn, reward_functions, trl_reward_functions, weighted_sum
 
 ALIGNMENT_FILE = "alignment.json"
 
@@ -36,14 +36,21 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
     from shipyard.models.causal_lm import load_tokenizer
     from shipyard.train.policy import load_policy, save_policy
 
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     import torch
 
-    torch.manual_seed(cfg.seed)  # fresh adapters' initialization
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    held_path = cfg.eval_prompts or eval_prompts
+    if held_path is None:
+        raise ValueError("align: no held-out prompts for the aligned-vs-instruct evaluation (set align.eval_prompts)")
     tokenizer = load_tokenizer(policy_dir)
+    held, _ = load_prompts(held_path, cfg.eval_examples, tokenizer)  # before training: a bad file fails fast
+    torch.manual_seed(cfg.seed)  # fresh adapters' initialization
     model = load_policy(policy_dir, cfg.lora, cfg.method)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # Built once for training and judgement; DPO needs it only after training, so it loads it then.
+    build = lambda: reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)  # noqa: E731
+    rewards = None if cfg.method == "dpo" else build()
     if cfg.method == "dpo":
         metrics, bad = _dpo(cfg, model, tokenizer, log)
     else:
@@ -51,20 +58,15 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
         if cfg.method == "ppo":
             from shipyard.train.ppo import PPOTrainer
 
-            reward = build_reward(cfg.rewards, reward_model_dir, cfg.max_length)
-            trainer = PPOTrainer(cfg, model, tokenizer, prompts, reward, log, checkpoint_dir)
+            trainer = PPOTrainer(cfg, model, tokenizer, prompts, weighted_sum(rewards), log, checkpoint_dir)
             metrics = trainer.train()
             model = trainer.policy.lm
         else:
-            metrics = _grpo(cfg, model, tokenizer, prompts, reward_model_dir, log)
+            metrics = _grpo(cfg, model, tokenizer, prompts, rewards, log)
         metrics["train_prompts"] = len(prompts)
     how = save_policy(model.cpu(), tokenizer, policy_dir, output_dir)
     write_quarantine(output_dir / "quarantine.jsonl", bad)
-    held_path = cfg.eval_prompts or eval_prompts
-    if held_path is None:
-        raise ValueError("align: no held-out prompts for the aligned-vs-instruct evaluation (set align.eval_prompts)")
-    held, _ = load_prompts(held_path, cfg.eval_examples, tokenizer)
-    judged = evaluate_alignment(cfg, policy_dir, output_dir, held, reward_model_dir)
+    judged = evaluate_alignment(cfg, policy_dir, output_dir, held, weighted_sum(rewards or build()))
     (output_dir / ALIGNMENT_FILE).write_text(json.dumps({"method": cfg.method, "saved_as": how, **judged}, indent=2))
     return {**metrics, **judged, "trainable_params": trainable, "quarantined": len(bad)}
 
@@ -90,11 +92,11 @@ def _dpo(cfg: AlignConfig, model, tokenizer, log: MetricsLogger):
             "reward_accuracy": pick(after, "rewards/accuracies"), "train_pairs": len(train)}, bad
 
 
-def _grpo(cfg: AlignConfig, model, tokenizer, prompts: list[str], reward_model_dir, log: MetricsLogger):
+def _grpo(cfg: AlignConfig, model, tokenizer, prompts: list[str], rewards, log: MetricsLogger):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    funcs, weights = trl_reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)
+    funcs, weights = trl_reward_functions(rewards)
     g = cfg.generation
     args = GRPOConfig(**{**trainer_args(cfg), "logging_steps": 1}, beta=cfg.grpo.beta,
                       num_generations=cfg.grpo.num_generations, epsilon=cfg.grpo.epsilon,
@@ -114,12 +116,12 @@ def _grpo(cfg: AlignConfig, model, tokenizer, prompts: list[str], reward_model_d
 
 
 def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: list[str],
-                       reward_model_dir) -> dict[str, float]:
+                       reward: RewardFn) -> dict[str, float]:
     """Instruct vs aligned on held-out prompts: mean reward, win rate, toxicity rate, KL.
 
     Both models answer every prompt the same way (``cfg.eval_decoding``: ``cfg.eval_samples``
     samples with the generation settings RL optimized, seeded alike, or one greedy answer), scored
-    by ``cfg.rewards``. A prompt is won when the aligned model's mean reward on it is higher (a tie
+    by ``reward`` (the weighted ``cfg.rewards``). A prompt is won when the aligned model's mean reward on it is higher (a tie
     counts half). Toxicity is the share of answers the classifier rates above 0.5.
     KL(aligned || instruct) is the mean over prompts of the summed log-ratio of completions sampled
     from the aligned model at temperature 1 (a Monte Carlo estimate).
@@ -140,7 +142,6 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
         torch.manual_seed(cfg.seed)
         models[name] = load_causal_lm(path)
         answers[name] = generate(models[name], tok, asked, g.max_new_tokens, **decode)
-    reward = build_reward(cfg.rewards, reward_model_dir, cfg.max_length)
     scores = {name: reward(asked, a) for name, a in answers.items()}
     per_prompt = {name: [sum(s[i * k:(i + 1) * k]) / k for i in range(len(prompts))] for name, s in scores.items()}
     tox = {name: toxicity_probability(a) for name, a in answers.items()}
@@ -162,21 +163,14 @@ def sequence_kl(policy, reference, tokenizer, prompts: list[str], cfg: AlignConf
     """Mean over prompts of sum_t log p(y_t) - log q(y_t), y sampled from ``policy`` (temperature 1)."""
     import torch
 
-    from shipyard.train.ppo import response_logprobs, response_mask, sequence_logits
+    from shipyard.train.ppo import response_logprobs, sample_completions, sequence_logits
 
-    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
     total, g = 0.0, cfg.generation
     torch.manual_seed(cfg.seed)
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True, add_special_tokens=False,
-                            truncation=True, max_length=cfg.max_length - g.max_new_tokens)
-            out = policy.generate(**enc, do_sample=True, top_k=None, top_p=1.0, temperature=1.0,
-                                  max_new_tokens=g.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id)
-            P = enc["input_ids"].shape[1]
-            mask = response_mask(out[:, P:], tokenizer.eos_token_id)
-            attn = torch.cat([enc["attention_mask"], mask.long()], 1)
+            out, P, mask, attn = sample_completions(policy, tokenizer, prompts[i : i + batch_size],
+                                                    cfg.max_length - g.max_new_tokens, g.max_new_tokens, 1.0)
             lp = [response_logprobs(sequence_logits(m, out, attn), out, P, 1.0)[0] for m in (policy, reference)]
             total += ((lp[0] - lp[1]) * mask).sum().item()
     return total / len(prompts)

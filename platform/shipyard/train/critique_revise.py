@@ -55,7 +55,7 @@ def run_critique_revise(cfg: CritiqueReviseConfig, model_dir: str | Path, output
 
     ``generate`` (prompt texts -> completions) defaults to sampling from the model at ``temperature``.
     """
-    from shipyard.data.preferences import load_prompt_messages
+    from shipyard.data.preferences import load_prompt_messages, render_prompt
     from shipyard.data.shards import Quarantined, write_quarantine
     from shipyard.models.causal_lm import load_tokenizer
 
@@ -72,7 +72,7 @@ def run_critique_revise(cfg: CritiqueReviseConfig, model_dir: str | Path, output
         model = load_causal_lm(model_dir)
         generate = lambda prompts: sample(model, tok, prompts, cfg.max_new_tokens,  # noqa: E731
                                           temperature=cfg.temperature)
-    render = lambda msgs: tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)  # noqa: E731
+    render = lambda msgs: render_prompt(msgs, tok)  # noqa: E731
     prompts, bad = load_prompt_messages(cfg.prompts, cfg.max_examples)
     rng = random.Random(cfg.seed)
     original = generate([render(p) for p in prompts])

@@ -70,6 +70,25 @@ def response_mask(response: torch.Tensor, eos_id: int) -> torch.Tensor:
     return ((is_eos.cumsum(1) - is_eos) == 0).float()
 
 
+@torch.no_grad()
+def sample_completions(model, tokenizer, prompts: list[str], max_prompt_tokens: int, max_new_tokens: int,
+                       temperature: float, top_k: int = 0, top_p: float = 1.0, device: str = "cpu"):
+    """Sampled completions of left-padded prompts (long prompts keep their end).
+
+    Returns:
+        (tokens [B, P + R], P, response mask [B, R] up to and including EOS, attention mask [B, P + R]).
+    """
+    tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
+                    max_length=max_prompt_tokens).to(device)
+    out = model.generate(**enc, do_sample=True, temperature=temperature, top_k=top_k or None, top_p=top_p,
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    P = enc["input_ids"].shape[1]
+    mask = response_mask(out[:, P:], tokenizer.eos_token_id)
+    return out, P, mask, torch.cat([enc["attention_mask"], mask.long()], 1)
+
+
 class Reference:
     """The frozen reference policy: adapters disabled, or a separate frozen copy."""
 
@@ -107,7 +126,6 @@ class PPOTrainer:
         self.checkpoint_dir = checkpoint_dir
         self.iteration = 0
         self.history: list[dict[str, float]] = []
-        tokenizer.padding_side, tokenizer.truncation_side = "left", "left"
         self.max_prompt_tokens = cfg.max_length - cfg.generation.max_new_tokens
 
     # ---- one iteration ------------------------------------------------------------------------
@@ -115,15 +133,9 @@ class PPOTrainer:
     @torch.no_grad()
     def rollout(self, prompts: list[str]) -> dict:
         g = self.cfg.generation
-        enc = self.tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False, truncation=True,
-                       max_length=self.max_prompt_tokens).to(self.device)
         t0 = time.perf_counter()
-        out = self.policy.lm.generate(**enc, do_sample=True, temperature=g.temperature, top_k=g.top_k or None,
-                                      top_p=g.top_p, max_new_tokens=g.max_new_tokens,
-                                      pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id)
-        P = enc["input_ids"].shape[1]
-        mask = response_mask(out[:, P:], self.tok.eos_token_id)
-        attn = torch.cat([enc["attention_mask"], mask.long()], 1)
+        out, P, mask, attn = sample_completions(self.policy.lm, self.tok, prompts, self.max_prompt_tokens,
+                                                g.max_new_tokens, g.temperature, g.top_k, g.top_p, self.device)
         texts = self.tok.batch_decode(out[:, P:] * mask.long() + self.tok.pad_token_id * (1 - mask.long()),
                                       skip_special_tokens=True)
         t1 = time.perf_counter()

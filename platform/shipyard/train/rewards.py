@@ -97,30 +97,38 @@ def term_function(term: RewardTerm, reward_model_dir: str | Path | None, max_len
     return lambda prompts, completions: keyword_share(completions, term.keywords)
 
 
-def build_reward(terms: list[RewardTerm], reward_model_dir: str | Path | None, max_length: int) -> RewardFn:
-    """The weighted sum of ``terms`` as one function."""
-    fns = [(t.weight, term_function(t, reward_model_dir, max_length)) for t in terms]
+def reward_functions(terms: list[RewardTerm], reward_model_dir: str | Path | None,
+                     max_length: int) -> list[tuple[RewardTerm, RewardFn]]:
+    """Each term with its function, built once (a reward model is loaded once for all its uses)."""
+    return [(t, term_function(t, reward_model_dir, max_length)) for t in terms]
+
+
+def weighted_sum(functions: list[tuple[RewardTerm, RewardFn]]) -> RewardFn:
+    """The terms' weighted sum as one function."""
 
     def reward(prompts: list[str], completions: list[str]) -> list[float]:
         total = [0.0] * len(prompts)
-        for weight, fn in fns:
+        for term, fn in functions:
             for i, v in enumerate(fn(prompts, completions)):
-                total[i] += weight * v
+                total[i] += term.weight * v
         return total
 
     return reward
 
 
-def trl_reward_functions(terms: list[RewardTerm], reward_model_dir: str | Path | None,
-                         max_length: int) -> tuple[list[Callable], list[float]]:
+def build_reward(terms: list[RewardTerm], reward_model_dir: str | Path | None, max_length: int) -> RewardFn:
+    """The weighted sum of ``terms`` as one function."""
+    return weighted_sum(reward_functions(terms, reward_model_dir, max_length))
+
+
+def trl_reward_functions(functions: list[tuple[RewardTerm, RewardFn]]) -> tuple[list[Callable], list[float]]:
     """The terms as TRL reward functions ``f(prompts, completions, **kwargs)`` and their weights."""
     funcs = []
-    for term in terms:
-        fn = term_function(term, reward_model_dir, max_length)
+    for term, fn in functions:
 
         def trl_fn(prompts, completions, _fn=fn, **kwargs):
             return _fn(list(prompts), list(completions))
 
         trl_fn.__name__ = term.kind
         funcs.append(trl_fn)
-    return funcs, [t.weight for t in terms]
+    return funcs, [t.weight for t, _ in functions]

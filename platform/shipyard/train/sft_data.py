@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from shipyard.data.shards import Quarantined, read_rows
+from shipyard.data.shards import Quarantined, parse_records
 
 ROLES = ("system", "user", "assistant")
 
@@ -47,22 +47,7 @@ def to_messages(obj: dict) -> list[dict] | str:
 
 def load_conversations(path: str | Path) -> tuple[list[tuple[list[dict], str]], list[Quarantined]]:
     """Every usable row of ``path`` as (chat messages, file:line), and the quarantined ones."""
-    import json
-
-    good, bad = [], []
-    for item in read_rows(path, text_key=None):
-        if isinstance(item, Quarantined):
-            bad.append(item)
-            continue
-        msgs = to_messages(item.meta)
-        if isinstance(msgs, str):
-            bad.append(Quarantined(json.dumps(item.meta, ensure_ascii=False), item.source, msgs, "bad_row"))
-        else:
-            good.append((msgs, item.source))
-    if not good:
-        first = f", first: {bad[0].source}: {bad[0].reason}" if bad else ""
-        raise ValueError(f"{path}: no usable rows ({len(bad)} quarantined{first})")
-    return good, bad
+    return parse_records(path, to_messages, "rows", "bad_row")
 
 
 def to_pair(messages: list[dict], tokenizer) -> dict[str, str]:

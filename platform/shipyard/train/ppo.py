@@ -14,7 +14,6 @@ an unmerged LoRA from finetune) the reference is the same module with adapters d
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from pathlib import Path
@@ -93,19 +92,17 @@ class Reference:
     """The frozen reference policy: adapters disabled, or a separate frozen copy."""
 
     def __init__(self, lm, separate: bool):
-        self.adapters = hasattr(lm, "disable_adapter") and not separate
-        self.copy = None
-        if not self.adapters:
-            base = lm.get_base_model() if hasattr(lm, "get_base_model") and separate else lm
+        self.lm, self.copy = lm, None  # copy None: the reference is ``lm`` with adapters disabled
+        if separate or not hasattr(lm, "disable_adapter"):
+            base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm
             self.copy = copy.deepcopy(base).eval().requires_grad_(False)
-        self.lm = lm
 
     @torch.no_grad()
     def logits(self, input_ids, attention_mask):
-        ctx = self.lm.disable_adapter() if self.adapters else contextlib.nullcontext()
-        model = self.lm if self.adapters else self.copy
-        with ctx:
-            return sequence_logits(model, input_ids, attention_mask)
+        if self.copy is not None:
+            return sequence_logits(self.copy, input_ids, attention_mask)
+        with self.lm.disable_adapter():
+            return sequence_logits(self.lm, input_ids, attention_mask)
 
 
 class PPOTrainer:

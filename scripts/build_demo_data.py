@@ -162,6 +162,30 @@ def vader_preferences(src: Path) -> list[dict]:
     return pairs
 
 
+def cloze_items(docs: list[dict], seed: int = 0) -> list[dict]:
+    """A multiple-choice benchmark from held-out documents (HellaSwag's shape, our text).
+
+    Each item's query is a document's opening (up to ~40 words, cut at a word), the gold choice is
+    the next 8 words, and three distractors are 8-word spans of other held-out documents. A model
+    that learned the docs' language ranks the true continuation first more often than 1 in 4.
+    """
+    rng = random.Random(seed)
+    spans = []
+    for d in docs:
+        words = " ".join(d["text"].split()).split(" ")
+        if len(words) < 20:
+            continue
+        cut = min(40, len(words) - 8)
+        spans.append((d["id"], " ".join(words[:cut]), " " + " ".join(words[cut:cut + 8])))
+    items = []
+    for i, (doc_id, query, gold) in enumerate(spans):
+        others = [s[2] for j, s in enumerate(spans) if j != i]
+        choices = rng.sample(others, 3) + [gold]
+        rng.shuffle(choices)
+        items.append({"id": f"cloze:{doc_id}", "query": query, "choices": choices, "gold": choices.index(gold)})
+    return items
+
+
 def split(rows: list, n_test: int, seed: int = 0) -> tuple[list, list]:
     rows = list(rows)
     random.Random(seed).shuffle(rows)
@@ -180,6 +204,7 @@ def main() -> None:
     docs_train, docs_test = split(docs, n_test=60)
     write_jsonl_gz(OUT / "raw" / "python-docs.jsonl.gz", docs_train)
     write_jsonl(OUT / "heldout" / "python-docs.jsonl", docs_test)
+    write_jsonl(OUT / "benchmarks" / "python-cloze.jsonl", cloze_items(docs_test))
 
     quotes = fortunes(args.sources)
     (OUT / "raw").mkdir(parents=True, exist_ok=True)

@@ -50,6 +50,8 @@ def print_summary(summary) -> None:
     if summary.model_name:
         typer.echo(f"Registered {summary.model_name} version {summary.version}: gate {summary.gate}"
                    + (f" -> models:/{summary.model_name}@champion" if summary.gate == "passed" else ""))
+        if summary.gate_failures:
+            typer.echo(f"Gate failures: {summary.gate_failures}")
 
 
 @app.command()
@@ -163,14 +165,64 @@ def models_promote(name: str, version: str, tracking_uri: TrackingOpt = None) ->
 
 
 @models_app.command("rollback")
-def models_rollback(name: str, tracking_uri: TrackingOpt = None) -> None:
-    """Move the champion alias back to the previous champion."""
+def models_rollback(name: str, tracking_uri: TrackingOpt = None,
+                    from_version: Annotated[str | None, typer.Option(
+                        "--from", help="Only roll back if VERSION is the champion; a repeat is a no-op.")] = None) -> None:
+    """Move the champion alias back to the version the current champion replaced."""
     from shipyard.tracking.registry import rollback
 
     try:
-        typer.echo(f"{name}@champion -> v{rollback(_tracking(tracking_uri), name)}")
+        typer.echo(f"{name}@champion -> v{rollback(_tracking(tracking_uri), name, from_version)}")
     except ValueError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def lineage(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+            tracking_uri: TrackingOpt = None,
+            as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False) -> None:
+    """The chain behind a registered model: gate, eval report, stage runs and their inputs, raw data."""
+    import json
+
+    from shipyard.tracking.lineage import format_lineage, lineage as get_lineage
+
+    try:
+        info = get_lineage(_tracking(tracking_uri), model_uri)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(info, indent=2) if as_json else format_lineage(info), nl=as_json)
+
+
+@app.command("eval")
+def eval_(
+    spec: Annotated[Path, typer.Argument(help="Eval spec YAML: a profile (its evaluate: section) or the section alone.")],
+    model: Annotated[list[str], typer.Option(help="NAME=DIR (or NAME=models:/...); repeat for several models.")],
+    output: Annotated[Path, typer.Option(help="Folder for eval.json, eval.md, report.html, samples.jsonl.")],
+    reward_model: Annotated[str | None, typer.Option(help="Reward model folder (reward suites need one).")] = None,
+    suite: Annotated[list[str] | None, typer.Option(help="Run only this suite; repeat for several.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Run an eval spec on models outside a pipeline: the same suites and code as the evaluate stage."""
+    from shipyard.eval.evaluate import format_table, run_evaluate
+    from shipyard.eval.spec import load_eval_spec
+    from shipyard.stages import quiet_libraries
+    from shipyard.tracking.registry import resolve_model_dir
+
+    quiet_libraries()
+    try:
+        cfg = load_eval_spec(spec)
+        if suite:
+            cfg = cfg.only(suite)
+        models = {}
+        for item in model:
+            name, sep, where = item.partition("=")
+            if not sep or not name or not where:
+                raise ValueError(f"--model {item!r}: expected NAME=DIR")
+            models[name] = str(resolve_model_dir(_tracking(tracking_uri), where))
+        table = run_evaluate(cfg, models, output, reward_model_dir=reward_model)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+    typer.echo(format_table(table) + f"\nreport: {output / 'report.html'}")
 
 
 @app.command()

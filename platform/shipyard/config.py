@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 from shipyard.data.filter_config import DataFilterConfig
+from shipyard.eval.spec import EvalSpec
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
 from shipyard.models.select import BaseModelConfig  # noqa: F401  (re-exported)
-from shipyard.train.align_config import AlignConfig  # noqa: F401  (re-exported)
+from shipyard.train.align_config import ALIGNMENT_KEYS, AlignConfig  # noqa: F401  (re-exported)
 from shipyard.train.critique_revise import CritiqueReviseConfig  # noqa: F401  (re-exported)
 from shipyard.train.finetune_config import FinetuneConfig, LoraConfig  # noqa: F401  (re-exported)
 from shipyard.train.pretrain_config import PretrainConfig  # noqa: F401  (re-exported)
@@ -65,29 +66,31 @@ class QuantizeConfig(StrictModel):
     skip_modules: list[str] = Field(["lm_head"], description="Linear layers kept in float (by name suffix).")
 
 
-class EvaluateConfig(StrictModel):
-    """Held-out perplexity, ROUGE/BLEU of generations, and reward score for every model."""
-
-    heldout_text: str = Field(description="JSONL of held-out documents ({text}) for perplexity.")
-    instructions_test: str = Field(description="JSONL of held-out instruction pairs for ROUGE/BLEU.")
-    preferences_test: str = Field(description="JSONL of held-out preference prompts for reward scoring.")
-    max_examples: int = Field(40, gt=0, description="Generations per model (CPU budget).")
-    max_new_tokens: int = Field(24, gt=0)
-    context_length: int = Field(128, gt=8, description="Window for perplexity.")
-
-
 class GateCheck(StrictModel):
-    """One promotion check: ``metric`` (``<model>.<name>``, e.g. ``quantized.rougeL``) within bounds."""
+    """One promotion check on ``metric`` (``<model>.<suite>.<metric>``, or ``alignment.<name>``).
 
-    metric: str = Field(pattern=r"^[a-z_]+\.[A-Za-z0-9_]+$")
+    ``min``/``max`` are absolute bounds. The ``*_vs_champion`` bounds compare with the current
+    champion measured on the same spec in the same run (the evaluate stage's ``champion`` row):
+    ``min_vs_champion: -0.01`` means candidate >= champion - 0.01; ``max_ratio_vs_champion: 1.02``
+    means candidate <= 1.02 x champion. With no champion yet they are skipped (and say so).
+    """
+
+    metric: str = Field(pattern=r"^[a-z_]+(\.[A-Za-z0-9_]+){1,2}$")
     min: float | None = None
     max: float | None = None
+    min_vs_champion: float | None = None
+    max_vs_champion: float | None = None
+    max_ratio_vs_champion: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_bound(self) -> GateCheck:
-        if self.min is None and self.max is None:
-            raise ValueError(f"gate check on {self.metric!r} needs min or max")
+        if all(getattr(self, k) is None for k in ("min", "max", "min_vs_champion", "max_vs_champion",
+                                                   "max_ratio_vs_champion")):
+            raise ValueError(f"gate check on {self.metric!r} needs min, max or a *_vs_champion bound")
         return self
+
+    def against_champion(self) -> bool:
+        return any(v is not None for v in (self.min_vs_champion, self.max_vs_champion, self.max_ratio_vs_champion))
 
 
 class RegisterConfig(StrictModel):
@@ -100,6 +103,11 @@ class RegisterConfig(StrictModel):
 
 class ServeConfig(StrictModel):
     max_new_tokens: int = Field(64, gt=0, description="Default max_tokens for requests that set none.")
+
+
+# The models the lifecycle's evaluate stage measures (champion: the registered one, when there is one).
+EVAL_MODELS = ("base", "finetuned", "aligned", "quantized", "champion")
+EVAL_ALIGNMENT = "alignment"
 
 
 class PretrainSection(BaseModel):
@@ -134,7 +142,7 @@ class PipelineConfig(StrictModel):
     align: AlignConfig
     critique_revise: CritiqueReviseConfig | None = None
     quantize: QuantizeConfig = QuantizeConfig()
-    evaluate: EvaluateConfig
+    evaluate: EvalSpec
     # "register" would shadow BaseModel.register (ABCMeta), hence the alias.
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     serve: ServeConfig = ServeConfig()
@@ -145,6 +153,9 @@ class PipelineConfig(StrictModel):
             raise ValueError(f"pretrain.objective {self.pretrain.objective!r}: the lifecycle fine-tunes, aligns and "
                              f"serves a causal LM, so it pretrains with objective clm (llama or gpt2); "
                              f"train mlm and span models with `shipyard pretrain`")
+        self._check_gate()
+        if self.align.eval_prompts is None and not self.evaluate.of_kind("reward"):
+            raise ValueError("align.eval_prompts is not set and evaluate has no reward suite to take prompts from")
         if self.base.type != "pretrain":  # a selected model brings its own context; finetune checks it
             return self
         ctx = self.pretrain.context_length
@@ -158,6 +169,23 @@ class PipelineConfig(StrictModel):
         if self.pretrain.context_length > self.train_tokenizer.model_max_length:
             raise ValueError("pretrain.context_length exceeds train_tokenizer.model_max_length")
         return self
+
+    def _check_gate(self) -> None:
+        for i, check in enumerate(self.register_.gate):
+            if check.metric.startswith(EVAL_ALIGNMENT + "."):
+                name = check.metric.split(".", 1)[1]
+                if name not in ALIGNMENT_KEYS:
+                    raise ValueError(f"register.gate.{i}.metric: {check.metric!r}: the align stage reports "
+                                     f"{', '.join(ALIGNMENT_KEYS)}")
+                continue
+            try:
+                self.evaluate.check_metric(check.metric, EVAL_MODELS)
+            except ValueError as exc:
+                raise ValueError(f"register.gate.{i}.metric: {exc}") from None
+
+    def align_eval_prompts(self) -> str:
+        """The align stage's held-out prompts: its own, else the first reward suite's."""
+        return self.align.eval_prompts or self.evaluate.of_kind("reward")[0].data
 
     def data_paths(self) -> dict[str, str]:
         """Every input path of the profile, by dotted key."""
@@ -173,9 +201,7 @@ class PipelineConfig(StrictModel):
             "align.train": self.align.train,
             **({"align.eval_prompts": self.align.eval_prompts} if self.align.eval_prompts else {}),
             **({"critique_revise.prompts": self.critique_revise.prompts} if self.critique_revise else {}),
-            "evaluate.heldout_text": self.evaluate.heldout_text,
-            "evaluate.instructions_test": self.evaluate.instructions_test,
-            "evaluate.preferences_test": self.evaluate.preferences_test,
+            **self.evaluate.data_paths(),
         }
 
     def with_absolute_paths(self, base: Path, source: str = "<config>") -> PipelineConfig:
@@ -221,6 +247,8 @@ def _format_errors(exc: ValidationError, source: str, lines: dict[tuple, int]) -
     out = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        if err["type"] == "union_tag_invalid":  # point at the discriminator's own line (kind: ...)
+            loc = loc + (err["ctx"]["discriminator"].strip("'"),)
         # The nearest enclosing key that exists in the file gives the line.
         line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), None)
         key = ".".join(str(p) for p in loc) or "<root>"

@@ -83,7 +83,7 @@ def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None
         echo(f"The gate failed for version {summary.version}; serving the existing champion, if any.")
     model_uri = f"models:/{name}@champion"
 
-    rows, _ = read_records(cfg.evaluate.instructions_test, ("instruction", "response"))
+    rows, _ = read_records(cfg.evaluate.of_kind("generation")[0].data, ("instruction", "response"))
     question = f"{rows[0]['instruction']}\n\n{rows[0].get('input', '')}".strip()
     proc = start_server(model_uri, port, tracking_uri, cfg.serve.max_new_tokens)
     try:

@@ -53,6 +53,7 @@ class RunSummary:
     model_name: str | None = None
     version: str | None = None
     gate: str | None = None
+    gate_failures: str | None = None
 
 
 def summarize(tracking_uri: str, parent_run_id: str, wall_s: float = 0.0) -> RunSummary:
@@ -73,6 +74,7 @@ def summarize(tracking_uri: str, parent_run_id: str, wall_s: float = 0.0) -> Run
     summary.model_name = parent.data.tags.get("shipyard.registered_model")
     summary.version = parent.data.tags.get("shipyard.registered_version")
     summary.gate = parent.data.tags.get("shipyard.gate")
+    summary.gate_failures = parent.data.tags.get("shipyard.gate_failures") or None
     return summary
 
 

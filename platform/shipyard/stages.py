@@ -102,7 +102,7 @@ def _align(cfg, inputs, outputs, run):
     if ckpt:
         run.tag({"shipyard.checkpoint_dir": ckpt})
     return run_align(cfg.align, inputs["model"], outputs["model"], inputs.get("reward_model"), log=run.log,
-                     eval_prompts=cfg.evaluate.preferences_test, checkpoint_dir=ckpt)
+                     eval_prompts=cfg.align_eval_prompts(), checkpoint_dir=ckpt)
 
 
 def _critique_revise(cfg, inputs, outputs, run):
@@ -122,50 +122,48 @@ def _quantize(cfg, inputs, outputs, run):
 
 
 def _evaluate(cfg, inputs, outputs, run):
+    """Every model of the run on the eval spec; plus the current champion when the gate compares with it."""
     from shipyard.eval.evaluate import run_evaluate
+    from shipyard.train.align import ALIGNMENT_FILE
 
     models = {k.removesuffix("_model"): v for k, v in inputs.items() if k != "reward_model"}
-    table = run_evaluate(cfg.evaluate, models, inputs["reward_model"], outputs["report"])
+    if any(check.against_champion() for check in cfg.register_.gate):
+        champion = _champion_dir(run, cfg.register_.model_name)
+        if champion:
+            models["champion"] = champion
+    table = run_evaluate(cfg.evaluate, models, outputs["report"], reward_model_dir=inputs["reward_model"],
+                         sources={"quantized": "aligned"},
+                         alignment_report=Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None)
     run.artifact(outputs["report"], "eval")
     flat = {f"{m}.{k}": v for m, scores in table.items() for k, v in scores.items()}
     run.log_parent(flat)
     return flat
 
 
+def _champion_dir(run, name: str) -> str | None:
+    from shipyard.tracking.registry import CHAMPION, current_alias, resolve_model_dir
+
+    version = current_alias(run.tracking_uri, name, CHAMPION)
+    if version is None:
+        return None
+    run.tag({"shipyard.champion_evaluated": version})
+    return str(resolve_model_dir(run.tracking_uri, f"models:/{name}/{version}"))
+
+
 def _register(cfg, inputs, outputs, run):
-    from shipyard.tracking.registry import CANDIDATE, check_gate, log_model_version, promote
-    from shipyard.tracking.runs import sha256_path
+    from shipyard.tracking.registry import register_candidate
 
     reg = cfg.register_
     table = json.loads((Path(inputs["eval_report"]) / "eval.json").read_text())
     model_dir = inputs["quantized_model"] if reg.model == "quantized" else inputs["aligned_model"]
-    version = log_model_version(run.tracking_uri, run.run_id, model_dir, reg.model_name,
-                                cfg.serve.max_new_tokens)
-    c = run.client
-    c.set_registered_model_alias(reg.model_name, CANDIDATE, version)
-    failures = check_gate(reg.gate, table)
-    tags = {
-        "shipyard.pipeline_run": run.parent_run_id,
-        "shipyard.register_run": run.run_id,
-        "shipyard.model_sha256": sha256_path(model_dir),
-        "shipyard.config_sha256": cfg.digest(),
-        "shipyard.eval_report": f"runs:/{run.run_id}/eval",
-        "shipyard.variant": reg.model,
-        "shipyard.gate": "failed" if failures else "passed",
-    }
-    if failures:
-        tags["shipyard.gate_failures"] = "; ".join(failures)
-    for k, v in tags.items():
-        c.set_model_version_tag(reg.model_name, version, k, v)
+    decision = register_candidate(run, reg, table, model_dir, cfg.serve.max_new_tokens, cfg.digest())
     run.artifact(inputs["eval_report"], "eval")
-    previous = None if failures else promote(run.tracking_uri, reg.model_name, version)
-    decision = {"model_name": reg.model_name, "version": version, "gate_passed": not failures,
-                "failures": failures, "previous_champion": previous}
     Path(outputs["decision"]).mkdir(parents=True, exist_ok=True)
     (Path(outputs["decision"]) / "decision.json").write_text(json.dumps(decision, indent=2))
-    run.tag_parent({"shipyard.registered_model": reg.model_name, "shipyard.registered_version": version,
-                    "shipyard.gate": tags["shipyard.gate"]})
-    return {"version": float(version), "gate_passed": float(not failures)}
+    gate = "passed" if decision["gate_passed"] else "failed"
+    run.tag_parent({"shipyard.registered_model": reg.model_name, "shipyard.registered_version": decision["version"],
+                    "shipyard.gate": gate, "shipyard.gate_failures": "; ".join(decision["failures"])[:4900]})
+    return {"version": float(decision["version"]), "gate_passed": float(decision["gate_passed"])}
 
 
 STAGES: dict[str, StageFn] = {
@@ -189,7 +187,7 @@ def _stage_config(cfg: PipelineConfig, stage: str):
     return getattr(cfg, "data_filter" if stage == "data_filter_shard" else stage)
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     # Progress bars and advisory warnings flood a component's log; metrics go to MLflow instead.
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -216,7 +214,7 @@ def run_stage(stage: str, config_json: str, tracking_uri: str, parent_run_id: st
     Returns:
         The stage's metrics.
     """
-    _quiet_libraries()
+    quiet_libraries()
     cfg = PipelineConfig.model_validate_json(config_json)
     for path in outputs.values():
         Path(path).mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,12 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "align", "quantize",
                                    "reward_model", "evaluate", "register"}
     assert set(summary.eval_table) == {"base", "finetuned", "aligned", "quantized", "alignment"}
+    suites = {"heldout.perplexity", "instructions.rougeLsum", "instructions.chrf", "instructions.exact_match",
+              "preferences.reward", "toxicity.rate", "python_cloze.acc_norm", "latency.ms_per_token"}
     for name, scores in summary.eval_table.items():
         if name != "alignment":
-            assert {"perplexity", "rouge1", "rouge2", "rougeL", "bleu", "reward"} <= set(scores)
+            assert suites <= set(scores)
+    assert "preferences.win_rate" in summary.eval_table["aligned"]  # against the baseline (finetuned)
     judged = summary.eval_table["alignment"]  # PPO's aligned model against the instruct model
     assert {"reward_instruct", "reward_aligned", "win_rate", "toxicity_rate_aligned", "kl_to_instruct"} <= set(judged)
     assert summary.gate == "passed" and summary.version == "1"
@@ -71,3 +74,38 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert version.tags["shipyard.gate"] == "passed"
     assert version.tags["shipyard.pipeline_run"] == summary.parent_run_id
     assert len(version.tags["shipyard.model_sha256"]) == 64
+    # lineage on the version: raw data hashes, every stage's run, config and code
+    assert len(version.tags["shipyard.data.data_filter.input.sha256"]) == 64
+    assert version.tags["shipyard.data.evaluate.suites.4.data.path"].endswith("python-cloze.jsonl")
+    assert version.tags["shipyard.stage_run.pretrain"] == pre.info.run_id
+    assert version.tags["shipyard.git_sha"] and len(version.tags["shipyard.config_sha256"]) == 64
+    assert {"report.html", "eval.json", "timings.json"} <= {
+        a.path.rsplit("/", 1)[-1] for a in c.list_artifacts(by_stage["evaluate"].info.run_id, "eval")}
+    from typer.testing import CliRunner
+
+    from shipyard.cli import app
+
+    out = CliRunner().invoke(app, ["lineage", "models:/shipyard-ci@champion", "--tracking-uri", uri])
+    assert out.exit_code == 0, out.output
+    assert "shipyard-ci version 1 (candidate, champion)" in out.output and "gate: passed" in out.output
+    for stage in ("data_filter", "pretrain", "align", "quantize", "evaluate", "register", "data_filter.input"):
+        assert stage in out.output
+
+    # A weaker candidate (a few training steps) against that champion: the gate measures both on the
+    # same spec in the same run, fails, and leaves the champion serving.
+    weak = yaml.safe_load((REPO / "pipelines/configs/ci-tiny.yaml").read_text())
+    weak["data_filter"]["max_docs"] = 400
+    for stage, steps in (("pretrain", 3), ("finetune", 2), ("reward_model", 2), ("align", 1)):
+        weak[stage]["max_steps"] = steps
+    weak["pretrain"]["warmup_steps"] = 1
+    (tmp_path / "weak.yaml").write_text(yaml.safe_dump(weak))
+    from shipyard.pipeline_runs import run_local
+
+    second = run_local("shipyard.pipelines.lifecycle", str(tmp_path / "weak.yaml"), uri)
+    assert second.gate == "failed" and second.version == "2"
+    assert "champion" in second.eval_table  # the champion (version 1) was re-measured in this run
+    assert "> 1.05 x champion" in second.gate_failures
+    assert current_alias(uri, "shipyard-ci", "champion") == "1"
+    assert current_alias(uri, "shipyard-ci", "candidate") == "2"
+    failed = c.get_model_version("shipyard-ci", "2")
+    assert failed.tags["shipyard.gate"] == "failed" and "champion" in failed.tags["shipyard.gate_failures"]

@@ -1,37 +1,153 @@
+import json
+
 import pytest
+from conftest import DEMO, REPO, write_jsonl
 
-from shipyard.config import GateCheck
-from shipyard.eval.metrics import bleu, rouge
-from shipyard.tracking.registry import check_gate
+from shipyard.config import ConfigError, GateCheck, PipelineConfig, load_pipeline_config, parse_config
+from shipyard.eval.metrics import bleu, chrf, exact_match, rouge, rouge_all
+from shipyard.eval.spec import EvalSpec, load_eval_spec
+from shipyard.tracking.registry import check_gate, gate_results
+
+SPEC = {
+    "max_examples": 3, "max_new_tokens": 4, "context_length": 128, "baseline": "base",
+    "suites": [
+        {"name": "heldout", "kind": "perplexity", "data": str(DEMO / "heldout/python-docs.jsonl")},
+        {"name": "instructions", "kind": "generation", "data": str(DEMO / "instructions/test.jsonl")},
+        {"name": "prefs", "kind": "reward", "data": str(DEMO / "preferences/test.jsonl")},
+        {"name": "toxicity", "kind": "toxicity", "data": str(DEMO / "preferences/test.jsonl")},
+        {"name": "cloze", "kind": "multiple_choice", "data": str(DEMO / "benchmarks/python-cloze.jsonl"),
+         "max_examples": 6},
+        {"name": "latency", "kind": "latency", "data": str(DEMO / "preferences/test.jsonl"),
+         "max_examples": 2, "max_new_tokens": 4},
+    ],
+}
 
 
-def test_rouge_and_bleu_known_values():
+def test_overlap_metrics_known_values():
     assert rouge(["the cat sat"], ["the cat sat"]) == {"rouge1": 1.0, "rouge2": 1.0, "rougeL": 1.0}
-    assert rouge(["dog"], ["the cat sat"])["rouge1"] == 0.0
+    assert rouge_all(["dog"], ["the cat sat"])["rougeLsum"] == 0.0
     assert bleu(["the cat sat on the mat"], ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert chrf(["the cat sat"], ["the cat sat"]) == pytest.approx(100.0)
+    assert 0 < chrf(["the cats sat"], ["the cat sat"]) < 100
+    # SQuAD normalization: case, punctuation and articles do not count
+    assert exact_match(["The Cat, sat!", "a dog"], ["cat sat", "the cat"]) == 0.5
 
 
-def test_gate_checks():
-    table = {"quantized": {"perplexity": 100.0, "perplexity_ratio": 1.01, "rougeL": 0.2}}
-    assert check_gate([GateCheck(metric="quantized.perplexity_ratio", max=1.05)], table) == []
-    failures = check_gate([GateCheck(metric="quantized.rougeL", min=0.3),
-                           GateCheck(metric="aligned.reward", min=0.0)], table)
-    assert failures == ["quantized.rougeL=0.2 < min 0.3", "aligned.reward: not measured"]
-    with pytest.raises(ValueError, match="needs min or max"):
-        GateCheck(metric="quantized.rougeL")
+def test_gate_checks_absolute_and_against_the_champion():
+    table = {"quantized": {"heldout.perplexity": 100.0, "heldout.perplexity_ratio": 1.01, "gen.rougeL": 0.2}}
+    assert check_gate([GateCheck(metric="quantized.heldout.perplexity_ratio", max=1.05)], table) == []
+    failures = check_gate([GateCheck(metric="quantized.gen.rougeL", min=0.3),
+                           GateCheck(metric="aligned.prefs.reward", min=0.0)], table)
+    assert failures == ["quantized.gen.rougeL=0.2 < min 0.3", "aligned.prefs.reward: not measured"]
+    vs = [GateCheck(metric="quantized.gen.rougeL", min_vs_champion=-0.01),
+          GateCheck(metric="quantized.heldout.perplexity", max=500, max_ratio_vs_champion=1.02)]
+    first = gate_results(vs, table)  # no champion yet: the champion bounds are skipped, and say so
+    assert [r["outcome"] for r in first] == ["skipped", "passed"] and "no champion" in first[0]["notes"][0]
+    worse = {**table, "champion": {"gen.rougeL": 0.25, "heldout.perplexity": 90.0}}
+    assert check_gate(vs, worse) == ["quantized.gen.rougeL=0.2 < champion 0.25 -0.01",
+                                     "quantized.heldout.perplexity=100 > 1.02 x champion 90"]
+    close = {**table, "champion": {"gen.rougeL": 0.205, "heldout.perplexity": 99.0}}
+    assert check_gate(vs, close) == []
+    with pytest.raises(ValueError, match="needs min, max"):
+        GateCheck(metric="quantized.gen.rougeL")
 
 
-def test_evaluate_stage_writes_a_table(tiny_base, tmp_path):
-    from conftest import DEMO
+def _profile(**changes) -> dict:
+    import yaml
 
-    from shipyard.config import EvaluateConfig
+    data = yaml.safe_load((REPO / "pipelines/configs/ci-tiny.yaml").read_text())
+    for key, value in changes.items():
+        data[key] = value
+    return data
+
+
+def test_spec_errors_name_the_line_and_key(tmp_path):
+    bad_kind = "suites:\n  - name: x\n    kind: bleurt\n    data: a.jsonl\n"
+    with pytest.raises(ConfigError, match=r"spec.yaml:3: suites.0.kind: .*bleurt.*perplexity"):
+        parse_config(EvalSpec, bad_kind, "spec.yaml")
+    bad_metric = "suites:\n  - {name: g, kind: generation, data: a.jsonl, metrics: [rouge1, bertscore]}\n"
+    with pytest.raises(ConfigError, match=r"spec.yaml:2: suites.0.generation.metrics.1"):
+        parse_config(EvalSpec, bad_metric, "spec.yaml")
+    dup = "suites:\n  - {name: a, kind: perplexity, data: x}\n  - {name: a, kind: latency, data: x}\n"
+    with pytest.raises(ConfigError, match="unique"):
+        parse_config(EvalSpec, dup, "spec.yaml")
+    (tmp_path / "s.yaml").write_text("suites:\n  - {name: a, kind: perplexity, data: missing.jsonl}\n")
+    with pytest.raises(ConfigError, match="suites.0.data: path does not exist: missing.jsonl"):
+        load_eval_spec(tmp_path / "s.yaml", base=tmp_path)
+
+
+def test_a_gate_on_an_unmeasured_metric_fails_at_load():
+    data = _profile()
+    data["register"]["gate"] = [{"metric": "quantized.heldout.rougeL", "max": 1}]
+    with pytest.raises(ValueError, match=r"register.gate.0.metric: .*suite 'heldout' measures perplexity"):
+        PipelineConfig.model_validate(data)
+    data["register"]["gate"] = [{"metric": "quantized.nosuch.perplexity", "max": 1}]
+    with pytest.raises(ValueError, match="no suite 'nosuch'"):
+        PipelineConfig.model_validate(data)
+    data["register"]["gate"] = [{"metric": "alignment.happiness", "min": 1}]
+    with pytest.raises(ValueError, match="the align stage reports"):
+        PipelineConfig.model_validate(data)
+    data["register"]["gate"] = [{"metric": "student.heldout.perplexity", "max": 1}]
+    with pytest.raises(ValueError, match="unknown model 'student'"):
+        PipelineConfig.model_validate(data)
+    assert load_pipeline_config(REPO / "pipelines/configs/tiny-cpu.yaml", resolve_paths=False).register_.gate
+
+
+def test_a_bad_reference_row_stops_before_any_model_loads(tmp_path):
     from shipyard.eval.evaluate import run_evaluate
 
-    cfg = EvaluateConfig(heldout_text=str(DEMO / "heldout/python-docs.jsonl"),
-                         instructions_test=str(DEMO / "instructions/test.jsonl"),
-                         preferences_test=str(DEMO / "preferences/test.jsonl"), max_examples=3,
-                         max_new_tokens=4, context_length=128)
-    table = run_evaluate(cfg, {"base": tiny_base}, tiny_base, tmp_path)
-    assert set(table["base"]) == {"perplexity", "rouge1", "rouge2", "rougeL", "bleu", "reward"}
-    assert 1 < table["base"]["perplexity"] < 600 * 2
-    assert (tmp_path / "eval.md").read_text().startswith("| model | perplexity")
+    mc = write_jsonl(tmp_path / "mc.jsonl", [{"query": "2 + 2 =", "choices": [" 4", " 5"], "gold": 0},
+                                             {"query": "1 + 1 =", "choices": [" 2", " 3"]}])
+    spec = EvalSpec(suites=[{"name": "mc", "kind": "multiple_choice", "data": str(mc)}])
+    with pytest.raises(ValueError, match=r"mc.jsonl:2: missing field 'gold'"):
+        run_evaluate(spec, {"m": str(tmp_path / "no-model-here")}, tmp_path / "out")
+
+
+def test_choice_logprobs_match_the_full_sequence_score(tiny_base):
+    import torch
+
+    from shipyard.eval.metrics import choice_logprobs
+    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(tiny_base), load_tokenizer(tiny_base)
+    query, choices = "The Python language", [" is simple", " uses indentation for blocks"]
+    got = choice_logprobs(model, tok, query, choices)
+    for choice, value in zip(choices, got):
+        ctx = tok(query, add_special_tokens=False)["input_ids"]
+        ids = tok(query + choice, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
+        want = sum(logp[i - 1, ids[i]].item() for i in range(len(ctx), len(ids)))
+        assert value == pytest.approx(want, abs=1e-4)
+
+
+def test_every_suite_runs_and_the_report_renders(tiny_base, tmp_path):
+    import shutil
+
+    from shipyard.eval.evaluate import run_evaluate
+
+    twin = tmp_path / "twin"
+    shutil.copytree(tiny_base, twin)
+    spec = EvalSpec.model_validate(SPEC)
+    table = run_evaluate(spec, {"base": tiny_base, "twin": twin}, tmp_path / "out", reward_model_dir=tiny_base,
+                         sources={"twin": "base"})
+    assert set(table["base"]) == {"heldout.perplexity", "instructions.rouge1", "instructions.rouge2",
+                                  "instructions.rougeL", "instructions.rougeLsum", "instructions.bleu",
+                                  "instructions.chrf", "instructions.exact_match", "prefs.reward",
+                                  "toxicity.rate", "toxicity.mean_probability", "cloze.acc", "cloze.acc_norm",
+                                  "latency.ms_per_token", "latency.first_token_ms", "latency.tokens_per_s"}
+    twin_scores = table["twin"]
+    assert twin_scores["prefs.win_rate"] == 0.5  # the same weights: every prompt ties
+    assert twin_scores["heldout.perplexity_ratio"] == pytest.approx(1.0)
+    assert 1 < table["base"]["heldout.perplexity"] < 1200
+    assert 0 <= table["base"]["cloze.acc"] <= 1 and table["base"]["latency.ms_per_token"] > 0
+    out = tmp_path / "out"
+    assert json.loads((out / "eval.json").read_text()) == table
+    assert set(json.loads((out / "timings.json").read_text())["examples_per_s"]["base"]) == {
+        s["name"] for s in SPEC["suites"]}
+    html = (out / "report.html").read_text()
+    assert html.count("<img") == 6 and "data:image/png;base64," in html and "diagnostic" in html
+    assert "<script" not in html and "http" not in html.split("<body>")[1].split("Samples")[0]
+    # one suite alone: the same code, only that suite's metrics
+    alone = run_evaluate(spec.only(["cloze"]), {"base": tiny_base}, tmp_path / "alone")
+    assert set(alone["base"]) == {"cloze.acc", "cloze.acc_norm"}

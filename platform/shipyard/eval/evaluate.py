@@ -1,95 +1,105 @@
-"""evaluate stage: every model of the run on the same held-out data, one table.
+"""evaluate stage: every model of the run on the same eval spec, one table and one HTML report.
 
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # before register
+    shipyard eval pipelines/configs/tiny-cpu.yaml --model aligned=DIR --reward-model DIR
 
-Per model: held-out perplexity, ROUGE-1/2/L and BLEU of greedy answers to held-out instructions,
-and the mean reward-model score of its continuations of held-out preference prompts. ROUGE/BLEU
-are diagnostics of surface overlap, so the table always shows them beside perplexity and reward.
+Suite data is loaded and checked before any model is (a bad reference row stops the run with its
+file:line). Each model is loaded once and runs every suite; the table is
+``{model: {"<suite>.<metric>": value}}``. Win rates compare each model's per-prompt rewards with
+the spec's baseline model; ``<suite>.perplexity_ratio`` compares a model with the model it was
+made from (``sources``: quantized -> aligned in the lifecycle).
 """
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from shipyard.config import EvaluateConfig
-from shipyard.data.preferences import load_preferences
-from shipyard.data.shards import read_records
-from shipyard.eval.metrics import bleu, generate, perplexity, rouge
-from shipyard.train.sft_data import load_conversations, to_pair
+from shipyard.eval.spec import EvalSpec
 
-COLUMNS = ("perplexity", "rouge1", "rouge2", "rougeL", "bleu", "reward")
+ALIGNMENT_ROW = "alignment"
 
 
-def evaluate_model(model_dir, cfg: EvaluateConfig, data: dict, reward) -> tuple[dict, list[dict]]:
-    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
-    from shipyard.train.reward import score_texts
+def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str | Path,
+                 reward_model_dir: str | Path | None = None, sources: dict[str, str] | None = None,
+                 alignment_report: str | Path | None = None) -> dict[str, dict[str, float]]:
+    """Evaluate each ``{name: model_dir}`` on every suite of ``spec``.
 
-    model, tok = load_causal_lm(model_dir), load_tokenizer(model_dir)
-    scores = {"perplexity": perplexity(model, tok, data["heldout"], cfg.context_length)}
-    answers = generate(model, tok, [p["prompt"] for p in data["sft"]], cfg.max_new_tokens)
-    refs = [p["completion"] for p in data["sft"]]
-    scores.update(rouge(answers, refs))
-    scores["bleu"] = bleu(answers, refs)
-    prompts = [r["prompt"] for r in data["prefs"]]
-    continuations = generate(model, tok, prompts, cfg.max_new_tokens)
-    rm, rm_tok = reward
-    scores["reward"] = sum(score_texts(rm, rm_tok, [p + c for p, c in zip(prompts, continuations)],
-                                       cfg.context_length)) / len(prompts)
-    samples = [{"prompt": p["prompt"], "reference": r, "answer": a}
-               for p, r, a in list(zip(data["sft"], refs, answers))[:5]]
-    return scores, samples
-
-
-def run_evaluate(cfg: EvaluateConfig, models: dict[str, str | Path], reward_model_dir: str | Path,
-                 output_dir: str | Path) -> dict[str, dict[str, float]]:
-    """Evaluate each ``{name: model_dir}`` and write ``eval.json``, ``eval.md``, ``samples.jsonl``.
+    Writes ``eval.json`` (the table), ``eval.md``, ``timings.json``, ``samples.jsonl`` and the
+    self-contained ``report.html`` to ``output_dir``. ``alignment_report`` (the align stage's
+    instruct-vs-aligned judgement) becomes an ``alignment`` row.
 
     Returns:
-        ``{model_name: {metric: value}}``, plus ``quantized.perplexity_ratio`` (quantized over
-        aligned perplexity) when both are present, and an ``alignment`` row (reward_gain, win_rate,
-        toxicity rates, kl_to_instruct) copied from the aligned model's ``alignment.json``.
+        ``{model_name: {"<suite>.<metric>": value}}``.
     """
-    from shipyard.models.causal_lm import load_tokenizer
-    from shipyard.train.reward import load_reward_model
+    from shipyard.eval.report import write_report
+    from shipyard.eval.suites import load_suite_data, run_suite, win_rate
+    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    heldout, _ = read_records(cfg.heldout_text, ("text",))
-    convs, _ = load_conversations(cfg.instructions_test)
-    # The models of one run share a tokenizer, so one chat template renders every prompt.
-    template = load_tokenizer(next(iter(models.values())))
-    sft = [to_pair(msgs, template) for msgs, _ in convs[: cfg.max_examples]]
-    prefs, _ = load_preferences(cfg.preferences_test, cfg.max_examples, template)
-    data = {"heldout": [r["text"] for r in heldout], "sft": sft, "prefs": prefs}
-    reward = (load_reward_model(reward_model_dir), load_tokenizer(reward_model_dir))
+    if spec.baseline and spec.of_kind("reward") and spec.baseline not in models:
+        raise ValueError(f"evaluate.baseline {spec.baseline!r} is not among the evaluated models: {sorted(models)}")
+    data = load_suite_data(spec)
+    reward = None
+    if spec.of_kind("reward"):
+        if reward_model_dir is None:
+            raise ValueError(f"suites {[s.name for s in spec.of_kind('reward')]} need a reward model")
+        from shipyard.train.rewards import RewardModelScorer
+
+        reward = RewardModelScorer(reward_model_dir, spec.context_length)
     table: dict[str, dict[str, float]] = {}
+    timings: dict[str, dict[str, float]] = {}
+    per_prompt: dict[tuple[str, str], list[float]] = {}
     with open(output_dir / "samples.jsonl", "w", encoding="utf-8") as f:
         for name, path in models.items():
-            table[name], samples = evaluate_model(path, cfg, data, reward)
-            for s in samples:
-                f.write(json.dumps({"model": name, **s}, ensure_ascii=False) + "\n")
-    from shipyard.train.align import ALIGNMENT_FILE
-
-    aligned_report = Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None
-    if aligned_report and aligned_report.exists():  # the align stage's instruct-vs-aligned judgement
-        table["alignment"] = {k: v for k, v in json.loads(aligned_report.read_text()).items()
-                              if isinstance(v, (int, float))}
-    if "quantized" in table and "aligned" in table:
-        table["quantized"]["perplexity_ratio"] = table["quantized"]["perplexity"] / table["aligned"]["perplexity"]
+            model, tok = load_causal_lm(path), load_tokenizer(path)
+            table[name], timings[name] = {}, {}
+            for suite in spec.suites:
+                t0 = time.perf_counter()
+                result = run_suite(suite, data[suite.name], model, tok, spec, reward)
+                seconds = time.perf_counter() - t0
+                timings[name][suite.name] = len(data[suite.name]) / seconds if seconds > 0 else float("inf")
+                table[name].update({f"{suite.name}.{k}": v for k, v in result.metrics.items()})
+                if result.per_prompt:
+                    per_prompt[(name, suite.name)] = result.per_prompt
+                for s in result.samples:
+                    f.write(json.dumps({"model": name, "suite": suite.name, **s}, ensure_ascii=False) + "\n")
+            del model
+    for suite in spec.of_kind("reward"):
+        base = per_prompt.get((spec.baseline, suite.name)) if spec.baseline else None
+        for name in models:
+            if base is not None and name != spec.baseline:
+                table[name][f"{suite.name}.win_rate"] = win_rate(per_prompt[(name, suite.name)], base)
+    for name, source in (sources or {}).items():
+        if name in table and source in table:
+            for suite in spec.of_kind("perplexity"):
+                key = f"{suite.name}.perplexity"
+                table[name][f"{suite.name}.perplexity_ratio"] = table[name][key] / table[source][key]
+    if alignment_report and Path(alignment_report).exists():
+        table[ALIGNMENT_ROW] = {k: v for k, v in json.loads(Path(alignment_report).read_text()).items()
+                                if isinstance(v, (int, float))}
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
+    (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings}, indent=2))
     (output_dir / "eval.md").write_text(format_table(table))
+    write_report(output_dir, spec, table, timings, sources or {})
     return table
 
 
 def format_table(table: dict[str, dict[str, float]]) -> str:
-    """A markdown table, one row per model."""
-    lines = ["| model | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    for name, scores in table.items():
-        if name != "alignment":
-            lines.append(f"| {name} | " + " | ".join(f"{scores.get(c, float('nan')):.4g}" for c in COLUMNS) + " |")
-    if "alignment" in table:
+    """A markdown table: one row per metric, one column per model (the alignment row apart)."""
+    models = [m for m in table if m != ALIGNMENT_ROW]
+    metrics = list(dict.fromkeys(k for m in models for k in table[m]))
+    lines = ["| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for key in metrics:
+        lines.append(f"| {key} | " + " | ".join(_fmt(table[m].get(key)) for m in models) + " |")
+    if ALIGNMENT_ROW in table:
         lines += ["", "Aligned vs instruct on held-out prompts (align stage):", "",
                   "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4g} |" for k, v in table["alignment"].items()]
+        lines += [f"| {k} | {_fmt(v)} |" for k, v in table[ALIGNMENT_ROW].items()]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4g}"

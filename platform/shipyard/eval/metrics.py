@@ -73,3 +73,99 @@ def bleu(predictions: list[str], references: list[str]) -> float:
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu(predictions, [references]).score)
+
+
+def rouge_all(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F1 (with stemming; Lsum splits summaries on newlines)."""
+    from rouge_score import rouge_scorer
+
+    keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+    scorer = rouge_scorer.RougeScorer(keys, use_stemmer=True)
+    totals = dict.fromkeys(keys, 0.0)
+    for pred, ref in zip(predictions, references, strict=True):
+        for key, score in scorer.score(ref, pred).items():
+            totals[key] += score.fmeasure
+    return {k: v / max(len(predictions), 1) for k, v in totals.items()}
+
+
+def chrf(predictions: list[str], references: list[str]) -> float:
+    """Corpus chrF (sacrebleu, 0-100): character n-gram F-score, kinder to short answers than BLEU."""
+    import sacrebleu
+
+    return float(sacrebleu.corpus_chrf(predictions, [references]).score)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalization: lowercase, no punctuation, no articles, single spaces."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def exact_match(predictions: list[str], references: list[str]) -> float:
+    """Share of predictions equal to their reference after ``normalize_answer``."""
+    hits = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
+    return hits / max(len(predictions), 1)
+
+
+def choice_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[float]:
+    """Summed log-probability of each choice as the continuation of ``query``.
+
+    As lm-evaluation-harness: the pair is tokenized whole and the continuation is what follows
+    the query's tokens, so a merge across the boundary is scored with the continuation.
+    """
+    import torch
+
+    ctx = tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"]
+    room = model.config.max_position_embeddings
+    seqs, starts = [], []
+    for choice in choices:
+        whole = tokenizer(query + choice, add_special_tokens=False, verbose=False)["input_ids"]
+        start = min(len(ctx), len(whole) - 1)
+        cut = max(0, len(whole) - room)  # keep the end: the continuation and the nearest context
+        seqs.append(whole[cut:])
+        starts.append(max(start - cut, 1))
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    # a prompt-tuned model (peft) puts its virtual tokens first: keep the positions of ``ids``
+    logp = torch.log_softmax(logits[:, -ids.shape[1]:].float(), dim=-1)
+    out = []
+    for i, (seq, start) in enumerate(zip(seqs, starts)):
+        target = torch.tensor(seq[start:])
+        out.append(float(logp[i, start - 1 : len(seq) - 1].gather(-1, target[:, None]).sum()))
+    return out
+
+
+def decode_latency(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict[str, float]:
+    """Batch-1 greedy decoding: time to first token, ms per further token, tokens/s (medians)."""
+    import statistics
+    import time
+
+    import torch
+
+    def timed(ids, n):
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+        return time.perf_counter() - t0
+
+    room = model.config.max_position_embeddings - max_new_tokens
+    encoded = [torch.tensor([tokenizer(p, add_special_tokens=False, verbose=False)["input_ids"][-room:]])
+               for p in prompts]
+    first, per_token = [], []
+    with torch.no_grad():
+        timed(encoded[0], 2)  # warm-up: allocator, kernels
+        for ids in encoded:
+            t1 = timed(ids, 1)
+            tn = timed(ids, max_new_tokens)
+            first.append(t1)
+            per_token.append((tn - t1) / max(max_new_tokens - 1, 1))
+    ms = statistics.median(per_token) * 1000
+    return {"ms_per_token": ms, "first_token_ms": statistics.median(first) * 1000,
+            "tokens_per_s": 1000 / ms if ms > 0 else float("inf")}

@@ -1,9 +1,10 @@
 """MLflow model registry: register a deployable model, gate it, move aliases, roll back.
 
 Aliases, not stages: every new version gets ``candidate``; ``champion`` moves to it only when the
-gate passes. The champion it replaces is recorded (registered-model tag
-``shipyard.previous_champion``) so ``shipyard models rollback`` can restore it in one step. A failed
-gate leaves ``champion`` where it was and records the failing checks on the candidate.
+gate passes. Each champion records the version it replaced (version tag ``shipyard.promoted_over``)
+so ``shipyard models rollback`` steps back along that chain in one alias move. A failed gate leaves
+``champion`` where it was and records the failing checks (and every check's numbers) on the
+candidate. Registering, promoting and rolling back are safe to repeat after a crash.
 """
 
 from __future__ import annotations
@@ -15,21 +16,55 @@ from shipyard.tracking.runs import client
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 PREVIOUS_TAG = "shipyard.previous_champion"
+PROMOTED_OVER = "shipyard.promoted_over"
+ROLLED_BACK = "shipyard.rolled_back"
+
+
+def gate_results(gate: list[GateCheck], table: dict[str, dict[str, float]]) -> list[dict]:
+    """Each check with its value, the champion's value and the outcome (passed / failed / skipped).
+
+    ``table`` is the evaluate stage's: ``{model: {"<suite>.<metric>": value}}``, with a
+    ``champion`` row when the current champion was measured alongside the candidate.
+    """
+    out = []
+    for check in gate:
+        model, metric = check.metric.split(".", 1)
+        value = table.get(model, {}).get(metric)
+        champion = table.get("champion", {}).get(metric)
+        problems, notes = [], []
+        if value is None:
+            problems.append(f"{check.metric}: not measured")
+        else:
+            if check.min is not None and value < check.min:
+                problems.append(f"{check.metric}={value:.4g} < min {check.min}")
+            if check.max is not None and value > check.max:
+                problems.append(f"{check.metric}={value:.4g} > max {check.max}")
+            if check.against_champion():
+                if champion is None:
+                    notes.append(f"{check.metric}: no champion measured, champion bounds skipped")
+                else:
+                    if check.min_vs_champion is not None and value < champion + check.min_vs_champion:
+                        problems.append(f"{check.metric}={value:.4g} < champion {champion:.4g} "
+                                        f"{check.min_vs_champion:+g}")
+                    if check.max_vs_champion is not None and value > champion + check.max_vs_champion:
+                        problems.append(f"{check.metric}={value:.4g} > champion {champion:.4g} "
+                                        f"{check.max_vs_champion:+g}")
+                    if check.max_ratio_vs_champion is not None and value > champion * check.max_ratio_vs_champion:
+                        problems.append(f"{check.metric}={value:.4g} > {check.max_ratio_vs_champion:g} x "
+                                        f"champion {champion:.4g}")
+        out.append({**check.model_dump(exclude_none=True), "value": value, "champion": champion,
+                    "outcome": "failed" if problems else ("skipped" if notes and not _has_absolute(check) else "passed"),
+                    "problems": problems, "notes": notes})
+    return out
+
+
+def _has_absolute(check: GateCheck) -> bool:
+    return check.min is not None or check.max is not None
 
 
 def check_gate(gate: list[GateCheck], table: dict[str, dict[str, float]]) -> list[str]:
     """The failing checks as readable lines; an empty list means the gate passed."""
-    failures = []
-    for check in gate:
-        model, metric = check.metric.split(".", 1)
-        value = table.get(model, {}).get(metric)
-        if value is None:
-            failures.append(f"{check.metric}: not measured")
-        elif check.min is not None and value < check.min:
-            failures.append(f"{check.metric}={value:.4g} < min {check.min}")
-        elif check.max is not None and value > check.max:
-            failures.append(f"{check.metric}={value:.4g} > max {check.max}")
-    return failures
+    return [p for r in gate_results(gate, table) for p in r["problems"]]
 
 
 def log_model_version(tracking_uri: str, run_id: str, model_dir: str | Path, name: str,
@@ -57,30 +92,107 @@ def log_model_version(tracking_uri: str, run_id: str, model_dir: str | Path, nam
     return str(info.registered_model_version)
 
 
+def register_candidate(run, reg, table: dict, model_dir: str | Path, max_new_tokens: int,
+                       config_digest: str) -> dict:
+    """The register stage: log the model as a version (once per pipeline run and model), tag its
+    lineage and gate results, and promote it if the gate passes.
+
+    Safe to repeat after a crash: a version already registered for this pipeline run and model
+    sha256 is reused, tags are rewritten with the same values, and ``promote`` is idempotent.
+    """
+    import json
+
+    from shipyard.tracking.lineage import lineage_tags
+    from shipyard.tracking.runs import sha256_path
+
+    c, name = run.client, reg.model_name
+    model_sha = sha256_path(model_dir)
+    version = _existing_version(c, name, run.parent_run_id, model_sha)
+    if version is None:
+        version = log_model_version(run.tracking_uri, run.run_id, model_dir, name, max_new_tokens)
+    c.set_registered_model_alias(name, CANDIDATE, version)
+    results = gate_results(reg.gate, table)
+    failures = [p for r in results for p in r["problems"]]
+    tags = {
+        **lineage_tags(c, run.parent_run_id),
+        "shipyard.pipeline_run": run.parent_run_id,
+        "shipyard.register_run": run.run_id,
+        "shipyard.model_sha256": model_sha,
+        "shipyard.config_sha256": config_digest,
+        "shipyard.eval_report": f"runs:/{run.run_id}/eval",
+        "shipyard.variant": reg.model,
+        "shipyard.gate": "failed" if failures else "passed",
+        "shipyard.gate_results": json.dumps(results)[:4900],
+        "shipyard.gate_failures": "; ".join(failures)[:4900] if failures else "",
+    }
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, v)
+    previous = None if failures else promote(run.tracking_uri, name, version)
+    return {"model_name": name, "version": version, "gate_passed": not failures, "failures": failures,
+            "checks": results, "previous_champion": previous,
+            "champion": current_alias(run.tracking_uri, name, CHAMPION)}
+
+
+def _existing_version(c, name: str, pipeline_run: str, model_sha: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = c.search_model_versions(f"name='{name}'")
+    except MlflowException:
+        return None
+    for v in versions:
+        if v.tags.get("shipyard.pipeline_run") == pipeline_run and v.tags.get("shipyard.model_sha256") == model_sha:
+            return str(v.version)
+    return None
+
+
 def promote(tracking_uri: str, name: str, version: str) -> str | None:
-    """Point ``champion`` at ``version``; returns the version it replaced (recorded for rollback)."""
-    c = client(tracking_uri)
-    previous = current_alias(tracking_uri, name, CHAMPION)
-    if previous == version:
-        return previous
-    if previous is not None:
-        c.set_registered_model_tag(name, PREVIOUS_TAG, previous)
-    c.set_registered_model_alias(name, CHAMPION, version)
-    c.set_model_version_tag(name, version, "shipyard.promoted_over", previous or "none")
-    return previous
+    """Point ``champion`` at ``version``; returns the version it replaced (None for the first).
 
-
-def rollback(tracking_uri: str, name: str) -> str:
-    """Move ``champion`` back to the recorded previous champion; returns that version."""
+    The replaced version is written on the new one (``shipyard.promoted_over``) before the alias
+    moves, so a crash in between is finished by calling again, and a second call is a no-op.
+    """
     c = client(tracking_uri)
-    model = c.get_registered_model(name)
-    previous = model.tags.get(PREVIOUS_TAG)
-    if not previous:
-        raise ValueError(f"model {name!r} has no previous champion to roll back to")
     current = current_alias(tracking_uri, name, CHAMPION)
-    c.set_registered_model_alias(name, CHAMPION, previous)
-    if current:
+    if current == version:
+        recorded = c.get_model_version(name, version).tags.get(PROMOTED_OVER, "none")
+        return None if recorded == "none" else recorded
+    c.set_model_version_tag(name, version, PROMOTED_OVER, current or "none")
+    c.set_model_version_tag(name, version, ROLLED_BACK, "false")
+    if current is not None:
         c.set_registered_model_tag(name, PREVIOUS_TAG, current)
+    c.set_registered_model_alias(name, CHAMPION, version)
+    return current
+
+
+def rollback(tracking_uri: str, name: str, from_version: str | None = None) -> str:
+    """Move ``champion`` back to the version the current champion replaced; returns the new champion.
+
+    Each call steps back once along the promotion chain (v3 -> v2 -> v1). With ``from_version``,
+    the call is idempotent: if that version was already rolled back, nothing moves.
+    """
+    c = client(tracking_uri)
+    current = current_alias(tracking_uri, name, CHAMPION)
+    if current is None:
+        raise ValueError(f"model {name!r} has no champion to roll back")
+    if from_version is not None and current != str(from_version):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            asked = c.get_model_version(name, str(from_version))
+        except MlflowException:
+            raise ValueError(f"model {name} has no version {from_version}") from None
+        if asked.tags.get(ROLLED_BACK) == "true":
+            return current  # already done (a repeated call)
+        raise ValueError(f"model {name!r}: champion is version {current}, not {from_version}")
+    previous = c.get_model_version(name, current).tags.get(PROMOTED_OVER, "none")
+    if previous == "none":
+        raise ValueError(f"model {name!r} has no previous champion to roll back to "
+                         f"(version {current} was the first champion)")
+    c.set_model_version_tag(name, current, ROLLED_BACK, "true")
+    c.set_registered_model_alias(name, CHAMPION, previous)
+    before = c.get_model_version(name, previous).tags.get(PROMOTED_OVER, "none")
+    c.set_registered_model_tag(name, PREVIOUS_TAG, "" if before == "none" else before)
     return previous
 
 

@@ -92,6 +92,8 @@ def _log_params(c, run_id: str, params: dict[str, str]) -> None:
 
 def start_pipeline_run(tracking_uri: str, experiment: str, pipeline: str, config, config_path: str) -> str:
     """Create the parent run of a pipeline run; returns its id (the run stays RUNNING)."""
+    from shipyard.tracking.lineage import data_tags
+
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(
@@ -99,7 +101,7 @@ def start_pipeline_run(tracking_uri: str, experiment: str, pipeline: str, config
     run = c.create_run(exp_id, run_name=f"{pipeline}-{config.name}", tags={
         "shipyard.pipeline": pipeline, "shipyard.profile": config.name,
         "shipyard.config_sha256": config.digest(), "shipyard.git_sha": git_sha(),
-        "shipyard.config_path": config_path})
+        "shipyard.config_path": config_path, **data_tags(config)})
     _log_params(c, run.info.run_id, flatten(config.model_dump(by_alias=True)))
     c.log_text(run.info.run_id, Path(config_path).read_text(encoding="utf-8"), "config.yaml")
     return run.info.run_id

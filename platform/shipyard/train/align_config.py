@@ -11,6 +11,11 @@ from shipyard.train.finetune_config import LoraConfig
 from shipyard.train.rewards import RewardTerm
 
 
+# What the align stage's judgement (alignment.json) reports; a gate may name any as alignment.<key>.
+ALIGNMENT_KEYS = ("reward_instruct", "reward_aligned", "reward_gain", "win_rate", "toxicity_rate_instruct",
+                  "toxicity_rate_aligned", "kl_to_instruct", "eval_prompts", "eval_answers")
+
+
 class GenerationSettings(StrictModel):
     """How the policy samples completions during RL (and the aligned-vs-instruct KL estimate)."""
 
@@ -63,7 +68,7 @@ class AlignConfig(StrictModel):
     train: str = Field(description="JSONL: preference rows (dpo; any format of shipyard.data.preferences) "
                        "or prompt/preference rows whose prompts the policy completes (ppo, grpo).")
     eval_prompts: str | None = Field(None, description="Held-out prompts for aligned-vs-instruct (any prompt "
-                                     "or preference rows); null: the evaluate stage's preferences_test.")
+                                     "or preference rows); null: the prompts of the first reward suite of evaluate.")
     eval_examples: int = Field(32, gt=0, description="Held-out prompts scored aligned vs instruct.")
     eval_decoding: Literal["sample", "greedy"] = Field("sample", description="How both models answer the "
                                                        "held-out prompts: sample (the generation settings RL "

@@ -1,0 +1,190 @@
+"""The evaluation spec: suites of held-out checks, the same on a laptop and on a cluster.
+
+    shipyard eval pipelines/configs/tiny-cpu.yaml --model aligned=DIR --reward-model DIR [--suite NAME]
+
+A spec is the ``evaluate:`` section of a pipeline profile (or a YAML file holding just that
+section). Each suite has a ``name``, a ``kind`` and its data; every metric lands in the eval table
+as ``<model>.<suite>.<metric>`` (``quantized.heldout.perplexity``), which is also how a gate names
+it. Kinds and what they measure:
+
+- perplexity       token-weighted perplexity of held-out text (non-overlapping windows)
+- generation       greedy answers to held-out instructions against references: ROUGE-1/2/L/Lsum
+                   (rouge-score), BLEU and chrF (sacrebleu), exact match. Surface overlap is a
+                   diagnostic; the report always shows it beside the other suites, never alone
+- reward           mean reward-model score of greedy continuations of held-out prompts, and the
+                   win rate per prompt against the spec's ``baseline`` model (ties count half)
+- toxicity         share of greedy continuations the profanity classifier flags above a threshold
+- multiple_choice  accuracy on local JSONL ``{query, choices, gold}`` tasks, scored by the
+                   log-likelihood of each choice (lm-evaluation-harness's acc and acc_norm)
+- latency          batch-1 greedy decoding on CPU: ms per new token, time to first token, tokens/s
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from shipyard.schema import StrictModel
+
+SUITE_NAME = r"^[a-z][a-z0-9_]{0,40}$"
+GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match")
+
+
+class _Suite(StrictModel):
+    name: str = Field(pattern=SUITE_NAME, description="Names the suite's metrics: <model>.<name>.<metric>.")
+    max_examples: int | None = Field(None, gt=0, description="Rows used (default: the spec's max_examples).")
+
+
+class PerplexitySuite(_Suite):
+    kind: Literal["perplexity"]
+    data: str = Field(description="JSONL of held-out documents.")
+    text_key: str = "text"
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("perplexity", "perplexity_ratio")  # the ratio: a model over the model it was made from
+
+
+class GenerationSuite(_Suite):
+    kind: Literal["generation"]
+    data: str = Field(description="JSONL of instruction rows (instruction/input/response, prompt/completion or messages).")
+    metrics: list[Literal[GENERATION_METRICS]] = Field(list(GENERATION_METRICS), min_length=1)  # type: ignore[valid-type]
+    max_new_tokens: int | None = Field(None, gt=0)
+
+    def metric_names(self) -> tuple[str, ...]:
+        return tuple(self.metrics)
+
+
+class RewardSuite(_Suite):
+    kind: Literal["reward"]
+    data: str = Field(description="JSONL of prompt rows or preference rows (their prompts are used).")
+    max_new_tokens: int | None = Field(None, gt=0)
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("reward", "win_rate")
+
+
+class ToxicitySuite(_Suite):
+    kind: Literal["toxicity"]
+    data: str = Field(description="JSONL of prompt rows or preference rows.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Classifier probability above which an answer is toxic.")
+    max_new_tokens: int | None = Field(None, gt=0)
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("rate", "mean_probability")
+
+
+class MultipleChoiceSuite(_Suite):
+    kind: Literal["multiple_choice"]
+    data: str = Field(description="JSONL of {query, choices: [str, ...], gold: index}.")
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("acc", "acc_norm")
+
+
+class LatencySuite(_Suite):
+    kind: Literal["latency"]
+    data: str = Field(description="JSONL of prompt rows, preference rows or instruction rows.")
+    max_examples: int | None = Field(4, gt=0)
+    max_new_tokens: int = Field(32, gt=0)
+
+    def metric_names(self) -> tuple[str, ...]:
+        return ("ms_per_token", "first_token_ms", "tokens_per_s")
+
+
+Suite = Annotated[PerplexitySuite | GenerationSuite | RewardSuite | ToxicitySuite | MultipleChoiceSuite
+                  | LatencySuite, Field(discriminator="kind")]
+KINDS = ("perplexity", "generation", "reward", "toxicity", "multiple_choice", "latency")
+
+
+class EvalSpec(StrictModel):
+    """Which suites every model of a run is measured on (the ``evaluate:`` section)."""
+
+    suites: list[Suite] = Field(min_length=1)
+    baseline: str | None = Field(None, pattern=r"^[a-z_]+$",
+                                 description="Model the reward suites' win rate is measured against.")
+    max_examples: int = Field(40, gt=0, description="Default rows per suite (CPU budget).")
+    max_new_tokens: int = Field(24, gt=0, description="Default new tokens per greedy answer.")
+    context_length: int = Field(128, gt=8, description="Perplexity window and prompt budget.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvalSpec:
+        names = [s.name for s in self.suites]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"suite names must be unique, repeated: {dup}")
+        return self
+
+    def suite(self, name: str):
+        for s in self.suites:
+            if s.name == name:
+                return s
+        raise KeyError(f"no suite {name!r} in the spec (suites: {[s.name for s in self.suites]})")
+
+    def only(self, names: list[str]) -> EvalSpec:
+        """The spec restricted to ``names`` (each must exist)."""
+        picked = [self.suite(n) for n in names]
+        return self.model_copy(update={"suites": picked})
+
+    def of_kind(self, kind: str) -> list:
+        return [s for s in self.suites if s.kind == kind]
+
+    def data_paths(self, prefix: str = "evaluate") -> dict[str, str]:
+        return {f"{prefix}.suites.{i}.data": s.data for i, s in enumerate(self.suites)}
+
+    def check_metric(self, metric: str, models: tuple[str, ...]) -> None:
+        """Raise ValueError unless ``<model>.<suite>.<metric>`` is something this spec measures."""
+        parts = metric.split(".")
+        if len(parts) != 3:
+            raise ValueError(f"{metric!r}: expected <model>.<suite>.<metric>, e.g. quantized.heldout.perplexity")
+        model, suite, name = parts
+        if model not in models:
+            raise ValueError(f"{metric!r}: unknown model {model!r} (evaluated: {', '.join(models)})")
+        try:
+            known = self.suite(suite).metric_names()
+        except KeyError as exc:
+            raise ValueError(f"{metric!r}: {exc.args[0]}") from None
+        if name not in known:
+            raise ValueError(f"{metric!r}: suite {suite!r} measures {', '.join(known)}; not {name!r}")
+
+
+def load_eval_spec(path, base=None) -> EvalSpec:
+    """A spec from YAML: a profile's ``evaluate:`` section, or a file that is just that section.
+
+    Relative data paths resolve against ``base`` (default: the current directory) and must exist.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from shipyard.config import parse_config
+    from shipyard.schema import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"eval spec not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(data, dict) and "evaluate" in data:
+        spec = parse_config(EvalSection, text, str(path)).evaluate
+    else:
+        spec = parse_config(EvalSpec, text, str(path))
+    base = Path(base) if base else Path.cwd()
+    suites = []
+    for i, s in enumerate(spec.suites):
+        resolved = Path(s.data) if Path(s.data).is_absolute() else base / s.data
+        if not resolved.exists():
+            raise ConfigError(f"{path}: suites.{i}.data: path does not exist: {s.data} (resolved to {resolved})")
+        suites.append(s.model_copy(update={"data": str(resolved.resolve())}))
+    return spec.model_copy(update={"suites": suites})
+
+
+class EvalSection(StrictModel):
+    """The ``evaluate:`` section of a profile on its own; other sections are ignored."""
+
+    model_config = {"extra": "ignore", "frozen": True}
+
+    evaluate: EvalSpec

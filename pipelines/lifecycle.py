@@ -1,5 +1,5 @@
 """The whole lifecycle as one KFP v2 pipeline: filter -> tokenize -> pretrain -> finetune ->
-reward model -> align (PPO | DPO | GRPO) -> quantize -> evaluate -> register (gated champion).
+reward model -> align (PPO | DPO | GRPO) -> optimize (distill | prune | quantize) -> evaluate -> register (gated champion).
 
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml        # kfp.local, CPU
     shipyard compile pipelines/lifecycle.py -o lifecycle.yaml                     # KFP IR YAML
@@ -17,7 +17,7 @@ from shipyard.components.data_filter.component import data_filter, data_filter_s
 from shipyard.components.evaluate.component import evaluate
 from shipyard.components.finetune.component import finetune
 from shipyard.components.pretrain.component import pretrain
-from shipyard.components.quantize.component import quantize
+from shipyard.components.optimize.component import optimize
 from shipyard.components.register.component import register
 from shipyard.components.reward_model.component import reward_model
 from shipyard.components.train_tokenizer.component import train_tokenizer
@@ -34,9 +34,9 @@ def lifecycle(config: str, tracking_uri: str, parent_run_id: str, data_shards: l
     sft = finetune(base_model=base.outputs["model"], **run)
     rm = reward_model(base_model=base.outputs["model"], **run)
     aligned = align(policy=sft.outputs["model"], reward_model=rm.outputs["model"], **run)
-    q = quantize(source=aligned.outputs["model"], **run)
+    opt = optimize(source=aligned.outputs["model"], corpus=clean.outputs["clean"], **run)
     ev = evaluate(base_model=base.outputs["model"], finetuned_model=sft.outputs["model"],
-                  aligned_model=aligned.outputs["model"], quantized_model=q.outputs["model"],
+                  aligned_model=aligned.outputs["model"], optimized_model=opt.outputs["model"],
                   reward_model=rm.outputs["model"], **run)
-    register(quantized_model=q.outputs["model"], aligned_model=aligned.outputs["model"],
+    register(optimized_model=opt.outputs["model"], aligned_model=aligned.outputs["model"],
              eval_report=ev.outputs["report"], **run)

@@ -7,12 +7,12 @@ from shipyard.components.images import SHIPYARD_IMAGE
 
 
 @dsl.component(base_image=SHIPYARD_IMAGE)
-def register(config: str, tracking_uri: str, parent_run_id: str, quantized_model: Input[Model],
+def register(config: str, tracking_uri: str, parent_run_id: str, optimized_model: Input[Model],
              aligned_model: Input[Model], eval_report: Input[Artifact], decision: Output[Artifact],
              metrics: Output[Metrics]):
     from shipyard.stages import run_stage
 
     run_stage("register", config, tracking_uri, parent_run_id,
-              inputs={"quantized_model": quantized_model.path, "aligned_model": aligned_model.path,
+              inputs={"optimized_model": optimized_model.path, "aligned_model": aligned_model.path,
                       "eval_report": eval_report.path},
               outputs={"decision": decision.path}, kfp_metrics=metrics)

@@ -272,6 +272,32 @@ def critique_revise(
                f"{metrics['preference_pairs']} preference pairs in {output}")
 
 
+@app.command()
+def optimize(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML with an `optimize:` section (a profile will do).")],
+    model: Annotated[Path, typer.Option(help="The model folder to optimize (an align or finetune output).")],
+    output: Annotated[Path, typer.Option(help="Where the optimized model and optimize.json go.")],
+    corpus: Annotated[Path | None, typer.Option(help="Corpus folder (corpus.jsonl) for distillation and pruning recovery.")] = None,
+    heldout: Annotated[Path | None, typer.Option(help="JSONL of {text} for each step's perplexity.")] = None,
+) -> None:
+    """Distill, prune and/or quantize one model outside a pipeline; same stage function and report."""
+    from shipyard.config import OptimizeSection, parse_config
+    from shipyard.optimize.optimize import REPORT_FILE, format_report, run_optimize
+    from shipyard.stages import quiet_libraries
+
+    quiet_libraries()
+    try:
+        if not config.is_file():
+            raise ConfigError(f"config file not found: {config}")
+        cfg = parse_config(OptimizeSection, config.read_text(encoding="utf-8"), str(config)).optimize
+        run_optimize(cfg, model, output, corpus_dir=corpus, heldout=heldout)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    import json
+
+    typer.echo(format_report(json.loads((output / REPORT_FILE).read_text())["steps"]) + f"saved to {output}")
+
+
 @adapters_app.command("list")
 def adapters_list(model_dir: Annotated[Path, typer.Argument(help="A finetune output directory.")]) -> None:
     """The adapters a fine-tuned model directory holds (one per task, or one for the mixture)."""

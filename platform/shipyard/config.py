@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shipyard.data.filter_config import DataFilterConfig
 from shipyard.eval.spec import EvalSpec
+from shipyard.optimize.config import OptimizeConfig, QuantizeConfig  # noqa: F401  (re-exported)
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
 from shipyard.models.select import BaseModelConfig  # noqa: F401  (re-exported)
 from shipyard.train.align_config import ALIGNMENT_KEYS, AlignConfig  # noqa: F401  (re-exported)
@@ -59,13 +60,6 @@ class RewardModelConfig(StrictModel):
     seed: int = 0
 
 
-class QuantizeConfig(StrictModel):
-    """Post-training quantization of the aligned model."""
-
-    method: Literal["dynamic_int8"] = "dynamic_int8"
-    skip_modules: list[str] = Field(["lm_head"], description="Linear layers kept in float (by name suffix).")
-
-
 class GateCheck(StrictModel):
     """One promotion check on ``metric`` (``<model>.<suite>.<metric>``, or ``alignment.<name>``).
 
@@ -97,7 +91,7 @@ class RegisterConfig(StrictModel):
     """Register the deployable model; move ``champion`` only if every gate check passes."""
 
     model_name: str = Field("shipyard-tiny", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-    model: Literal["quantized", "aligned"] = Field("quantized", description="Which output is deployable.")
+    model: Literal["optimized", "aligned"] = Field("optimized", description="Which output is deployable.")
     gate: list[GateCheck] = Field(default_factory=list)
 
 
@@ -106,7 +100,7 @@ class ServeConfig(StrictModel):
 
 
 # The models the lifecycle's evaluate stage measures (champion: the registered one, when there is one).
-EVAL_MODELS = ("base", "finetuned", "aligned", "quantized", "champion")
+EVAL_MODELS = ("base", "finetuned", "aligned", "optimized", "champion")
 EVAL_ALIGNMENT = "alignment"
 
 
@@ -116,6 +110,14 @@ class PretrainSection(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     pretrain: PretrainConfig
+
+
+class OptimizeSection(BaseModel):
+    """The ``optimize:`` section of a YAML file on its own (``shipyard optimize``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    optimize: OptimizeConfig
 
 
 class CritiqueReviseSection(BaseModel):
@@ -141,7 +143,7 @@ class PipelineConfig(StrictModel):
     reward_model: RewardModelConfig
     align: AlignConfig
     critique_revise: CritiqueReviseConfig | None = None
-    quantize: QuantizeConfig = QuantizeConfig()
+    optimize: OptimizeConfig = OptimizeConfig()
     evaluate: EvalSpec
     # "register" would shadow BaseModel.register (ABCMeta), hence the alias.
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
@@ -163,6 +165,9 @@ class PipelineConfig(StrictModel):
             if getattr(self, stage).max_length > ctx:
                 raise ValueError(f"{stage}.max_length ({getattr(self, stage).max_length}) exceeds "
                                  f"pretrain.context_length ({ctx})")
+        for name, step in (("distill", self.optimize.distill), ("prune", self.optimize.prune)):
+            if step is not None and step.seq_len > ctx:
+                raise ValueError(f"optimize.{name}.seq_len ({step.seq_len}) exceeds pretrain.context_length ({ctx})")
         if self.evaluate.context_length > ctx:
             raise ValueError(f"evaluate.context_length ({self.evaluate.context_length}) exceeds "
                              f"pretrain.context_length ({ctx})")

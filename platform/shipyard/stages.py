@@ -115,10 +115,14 @@ def _critique_revise(cfg, inputs, outputs, run):
     return out
 
 
-def _quantize(cfg, inputs, outputs, run):
-    from shipyard.optimize.quantize import run_quantize
+def _optimize(cfg, inputs, outputs, run):
+    from shipyard.optimize.optimize import REPORT_FILE, run_optimize
 
-    return run_quantize(cfg.quantize, inputs["model"], outputs["model"])
+    heldout = cfg.evaluate.of_kind("perplexity")
+    out = run_optimize(cfg.optimize, inputs["model"], outputs["model"], corpus_dir=inputs.get("corpus"),
+                       heldout=heldout[0].data if heldout else None, log=run.log)
+    run.artifact(str(Path(outputs["model"]) / REPORT_FILE), "optimize")
+    return out
 
 
 def _evaluate(cfg, inputs, outputs, run):
@@ -132,7 +136,7 @@ def _evaluate(cfg, inputs, outputs, run):
         if champion:
             models["champion"] = champion
     table = run_evaluate(cfg.evaluate, models, outputs["report"], reward_model_dir=inputs["reward_model"],
-                         sources={"quantized": "aligned"},
+                         sources={"optimized": "aligned"},
                          alignment_report=Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None)
     run.artifact(outputs["report"], "eval")
     flat = {f"{m}.{k}": v for m, scores in table.items() for k, v in scores.items()}
@@ -155,7 +159,7 @@ def _register(cfg, inputs, outputs, run):
 
     reg = cfg.register_
     table = json.loads((Path(inputs["eval_report"]) / "eval.json").read_text())
-    model_dir = inputs["quantized_model"] if reg.model == "quantized" else inputs["aligned_model"]
+    model_dir = inputs["optimized_model"] if reg.model == "optimized" else inputs["aligned_model"]
     decision = register_candidate(run, reg, table, model_dir, cfg.serve.max_new_tokens, cfg.digest())
     run.artifact(inputs["eval_report"], "eval")
     Path(outputs["decision"]).mkdir(parents=True, exist_ok=True)
@@ -175,7 +179,7 @@ STAGES: dict[str, StageFn] = {
     "reward_model": _reward_model,
     "align": _align,
     "critique_revise": _critique_revise,
-    "quantize": _quantize,
+    "optimize": _optimize,
     "evaluate": _evaluate,
     "register": _register,
 }

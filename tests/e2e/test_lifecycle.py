@@ -16,7 +16,7 @@ def test_compiled_pipeline_loads_back_in_kfp(tmp_path):
     spec = yaml.safe_load(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"for-loop-1", "data-filter", "train-tokenizer", "pretrain", "finetune", "reward-model",
-                          "align", "quantize", "evaluate", "register"}
+                          "align", "optimize", "evaluate", "register"}
     assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--data_shards"
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config", "tracking_uri", "parent_run_id",
                                                                    "data_shards"}
@@ -34,15 +34,16 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     result = run_demo("pipelines/configs/ci-tiny.yaml", port=free_port(), tracking_uri=uri, echo=lambda *_: None)
 
     summary = result.summary
-    assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "align", "quantize",
+    assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "align", "optimize",
                                    "reward_model", "evaluate", "register"}
-    assert set(summary.eval_table) == {"base", "finetuned", "aligned", "quantized", "alignment"}
+    assert set(summary.eval_table) == {"base", "finetuned", "aligned", "optimized", "alignment"}
     suites = {"heldout.perplexity", "instructions.rougeLsum", "instructions.chrf", "instructions.exact_match",
               "preferences.reward", "toxicity.rate", "python_cloze.acc_norm", "latency.ms_per_token"}
     for name, scores in summary.eval_table.items():
         if name != "alignment":
             assert suites <= set(scores)
     assert "preferences.win_rate" in summary.eval_table["aligned"]  # against the baseline (finetuned)
+    assert summary.eval_table["optimized"]["heldout.perplexity_ratio"] < 1.05  # int8 weight-only vs aligned
     judged = summary.eval_table["alignment"]  # PPO's aligned model against the instruct model
     assert {"reward_instruct", "reward_aligned", "win_rate", "toxicity_rate_aligned", "kl_to_instruct"} <= set(judged)
     assert summary.gate == "passed" and summary.version == "1"
@@ -66,6 +67,8 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
         + by_stage["data_filter"].data.metrics["quarantined"])
     align = c.get_metric_history(by_stage["align"].info.run_id, "reward_mean")
     assert len(align) == 6 and by_stage["align"].data.tags["shipyard.checkpoint_dir"].endswith("/align")
+    opt = by_stage["optimize"].data.metrics  # measured as served, against the aligned model
+    assert opt["size_ratio"] < 0.75 and opt["quantize.quantized_layers"] == 14 and opt["ms_per_token_after"] > 0
     df = by_stage["data_filter"].data.metrics
     assert df["kept"] > 1000 and df["dropped.language"] > 0 and df["dropped.near_duplicate"] > 0
     assert {"drop_table.md", "toxicity_hist.png", "stats.json"} <= {
@@ -88,7 +91,7 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     out = CliRunner().invoke(app, ["lineage", "models:/shipyard-ci@champion", "--tracking-uri", uri])
     assert out.exit_code == 0, out.output
     assert "shipyard-ci version 1 (candidate, champion)" in out.output and "gate: passed" in out.output
-    for stage in ("data_filter", "pretrain", "align", "quantize", "evaluate", "register", "data_filter.input"):
+    for stage in ("data_filter", "pretrain", "align", "optimize", "evaluate", "register", "data_filter.input"):
         assert stage in out.output
 
     # A weaker candidate (a few training steps) against that champion: the gate measures both on the

@@ -48,5 +48,5 @@ def test_select_then_prompt_tuning_through_serving(tiny_base, monkeypatch, tmp_p
     assert by_stage["pretrain"].data.metrics["selected"] == 1
     ft = by_stage["finetune"].data.metrics
     assert ft["trainable_params"] == 20 * 32 and ft["quarantined"] > 0  # rows too long for 128 tokens
-    kfp_root = next(p for p in tmp_path.rglob("shipyard_adapter.json") if "quantize" in str(p)).parent
+    kfp_root = next(p for p in tmp_path.rglob("shipyard_adapter.json") if "/optimize/" in str(p)).parent
     assert (kfp_root / "adapters/default/adapter_model.safetensors").exists()

@@ -78,10 +78,10 @@ def test_spec_errors_name_the_line_and_key(tmp_path):
 
 def test_a_gate_on_an_unmeasured_metric_fails_at_load():
     data = _profile()
-    data["register"]["gate"] = [{"metric": "quantized.heldout.rougeL", "max": 1}]
+    data["register"]["gate"] = [{"metric": "optimized.heldout.rougeL", "max": 1}]
     with pytest.raises(ValueError, match=r"register.gate.0.metric: .*suite 'heldout' measures perplexity"):
         PipelineConfig.model_validate(data)
-    data["register"]["gate"] = [{"metric": "quantized.nosuch.perplexity", "max": 1}]
+    data["register"]["gate"] = [{"metric": "optimized.nosuch.perplexity", "max": 1}]
     with pytest.raises(ValueError, match="no suite 'nosuch'"):
         PipelineConfig.model_validate(data)
     data["register"]["gate"] = [{"metric": "alignment.happiness", "min": 1}]

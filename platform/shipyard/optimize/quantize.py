@@ -1,15 +1,17 @@
-"""quantize stage: post-training dynamic int8 quantization of a causal LM's Linear layers.
+"""Post-training quantization of a causal LM's Linear layers (the optimize stage's last step).
 
-    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # after align
+Methods (``QuantizeConfig.method``):
 
-Weights are quantized per output channel (symmetric int8); activations are quantized on the fly
-at inference, so no calibration data is needed. The output stays safetensors-only: each quantized
-layer is stored as ``<name>.weight_int8`` (int8) + ``<name>.weight_scale`` (fp32), and
-``shipyard_quant.json`` lists those layers. Loading rebuilds the fp32 graph, restores the exact int8
-values and converts the layers back to dynamically quantized modules (fbgemm/x86 kernels on CPU).
+- dynamic_int8: weights per output channel (symmetric int8); activations quantized on the fly at
+  inference, so no calibration data. Stored as ``<name>.weight_int8`` (int8) +
+  ``<name>.weight_scale`` (fp32); loading restores the exact int8 values into dynamically
+  quantized modules (fbgemm/x86 kernels). torch 2.13 marks ``torch.ao.quantization`` deprecated
+  in favour of torchao, but its eager dynamic int8 path still ships.
+- int8_weight_only / int4_weight_only: torchao (``shipyard.optimize.weight_only``).
+- bnb_int8 / bnb_nf4: bitsandbytes through transformers, CUDA only; a clear error elsewhere.
 
-Note: torch 2.13 marks ``torch.ao.quantization`` deprecated in favour of torchao; its eager
-dynamic int8 path still ships and is the fastest CPU int8 kernel available here without torchao.
+Every output is safetensors-only with ``shipyard_quant.json`` naming the method and the layers;
+``shipyard.models.causal_lm.load_causal_lm`` loads all of them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import shutil
 import warnings
 from pathlib import Path
 
-from shipyard.config import QuantizeConfig
+from shipyard.optimize.config import QuantizeConfig
 from shipyard.models.causal_lm import QUANT_FILE, dir_size
 
 _COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -48,18 +50,51 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | Path, output_dir: str | P
     Returns:
         Sizes on disk before and after (bytes), their ratio, and the number of layers quantized.
     """
-    import torch
-    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if cfg.method.startswith("bnb_"):
+        return _bnb(cfg, model_dir, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval()
     names = linear_names(model, cfg.skip_modules)
     if not names:
         raise ValueError(f"no Linear layers left to quantize after skip_modules={cfg.skip_modules}")
-    qmodel = _quantize_modules(model, names)
+    if cfg.method == "dynamic_int8":
+        _save_dynamic_int8(model, names, output_dir)
+        spec = {"method": cfg.method, "dtype": "qint8", "granularity": "per_channel", "modules": names}
+    else:
+        from shipyard.optimize.weight_only import groupable, quantize_weight_only, save_weight_only
 
+        names, kept = groupable(model, names, cfg.method, cfg.group_size)
+        if not names:
+            raise ValueError(f"quantize.group_size {cfg.group_size} divides no layer's in_features: pick a divisor")
+        quantize_weight_only(model, names, cfg.method, cfg.group_size)
+        extras = save_weight_only(model, output_dir, cfg.method)
+        spec = {"method": cfg.method, "library": "torchao",
+                "group_size": cfg.group_size if cfg.method == "int4_weight_only" else None,
+                "modules": names, "float_modules": kept, **extras}
+    _copy_side_files(model_dir, output_dir)
+    (output_dir / QUANT_FILE).write_text(json.dumps(spec, indent=2))
+    before, after = dir_size(model_dir), dir_size(output_dir)
+    return {"size_bytes_before": before, "size_bytes_after": after, "size_ratio": after / before,
+            "quantized_layers": len(names)}
+
+
+def _copy_side_files(model_dir: Path, output_dir: Path) -> None:
+    from shipyard.models.causal_lm import copy_adapter
+
+    for name in _COPY:
+        if (model_dir / name).exists():
+            shutil.copy2(model_dir / name, output_dir / name)
+    copy_adapter(model_dir, output_dir)  # a prompt-tuning adapter stays float, on top of the quantized base
+
+
+def _save_dynamic_int8(model, names: list[str], output_dir: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    qmodel = _quantize_modules(model, names)
     state: dict[str, torch.Tensor] = {}
     quantized = set(names)
     for key, tensor in model.state_dict().items():
@@ -78,17 +113,31 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | Path, output_dir: str | P
     if getattr(model.config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
     save_file(state, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
-    for name in _COPY:
-        if (model_dir / name).exists():
-            shutil.copy2(model_dir / name, output_dir / name)
-    from shipyard.models.causal_lm import copy_adapter
 
-    copy_adapter(model_dir, output_dir)  # a prompt-tuning adapter stays float, on top of the int8 base
-    (output_dir / QUANT_FILE).write_text(json.dumps(
-        {"method": cfg.method, "dtype": "qint8", "granularity": "per_channel", "modules": names}, indent=2))
+
+def _bnb(cfg: QuantizeConfig, model_dir: Path, output_dir: Path) -> dict[str, float]:
+    """bitsandbytes 8-bit (LLM.int8) or 4-bit NF4 with double quantization, saved by transformers."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"quantize.method {cfg.method}: bitsandbytes kernels need a CUDA GPU and this machine "
+                         f"has none; on CPU use int8_weight_only, int4_weight_only or dynamic_int8")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if cfg.method == "bnb_int8":
+        q = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=cfg.skip_modules)
+    else:
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=cfg.skip_modules)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), quantization_config=q, device_map={"": 0},
+                                                 use_safetensors=True, trust_remote_code=False)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(output_dir), safe_serialization=True)
+    _copy_side_files(model_dir, output_dir)
+    (output_dir / QUANT_FILE).write_text(json.dumps({"method": cfg.method, "library": "bitsandbytes"}, indent=2))
     before, after = dir_size(model_dir), dir_size(output_dir)
     return {"size_bytes_before": before, "size_bytes_after": after, "size_ratio": after / before,
-            "quantized_layers": len(names)}
+            "quantized_layers": float(sum(1 for _ in linear_names(model, cfg.skip_modules)))}
 
 
 def _int8_linear(q, scale, bias):
@@ -112,8 +161,15 @@ def load_quantized(path: str | Path):
 
     path = Path(path)
     spec = json.loads((path / QUANT_FILE).read_text())
-    if spec.get("method") != "dynamic_int8":
-        raise ValueError(f"{path / QUANT_FILE}: unsupported quantization method {spec.get('method')!r}")
+    method = spec.get("method")
+    if method in ("int8_weight_only", "int4_weight_only"):
+        from shipyard.optimize.weight_only import load_weight_only
+
+        return load_weight_only(path, spec)
+    if method in ("bnb_int8", "bnb_nf4"):
+        return _load_bnb(path, method)
+    if method != "dynamic_int8":
+        raise ValueError(f"{path / QUANT_FILE}: unsupported quantization method {method!r}")
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config)
     state = load_file(str(path / "model.safetensors"))
@@ -130,3 +186,13 @@ def load_quantized(path: str | Path):
     if config.tie_word_embeddings:
         model.tie_weights()
     return model.eval()
+
+
+def _load_bnb(path: Path, method: str):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    if not torch.cuda.is_available():
+        raise ValueError(f"{path}: a {method} (bitsandbytes) model loads on a CUDA GPU only")
+    return AutoModelForCausalLM.from_pretrained(str(path), device_map={"": 0}, use_safetensors=True,
+                                                trust_remote_code=False).eval()

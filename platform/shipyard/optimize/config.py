@@ -1,0 +1,69 @@
+"""Typed config of the optimize stage: distill -> prune -> quantize, each optional."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shipyard.schema import StrictModel
+
+QUANT_METHODS = ("dynamic_int8", "int8_weight_only", "int4_weight_only", "bnb_int8", "bnb_nf4")
+
+
+class QuantizeConfig(StrictModel):
+    """Post-training quantization of the Linear layers.
+
+    dynamic_int8: int8 weights and on-the-fly int8 activations (torch, CPU kernels).
+    int8_weight_only / int4_weight_only: torchao, weights only (int4 in groups of ``group_size``).
+    bnb_int8 / bnb_nf4: bitsandbytes, CUDA only.
+    """
+
+    method: Literal[QUANT_METHODS] = "dynamic_int8"  # type: ignore[valid-type]
+    skip_modules: list[str] = Field(["lm_head"], description="Linear layers kept in float (by name suffix).")
+    group_size: int = Field(32, gt=0, description="int4_weight_only: weights sharing one scale and zero point.")
+
+
+class PruneConfig(StrictModel):
+    """Magnitude pruning, then an optional short recovery fine-tune on the corpus."""
+
+    kind: Literal["unstructured", "structured"] = Field(
+        "unstructured", description="unstructured: zero the smallest weights; structured: remove MLP channels.")
+    sparsity: float = Field(gt=0, lt=1, description="Share of weights (or MLP channels) removed.")
+    skip_modules: list[str] = Field(["lm_head"], description="unstructured: Linear layers left whole.")
+    recover_steps: int = Field(0, ge=0, description="Causal-LM fine-tune steps after pruning (0: none).")
+    lr: float = Field(1e-4, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+    seq_len: int = Field(128, gt=8)
+    seed: int = 0
+
+
+class DistillConfig(StrictModel):
+    """A shallower student trained on the teacher's soft targets plus the hard next-token labels."""
+
+    student_layers: int = Field(gt=0, description="Blocks the student keeps (evenly spaced teacher blocks).")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature of the soft targets.")
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the soft (KL) term; 1 - alpha on the hard CE.")
+    steps: int = Field(100, gt=0)
+    lr: float = Field(5e-4, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+    seq_len: int = Field(128, gt=8)
+    seed: int = 0
+
+
+class OptimizeConfig(StrictModel):
+    """Turn the aligned model into the deployable one; every step is measured against the source."""
+
+    distill: DistillConfig | None = None
+    prune: PruneConfig | None = None
+    quantize: QuantizeConfig | None = QuantizeConfig()
+    report_docs: int = Field(16, gt=0, description="Held-out documents for the perplexity delta of each step.")
+    context_length: int = Field(128, gt=8, description="Perplexity window of the report.")
+    latency_prompts: int = Field(3, gt=0, description="Prompts timed for CPU ms per token.")
+    latency_tokens: int = Field(16, gt=1, description="New tokens per timed prompt.")
+
+    @model_validator(mode="after")
+    def _something(self) -> OptimizeConfig:
+        if self.distill is None and self.prune is None and self.quantize is None:
+            raise ValueError("optimize needs at least one of distill, prune, quantize")
+        return self

@@ -1,0 +1,141 @@
+"""optimize stage: the aligned model -> the deployable one (distill -> prune -> quantize, each optional).
+
+    shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # after align
+    shipyard optimize -c my.yaml --model DIR --output DIR [--corpus DIR] [--heldout FILE]
+
+Each step writes a loadable model directory; each is measured the way it will be served (loaded
+back from disk): size on disk, CPU ms per new token (batch 1, greedy), and held-out perplexity,
+with ratios against the source model. ``optimize.json`` holds the table; the metrics hold the
+final model's ratios and each step's own numbers (student size, sparsity, recovery loss).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from shipyard.optimize.config import OptimizeConfig
+
+REPORT_FILE = "optimize.json"
+_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+          "special_tokens_map.json", "chat_template.jinja")
+
+
+def _heldout(path: str | Path | None, corpus_dir: str | Path | None, n: int) -> list[str]:
+    from shipyard.data.shards import read_records
+    from shipyard.data.tokenizer import iter_corpus
+
+    if path:
+        rows, _ = read_records(path, ("text",))
+        return [r["text"] for r in rows][:n]
+    if corpus_dir:
+        return list(iter_corpus(corpus_dir))[-n:]
+    raise ValueError("optimize needs held-out text (heldout) or a corpus to measure perplexity on")
+
+
+def measure(model_dir: Path, texts: list[str], cfg: OptimizeConfig) -> dict[str, float]:
+    """Size on disk, CPU latency per token and perplexity of a model directory, loaded as served."""
+    from shipyard.eval.metrics import decode_latency, perplexity
+    from shipyard.models.causal_lm import dir_size, load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(model_dir), load_tokenizer(model_dir)
+    ctx = min(cfg.context_length, model.config.max_position_embeddings)
+    prompts = [t[:200] for t in texts[: cfg.latency_prompts]]
+    latency = decode_latency(model, tok, prompts, cfg.latency_tokens)
+    return {"size_bytes": float(dir_size(model_dir)), "ms_per_token": latency["ms_per_token"],
+            "perplexity": perplexity(model, tok, texts, ctx)}
+
+
+def _save(model, source: Path, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    for name in _FILES[1:]:
+        if (source / name).exists() and not (out / name).exists():
+            shutil.copy2(source / name, out / name)
+    return out
+
+
+def _load_float(model_dir: Path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from shipyard.models.causal_lm import ADAPTER_FILE
+
+    if (model_dir / ADAPTER_FILE).exists():
+        raise ValueError(f"{model_dir}: holds an unmerged adapter (prompt tuning); distill and prune need a plain "
+                         f"model: merge it first, or quantize only")
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False, use_safetensors=True,
+                                                dtype=torch.float32)
+
+
+def run_optimize(cfg: OptimizeConfig, model_dir: str | Path, output_dir: str | Path,
+                 corpus_dir: str | Path | None = None, heldout: str | Path | None = None,
+                 log=None) -> dict[str, float]:
+    """Run the configured steps on ``model_dir`` and save the result to ``output_dir``.
+
+    Args:
+        corpus_dir: training text for distillation and pruning recovery (a data_filter output).
+        heldout: JSONL of held-out ``{text}`` for the perplexity of each step (default: the
+            corpus's last documents).
+
+    Returns:
+        The final model against the source (``size_ratio``, ``latency_ratio``,
+        ``perplexity_ratio``) and each step's own metrics.
+    """
+    from shipyard.models.causal_lm import load_tokenizer
+
+    source, output_dir = Path(model_dir), Path(output_dir)
+    if (cfg.distill or (cfg.prune and cfg.prune.recover_steps)) and corpus_dir is None:
+        raise ValueError("optimize: distill and prune.recover_steps train on text: pass the corpus")
+    texts = _heldout(heldout, corpus_dir, cfg.report_docs)
+    tok = load_tokenizer(source)
+    rows = [{"step": "source", **measure(source, texts, cfg)}]
+    metrics: dict[str, float] = {}
+    current = source
+    with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as work:
+        work = Path(work)
+        last = "quantize" if cfg.quantize else ("prune" if cfg.prune else "distill")
+        if cfg.distill:
+            from shipyard.optimize.distill import run_distill
+
+            student, m = run_distill(cfg.distill, _load_float(current), corpus_dir, tok, log)
+            metrics.update(m)
+            current = _save(student, source, output_dir if last == "distill" else work / "distilled")
+            rows.append({"step": f"distill ({cfg.distill.student_layers} layers)", **measure(current, texts, cfg)})
+        if cfg.prune:
+            from shipyard.optimize.prune import run_prune
+
+            model = _load_float(current)
+            metrics.update(run_prune(cfg.prune, model, corpus_dir, tok, log))
+            current = _save(model, source, output_dir if last == "prune" else work / "pruned")
+            rows.append({"step": f"prune ({cfg.prune.kind} {cfg.prune.sparsity:g})", **measure(current, texts, cfg)})
+        if cfg.quantize:
+            from shipyard.optimize.quantize import run_quantize
+
+            q = run_quantize(cfg.quantize, current, output_dir)
+            metrics.update({f"quantize.{k}": v for k, v in q.items() if k != "size_ratio"})
+            current = output_dir
+            rows.append({"step": f"quantize ({cfg.quantize.method})", **measure(current, texts, cfg)})
+    base = rows[0]
+    for row in rows[1:]:
+        row.update({"size_ratio": row["size_bytes"] / base["size_bytes"],
+                    "latency_ratio": row["ms_per_token"] / base["ms_per_token"],
+                    "perplexity_ratio": row["perplexity"] / base["perplexity"]})
+    final = rows[-1]
+    (output_dir / REPORT_FILE).write_text(json.dumps({"source": str(source), "steps": rows}, indent=2))
+    metrics.update({k: final[k] for k in ("size_ratio", "latency_ratio", "perplexity_ratio")})
+    metrics.update({"size_bytes_before": base["size_bytes"], "size_bytes_after": final["size_bytes"],
+                    "ms_per_token_before": base["ms_per_token"], "ms_per_token_after": final["ms_per_token"],
+                    "perplexity_before": base["perplexity"], "perplexity_after": final["perplexity"]})
+    return metrics
+
+
+def format_report(rows: list[dict]) -> str:
+    lines = ["| step | size MB | ms/token | perplexity | size x | latency x | perplexity x |", "|---" * 7 + "|"]
+    for r in rows:
+        lines.append(f"| {r['step']} | {r['size_bytes'] / 1e6:.2f} | {r['ms_per_token']:.2f} | {r['perplexity']:.4g} | "
+                     + " | ".join(f"{r[k]:.3f}" if k in r else "1" for k in ("size_ratio", "latency_ratio",
+                                                                              "perplexity_ratio")) + " |")
+    return "\n".join(lines) + "\n"

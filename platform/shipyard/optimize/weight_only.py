@@ -1,0 +1,119 @@
+"""Weight-only int8 / int4 quantization with torchao, stored as safetensors.
+
+int8: per-output-channel symmetric int8 weights (``Int8WeightOnlyConfig``), activations stay
+float; int4: groups of ``group_size`` weights share a scale and zero point
+(``IntxWeightOnlyConfig(weight_dtype=int4)``), which runs on any CPU. torchao keeps int4 values
+one per int8 byte in memory; on disk we pack two per byte (``<name>._weight_qdata`` as uint8 and
+``shipyard_quant.json`` says so), so an int4 file is ~1/6 of fp32 rather than ~1/3.
+
+Loading rebuilds the float graph from config.json, then restores torchao's tensor subclasses from
+the flattened tensors (torchao's own safetensors layout), so the exact quantized values serve.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+
+def torchao_config(method: str, group_size: int):
+    import torch
+    from torchao.quantization import Int8WeightOnlyConfig, IntxWeightOnlyConfig, PerGroup
+
+    if method == "int8_weight_only":
+        return Int8WeightOnlyConfig()
+    if method == "int4_weight_only":
+        return IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=PerGroup(group_size))
+    raise ValueError(f"not a torchao weight-only method: {method!r}")
+
+
+def groupable(model, names: list[str], method: str, group_size: int) -> tuple[list[str], list[str]]:
+    """(layers int4 groups fit, layers whose in_features is not a multiple of group_size)."""
+    if method != "int4_weight_only":
+        return names, []
+    fits = [n for n in names if model.get_submodule(n).in_features % group_size == 0]
+    return fits, [n for n in names if n not in fits]
+
+
+def quantize_weight_only(model, names: list[str], method: str, group_size: int) -> None:
+    """Quantize the Linear layers ``names`` of ``model`` in place (see ``groupable`` for int4)."""
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # it reports its optional CUDA kernels missing
+    from torchao.quantization import quantize_
+
+    wanted = set(names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_(model, torchao_config(method, group_size), filter_fn=lambda m, fqn: fqn in wanted)
+
+
+def _pack_int4(q):
+    """int8 values in [-8, 7] -> uint8, two per byte (low nibble first); odd lengths pad one."""
+    import torch
+
+    flat = (q.reshape(-1).to(torch.int16) + 8).to(torch.uint8)
+    if flat.numel() % 2:
+        flat = torch.cat([flat, flat.new_zeros(1)])
+    return (flat[0::2] | (flat[1::2] << 4)).contiguous()
+
+
+def _unpack_int4(packed, shape):
+    import math
+
+    import torch
+
+    low, high = packed & 0x0F, packed >> 4
+    flat = torch.stack([low, high], dim=1).reshape(-1)[: math.prod(shape)]
+    return (flat.to(torch.int16) - 8).to(torch.int8).reshape(shape)
+
+
+def save_weight_only(model, path: Path, method: str) -> dict:
+    """Write ``model.safetensors`` (torchao's flattened layout, int4 packed); returns the spec extras."""
+    from safetensors.torch import save_file
+    from torchao.prototype.safetensors.safetensors_support import flatten_tensor_state_dict
+
+    state = {k: v for k, v in model.state_dict().items()}
+    if getattr(model.config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)
+    tensors, metadata = flatten_tensor_state_dict(state)
+    packed = {}
+    if method == "int4_weight_only":
+        for key in [k for k in tensors if k.endswith("._weight_qdata")]:
+            packed[key] = list(tensors[key].shape)
+            tensors[key] = _pack_int4(tensors[key])
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"), metadata=metadata)
+    return {"packed_int4": packed}
+
+
+def load_weight_only(path: Path, spec: dict):
+    """Rebuild a model saved by ``save_weight_only`` with its exact quantized weights."""
+    from safetensors import safe_open
+    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
+    model = AutoModelForCausalLM.from_config(config)
+    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+        metadata = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for key, shape in spec.get("packed_int4", {}).items():
+        tensors[key] = _unpack_int4(tensors[key], shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
+    if leftover:
+        raise ValueError(f"{path}: tensors not in the saved layout: {sorted(leftover)[:5]}")
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the config: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        model.tie_weights()
+    return model.eval()
+
+
+def spec_for(method: str, names: list[str], group_size: int, extras: dict) -> str:
+    return json.dumps({"method": method, "library": "torchao", "group_size": group_size if "int4" in method else None,
+                       "modules": names, **extras}, indent=2)

@@ -101,13 +101,19 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
           name: Annotated[str | None, typer.Option(help="Served model name [default: from the URI].")] = None,
           max_new_tokens: Annotated[int, typer.Option(help="Default max_tokens.")] = 64,
+          max_batch_size: Annotated[int, typer.Option(help="Requests per generation batch.")] = 8,
+          max_wait_ms: Annotated[float, typer.Option(help="How long a request waits to be batched.")] = 10.0,
+          max_queue: Annotated[int, typer.Option(help="Queued requests before answering 429.")] = 64,
+          request_timeout_s: Annotated[float, typer.Option(help="Per-request limit (504 after).")] = 120.0,
           tracking_uri: TrackingOpt = None) -> None:
     """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1)."""
+    from shipyard.serving.openai_api import Limits
     from shipyard.serving.server import serve_model
 
     try:
         serve_model(model_uri, host=host, port=port, name=name, max_new_tokens=max_new_tokens,
-                    tracking_uri=_tracking(tracking_uri))
+                    tracking_uri=_tracking(tracking_uri),
+                    limits=Limits(max_batch_size, max_wait_ms, max_queue, request_timeout_s))
     except FileNotFoundError as exc:
         _fail(str(exc))
 

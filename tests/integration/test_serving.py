@@ -38,6 +38,99 @@ def test_openai_chat_completions_and_models(server):
     assert [m.id for m in c.models.list().data] == [name]
 
 
+def _client(port):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="x", max_retries=0)
+
+
+def test_streaming_matches_the_whole_answer(server):
+    port, name = server
+    c = _client(port)
+    messages = [{"role": "user", "content": "Tell me about Python"}]
+    whole = c.chat.completions.create(model=name, messages=messages, max_tokens=8, temperature=0)
+    chunks = list(c.chat.completions.create(model=name, messages=messages, max_tokens=8, temperature=0,
+                                            stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices) == whole.choices[0].message.content
+    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    comp = list(c.completions.create(model=name, prompt="The Python", max_tokens=6, temperature=0, stream=True, n=2))
+    assert {ch.choices[0].index for ch in comp} == {0, 1}
+    # the raw wire format: server-sent events ending with [DONE]
+    with httpx.stream("POST", f"http://127.0.0.1:{port}/openai/v1/completions",
+                      json={"model": name, "prompt": "Hi", "max_tokens": 3, "stream": True}) as r:
+        lines = [line for line in r.iter_lines() if line]
+    assert r.headers["content-type"].startswith("text/event-stream") and lines[-1] == "data: [DONE]"
+
+
+def test_generation_controls(server):
+    port, name = server
+    c = _client(port)
+    base = dict(model=name, prompt="The Python", max_tokens=8, temperature=0)
+    # a stop string cuts the text before it and ends the choice with "stop" (a seeded sample, so the
+    # text is varied and known: the same seed draws the same tokens with or without the stop)
+    for seed in range(20):
+        sampled = dict(base, temperature=1.0, seed=seed, max_tokens=16)
+        full = c.completions.create(**sampled).choices[0].text
+        if len(full) >= 6:
+            break
+    assert len(full) >= 6, full
+    stop = full[3:5]
+    cut = c.completions.create(**sampled, stop=[stop]).choices[0]
+    assert cut.text == full[: full.index(stop)] and cut.finish_reason == "stop"
+    streamed = list(c.completions.create(**sampled, stop=[stop], stream=True))
+    assert "".join(ch.choices[0].text for ch in streamed) == cut.text
+    assert streamed[-1].choices[0].finish_reason == "stop"
+    # penalties change what greedy decoding picks once tokens repeat; the same seed repeats a sample
+    penalized = c.completions.create(**base, frequency_penalty=2.0, presence_penalty=2.0).choices[0].text
+    repeated = c.completions.create(**{**base, "max_tokens": 8}, extra_body={"repetition_penalty": 5.0}).choices[0].text
+    assert isinstance(penalized, str) and isinstance(repeated, str)
+    a = c.completions.create(**{**base, "temperature": 1.0}, seed=7, extra_body={"top_k": 20}).choices[0].text
+    b = c.completions.create(**{**base, "temperature": 1.0}, seed=7, extra_body={"top_k": 20}).choices[0].text
+    assert a == b
+
+
+def test_penalties_follow_openai_semantics():
+    import torch
+
+    from shipyard.serving.llm import penalty_processor
+
+    ids = torch.tensor([[5, 1, 2, 2]])  # prompt [5], generated [1, 2, 2]
+    scores = torch.zeros(1, 6)
+    out = penalty_processor(1, frequency=0.5, presence=1.0)(ids, scores)
+    assert out.tolist() == [[0.0, -1.5, -2.0, 0.0, 0.0, 0.0]]  # token 5 is prompt: untouched
+
+
+def test_stop_strings_are_held_back_while_they_might_start():
+    from shipyard.serving.llm import cut_at_stop, held_back
+
+    assert cut_at_stop("abc END def", ("END",)) == ("abc ", True)
+    assert held_back("abc E", ("END",)) == 1 and held_back("abc EN", ("END",)) == 2 and held_back("abc", ("END",)) == 0
+
+
+def test_bad_requests_are_400_with_openai_bodies(server):
+    port, name = server
+    url = f"http://127.0.0.1:{port}/openai/v1/chat/completions"
+    ok = {"model": name, "messages": [{"role": "user", "content": "hi"}]}
+    cases = {
+        "max_tokens": {**ok, "max_tokens": -1},
+        "temperature": {**ok, "temperature": -0.5},
+        "top_p": {**ok, "top_p": 0},
+        "n": {**ok, "n": 99},
+        "messages": {**ok, "messages": []},
+        "stop": {**ok, "stop": ["a", "b", "c", "d", "e"]},
+    }
+    for param, body in cases.items():
+        r = httpx.post(url, json=body)
+        assert r.status_code == 400, (param, r.text)
+        assert r.json()["error"]["type"] == "invalid_request_error" and param in r.json()["error"]["param"]
+    r = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
+    huge = httpx.post(url, json={**ok, "max_tokens": 100_000})
+    assert huge.status_code == 400 and huge.json()["error"]["param"] == "max_tokens"
+
+
 def test_limits_give_openai_style_errors(server):
     import openai
 
@@ -49,7 +142,7 @@ def test_limits_give_openai_style_errors(server):
         c.chat.completions.create(model="other", messages=[{"role": "user", "content": "hi"}])
     r = httpx.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
                    json={"model": name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0})
-    assert r.status_code == 422
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
 
 
 def test_kserve_v1_predict_and_health(server):
@@ -60,3 +153,101 @@ def test_kserve_v1_predict_and_health(server):
     assert r.status_code == 200 and len(r.json()["predictions"]) == 2
     bad = httpx.post(f"http://127.0.0.1:{port}/v1/models/{name}:predict", json={"inputs": 1})
     assert bad.status_code == 400
+
+
+def _metric(port, name: str, labels: str = "") -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    for line in text.splitlines():
+        if line.startswith(name + (labels or " ")) or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_concurrent_requests_are_batched_and_match_alone(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    port, name = server
+    c = _client(port)
+    prompts = ["The Python", "A list", "Hello there", "import", "def f", "class A", "x = 1", "# note"]
+    alone = [c.completions.create(model=name, prompt=p, max_tokens=6, temperature=0).choices[0].text for p in prompts]
+    batches_before = _metric(port, "shipyard_batch_size_count")
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda p: c.completions.create(model=name, prompt=p, max_tokens=6,
+                                                                temperature=0).choices[0].text, prompts))
+    batches = _metric(port, "shipyard_batch_size_count") - batches_before
+    assert batches < len(prompts)  # several requests shared a generate call
+    assert together == alone  # left padding changes nothing in what greedy decoding picks
+    assert _metric(port, "shipyard_requests_total", '{route="completions",status="200"}') >= 16
+    assert _metric(port, "shipyard_tokens_total", '{kind="completion"}') > 0
+
+
+@pytest.fixture(scope="module")
+def tight_server(tiny_base):
+    """One request at a time, a queue of one, and a 50 ms budget per request."""
+    import subprocess
+    import sys
+
+    from shipyard.demo import stop_server, wait_ready
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tiny_base), "--port", str(port),
+                             "--max-new-tokens", "8", "--max-batch-size", "1", "--max-queue", "1",
+                             "--request-timeout-s", "0.05"])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
+        yield port, tiny_base.name, proc
+    finally:
+        stop_server(proc)
+
+
+def test_a_full_queue_is_429_and_a_slow_request_504(tight_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    port, name, _ = tight_server
+    body = {"model": name, "prompt": "The Python", "max_tokens": 100, "temperature": 0}
+    with ThreadPoolExecutor(6) as pool:
+        codes = list(pool.map(lambda _: httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions", json=body,
+                                                   timeout=30), range(6)))
+    statuses = sorted(r.status_code for r in codes)
+    assert 429 in statuses and 504 in statuses and all(s in (200, 429, 504) for s in statuses), statuses
+    full = next(r for r in codes if r.status_code == 429).json()["error"]
+    assert full["type"] == "rate_limit_error" and "queue limit (1 requests)" in full["message"]
+    assert next(r for r in codes if r.status_code == 504).json()["error"]["type"] == "timeout_error"
+
+
+def test_sigterm_drains_in_flight_requests(tiny_base):
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from shipyard.demo import wait_ready
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tiny_base), "--port", str(port)])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
+        result = {}
+
+        def slow():
+            body = {"model": tiny_base.name, "prompt": "The Python", "max_tokens": 100, "n": 8, "seed": 1,
+                    "temperature": 1.0}
+            result["r"] = httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions", json=body, timeout=60)
+            result["done"] = time.perf_counter()
+
+        t = threading.Thread(target=slow)
+        t.start()
+        time.sleep(0.3)  # the request is in flight (8 seeded choices run one after another)
+        signalled = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        assert result["r"].status_code == 200 and len(result["r"].json()["choices"]) == 8
+        assert result["done"] > signalled  # it was still running when the signal came, and finished
+        # uvicorn drains, then re-raises the signal it caught: the process ends "terminated by SIGTERM"
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.ConnectError):  # and takes no new requests
+            httpx.get(f"http://127.0.0.1:{port}/v2/health/ready")
+    finally:
+        if proc.poll() is None:
+            proc.kill()

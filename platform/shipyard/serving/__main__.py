@@ -12,8 +12,15 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--name", default=None)
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-batch-size", type=int, default=8, help="requests per generation batch")
+    ap.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a request waits for a batch")
+    ap.add_argument("--max-queue", type=int, default=64, help="queued requests before 429")
+    ap.add_argument("--request-timeout-s", type=float, default=120.0, help="per-request limit (504 after)")
     args = ap.parse_args()
-    serve_model(args.model_uri, args.host, args.port, args.name, args.max_new_tokens)
+    from shipyard.serving.openai_api import Limits
+
+    limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_queue, args.request_timeout_s)
+    serve_model(args.model_uri, args.host, args.port, args.name, args.max_new_tokens, limits=limits)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
     python -m shipyard.serving models:/shipyard-tiny@champion --port 8080   # same as `shipyard serve`
 
 Generation runs in a worker thread (never on the event loop) under a lock: one model instance,
-one generation at a time; batching arrives with the serving issue.
+one generation at a time. Sampling follows OpenAI's parameters (temperature 0 is greedy; top_p,
+top_k, seed, stop strings, frequency/presence penalties on the tokens generated so far) plus
+``repetition_penalty`` (CTRL's, over prompt and completion). ``stream`` yields text as it decodes.
 """
 
 from __future__ import annotations
@@ -23,6 +25,52 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" | "length"
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+
+
+def penalty_processor(prompt_len: int, frequency: float, presence: float):
+    """OpenAI's penalties: logit -= count * frequency + (count > 0) * presence, over generated tokens."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class _Penalties(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            generated = input_ids[:, prompt_len:]
+            if generated.shape[1] == 0:
+                return scores
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            return scores - counts * frequency - (counts > 0).to(scores.dtype) * presence
+
+    return _Penalties()
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    hits = [text.index(s) for s in stops if s and s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of ``text`` might start a stop string (not safe to stream yet)."""
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = max(keep, k)
+                break
+    return keep
 
 
 class ShipyardLLM(Model):
@@ -58,31 +106,114 @@ class ShipyardLLM(Model):
                                f"context length ({self.context_length})")
         return n
 
-    def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
-                 stop: list[str] | None = None, seed: int | None = None) -> Generation:
+    def _generate_kwargs(self, enc, p: SamplingParams) -> dict:
+        from transformers import LogitsProcessorList
+
+        sample = p.temperature > 0
+        kwargs = dict(max_new_tokens=p.max_tokens, do_sample=sample, pad_token_id=self.tokenizer.pad_token_id,
+                      eos_token_id=self.tokenizer.eos_token_id, temperature=p.temperature if sample else None,
+                      top_p=p.top_p if sample else None, top_k=(p.top_k or None) if sample else None)
+        if p.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = p.repetition_penalty
+        if p.frequency_penalty or p.presence_penalty:
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [penalty_processor(enc["input_ids"].shape[1], p.frequency_penalty, p.presence_penalty)])
+        if p.stop:
+            kwargs.update(stop_strings=list(p.stop), tokenizer=self.tokenizer)
+        return kwargs
+
+    def generate(self, prompt: str, params: SamplingParams) -> Generation:
         """Blocking generation of one completion (call through ``agenerate`` from async code)."""
         import torch
 
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        sample = temperature > 0
         with self._lock, torch.no_grad():
-            if seed is not None:
-                torch.manual_seed(seed)
-            out = self.model.generate(
-                **enc, max_new_tokens=max_tokens, do_sample=sample,
-                temperature=temperature if sample else None, top_p=top_p if sample else None,
-                top_k=None, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            out = self.model.generate(**enc, **self._generate_kwargs(enc, params))
         new = out[0, enc["input_ids"].shape[1]:]
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
-        finish = "stop" if len(new) < max_tokens or (len(new) and new[-1] == self.tokenizer.eos_token_id) \
-            else "length"
-        for s in stop or []:
-            if s and s in text:
-                text, finish = text[: text.index(s)], "stop"
-        return Generation(text, int(enc["input_ids"].shape[1]), int(len(new)), finish)
+        text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), params.stop)
+        ended = len(new) < params.max_tokens or (len(new) and new[-1] == self.tokenizer.eos_token_id)
+        return Generation(text, int(enc["input_ids"].shape[1]), int(len(new)),
+                          "stop" if stopped or ended else "length")
 
-    async def agenerate(self, *args, **kwargs) -> Generation:
-        return await asyncio.to_thread(self.generate, *args, **kwargs)
+    def generate_batch(self, prompts: list[str], params: list[SamplingParams]) -> list[Generation]:
+        """One left-padded ``generate`` for prompts that share their settings (the batcher's unit)."""
+        import torch
+
+        p = params[0]
+        if len(prompts) == 1:
+            return [self.generate(prompts[0], p)]
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with self._lock, torch.no_grad():
+            out = self.model.generate(**enc, **self._generate_kwargs(enc, p))
+        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        results = []
+        for row, mask in zip(out[:, enc["input_ids"].shape[1]:], enc["attention_mask"]):
+            ends = [i for i, t in enumerate(row.tolist()) if t == eos or (t == pad and pad != eos)]
+            n = (ends[0] + 1 if int(row[ends[0]]) == eos else ends[0]) if ends else len(row)  # keep EOS, drop pads
+            new = row[:n]
+            text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), p.stop)
+            ended = stopped or n < p.max_tokens or (n and int(new[-1]) == eos)
+            results.append(Generation(text, int(mask.sum()), int(n), "stop" if ended else "length"))
+        return results
+
+    async def agenerate(self, prompt: str, params: SamplingParams) -> Generation:
+        return await asyncio.to_thread(self.generate, prompt, params)
+
+    def stream(self, prompt: str, params: SamplingParams):
+        """Yield text deltas as they decode; the last item is the finished ``Generation``.
+
+        Text that could be the start of a stop string is held back until it is known not to be.
+        """
+        import torch
+        from transformers import TextIteratorStreamer
+
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        counter = {"tokens": 0, "last": None}
+
+        class _Counting(TextIteratorStreamer):
+            def put(self, value):
+                if not (self.skip_prompt and self.next_tokens_are_prompt):
+                    counter["tokens"] += int(value.numel())
+                    counter["last"] = int(value.reshape(-1)[-1])
+                super().put(value)
+
+        streamer = _Counting(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        errors: list[BaseException] = []
+
+        def work():
+            try:
+                with self._lock, torch.no_grad():
+                    if params.seed is not None:
+                        torch.manual_seed(params.seed)
+                    self.model.generate(**enc, streamer=streamer, **self._generate_kwargs(enc, params))
+            except BaseException as exc:  # surfaced to the consumer below
+                errors.append(exc)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        text, sent, stopped = "", 0, False
+        for piece in streamer:
+            if stopped:
+                continue  # drain: generation ends at the stop string's tokens (stop_strings)
+            text += piece
+            cut, stopped = cut_at_stop(text, params.stop)
+            safe = len(cut) if stopped else len(cut) - held_back(cut, params.stop)
+            if safe > sent:
+                yield cut[sent:safe]
+                sent = safe
+        thread.join()
+        if errors:
+            raise errors[0]
+        final, found = cut_at_stop(text, params.stop)
+        if not found and len(final) > sent:
+            yield final[sent:]
+        n = counter["tokens"]
+        ended = found or n < params.max_tokens or counter["last"] == self.tokenizer.eos_token_id
+        yield Generation(final, int(enc["input_ids"].shape[1]), n, "stop" if ended else "length")
 
     async def predict(self, payload, headers=None, response_headers=None) -> dict:
         """KServe v1: ``{"instances": ["prompt", ...]}`` or ``[{"prompt": ..., "max_tokens": n}]``."""
@@ -96,5 +227,5 @@ class ShipyardLLM(Model):
             max_tokens = int(item.get("max_tokens", self.max_new_tokens)) if isinstance(item, dict) \
                 else self.max_new_tokens
             self.check_fits(prompt, max_tokens)
-            predictions.append((await self.agenerate(prompt, max_tokens)).text)
+            predictions.append((await self.agenerate(prompt, SamplingParams(max_tokens))).text)
         return {"predictions": predictions}

@@ -12,30 +12,57 @@ import time
 import uuid
 from typing import Literal
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from kserve.errors import InvalidInput
-from pydantic import BaseModel, ConfigDict, Field
+import asyncio
+import json
+from dataclasses import dataclass
 
-from shipyard.serving.llm import ShipyardLLM
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from kserve.errors import InvalidInput
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shipyard.serving.llm import Generation, SamplingParams, ShipyardLLM
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
 
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str
-    max_tokens: int | None = Field(None, gt=0)
-    max_completion_tokens: int | None = Field(None, gt=0)
-    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int | None = Field(None, gt=0, le=1_000_000)
+    max_completion_tokens: int | None = Field(None, gt=0, le=1_000_000)
+    temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, description="Extension (vLLM's): sample from the k most likely tokens; 0 = all.")
     n: int = Field(1, ge=1, le=8)
     stop: str | list[str] | None = None
     seed: int | None = None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Extension (vLLM's): CTRL's penalty; 1 = off.")
     stream: bool = False
+    stream_options: StreamOptions | None = None
     user: str | None = None
 
-    def stops(self) -> list[str]:
-        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
+            raise ValueError("stop: up to 4 non-empty strings of at most 200 characters")
+        return v
+
+    def params(self, max_tokens: int, index: int) -> SamplingParams:
+        stops = tuple([self.stop] if isinstance(self.stop, str) else (self.stop or []))
+        return SamplingParams(max_tokens, self.temperature, self.top_p, self.top_k, stops,
+                              None if self.seed is None else self.seed + index, self.frequency_penalty,
+                              self.presence_penalty, self.repetition_penalty)
 
 
 class ChatMessage(BaseModel):
@@ -43,6 +70,7 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str = Field(max_length=100_000)
+    name: str | None = None
 
 
 class ChatRequest(_Request):
@@ -58,35 +86,106 @@ def _error(status: int, message: str, param: str | None = None, kind: str = "inv
                         content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
-def openai_router(llm: ShipyardLLM) -> APIRouter:
+async def validation_error_handler(request: Request, exc: RequestValidationError):
+    """Bad requests to the OpenAI routes get 400 with an OpenAI error body (FastAPI would say 422)."""
+    if not request.url.path.startswith("/openai/"):
+        from fastapi.exception_handlers import request_validation_exception_handler
+
+        return await request_validation_exception_handler(request, exc)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    if first.get("type") == "json_invalid":
+        return _error(400, f"request body is not valid JSON: {first.get('msg')}")
+    param = ".".join(loc) or None
+    detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                       for e in exc.errors()[:5])
+    return _error(400, detail, param)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Batching and back-pressure of the runtime (``shipyard serve --max-batch-size ...``)."""
+
+    max_batch_size: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 64
+    request_timeout_s: float = 120.0
+
+
+def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
     """The ``/openai/v1`` routes for one served model."""
     from openai.types import Completion, CompletionChoice, CompletionUsage, Model
     from openai.types.chat import ChatCompletion, ChatCompletionMessage
     from openai.types.chat.chat_completion import Choice
 
+    from shipyard.serving.batcher import Batcher, QueueFull
+    from shipyard.serving.metrics import LATENCY, REQUESTS, TOKENS
+
     router = APIRouter(prefix="/openai/v1")
+    batcher = Batcher(llm, limits.max_batch_size, limits.max_wait_ms, limits.max_queue)
+    router.batcher = batcher  # for tests and metrics
+
+    def observe(route: str, started: float, response):
+        status = getattr(response, "status_code", 200)
+        REQUESTS.labels(route, str(status)).inc()
+        LATENCY.labels(route).observe(time.perf_counter() - started)
+        return response
 
     def check(req: _Request):
         if req.model != llm.name:
             return _error(404, f"model {req.model!r} not found; this server serves {llm.name!r}", "model",
                           "not_found_error")
-        if req.stream:
-            return _error(400, "stream=true is not supported by this runtime yet", "stream")
         if not llm.ready:
             return _error(503, "model is not ready", None, "server_error")
         return None
 
-    async def run(req: _Request, prompt: str):
+    def budget(req: _Request, prompt: str):
         max_tokens = req.max_completion_tokens or req.max_tokens or llm.max_new_tokens
         try:
-            n_prompt = llm.check_fits(prompt, max_tokens)
+            return max_tokens, llm.check_fits(prompt, max_tokens), None
         except InvalidInput as exc:
-            return None, _error(400, str(exc), "max_tokens")
-        gens = [await llm.agenerate(prompt, max_tokens, req.temperature, req.top_p, req.stops(),
-                                    None if req.seed is None else req.seed + i) for i in range(req.n)]
-        usage = CompletionUsage(prompt_tokens=n_prompt, completion_tokens=sum(g.completion_tokens for g in gens),
-                                total_tokens=n_prompt + sum(g.completion_tokens for g in gens))
-        return (gens, usage), None
+            return max_tokens, 0, _error(400, str(exc), "max_tokens")
+
+    async def run(req: _Request, prompt: str, max_tokens: int, n_prompt: int):
+        """(generations, usage) or (None, error response): n choices through the batcher, bounded in time."""
+        try:
+            gens = await asyncio.wait_for(
+                asyncio.gather(*(batcher.submit(prompt, req.params(max_tokens, i)) for i in range(req.n))),
+                timeout=limits.request_timeout_s)
+        except QueueFull as exc:
+            return None, _error(429, str(exc), None, "rate_limit_error")
+        except asyncio.TimeoutError:
+            return None, _error(504, f"generation did not finish within {limits.request_timeout_s:g} s", None,
+                                "timeout_error")
+        done = sum(g.completion_tokens for g in gens)
+        TOKENS.labels("prompt").inc(n_prompt)
+        TOKENS.labels("completion").inc(done)
+        return (gens, CompletionUsage(prompt_tokens=n_prompt, completion_tokens=done,
+                                      total_tokens=n_prompt + done)), None
+
+    def sse(req: _Request, prompt: str, max_tokens: int, n_prompt: int, chunk):
+        """Server-sent events: ``chunk(index, text, finish_reason)`` per delta, then usage, then [DONE]."""
+        async def events():
+            total = 0
+            for i in range(req.n):
+                it = llm.stream(prompt, req.params(max_tokens, i))
+                yield f"data: {json.dumps(chunk(i, None, None))}\n\n"
+                while True:
+                    item = await asyncio.to_thread(next, it, None)
+                    if item is None:
+                        break
+                    if isinstance(item, Generation):
+                        total += item.completion_tokens
+                        yield f"data: {json.dumps(chunk(i, '', item.finish_reason))}\n\n"
+                    elif item:
+                        yield f"data: {json.dumps(chunk(i, item, None))}\n\n"
+            if req.stream_options and req.stream_options.include_usage:
+                usage = {"prompt_tokens": n_prompt, "completion_tokens": total, "total_tokens": n_prompt + total}
+                yield f"data: {json.dumps({**chunk(0, None, None), 'choices': [], 'usage': usage})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @router.get("/models")
     async def list_models():
@@ -95,31 +194,56 @@ def openai_router(llm: ShipyardLLM) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat(req: ChatRequest):
+        t0 = time.perf_counter()
+        return observe("chat", t0, await chat_impl(req))
+
+    @router.post("/completions")
+    async def completions(req: CompletionRequest):
+        t0 = time.perf_counter()
+        return observe("completions", t0, await completions_impl(req))
+
+    async def chat_impl(req: ChatRequest):
         if (err := check(req)) is not None:
             return err
         prompt = llm.chat_prompt([m.model_dump() for m in req.messages])
-        result, err = await run(req, prompt)
+        max_tokens, n_prompt, err = budget(req, prompt)
+        if err is not None:
+            return err
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            def chunk(i, text, finish):
+                delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": llm.name,
+                        "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
+            return sse(req, prompt, max_tokens, n_prompt, chunk)
+        result, err = await run(req, prompt, max_tokens, n_prompt)
         if err is not None:
             return err
         gens, usage = result
         return ChatCompletion(
-            id=f"chatcmpl-{uuid.uuid4().hex}", object="chat.completion", created=int(time.time()),
-            model=llm.name, usage=usage,
+            id=rid, object="chat.completion", created=created, model=llm.name, usage=usage,
             choices=[Choice(index=i, finish_reason=g.finish_reason,
                             message=ChatCompletionMessage(role="assistant", content=g.text))
                      for i, g in enumerate(gens)]).model_dump(exclude_none=True)
 
-    @router.post("/completions")
-    async def completions(req: CompletionRequest):
+    async def completions_impl(req: CompletionRequest):
         if (err := check(req)) is not None:
             return err
-        result, err = await run(req, req.prompt)
+        max_tokens, n_prompt, err = budget(req, req.prompt)
+        if err is not None:
+            return err
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            def chunk(i, text, finish):
+                return {"id": rid, "object": "text_completion", "created": created, "model": llm.name,
+                        "choices": [{"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+            return sse(req, req.prompt, max_tokens, n_prompt, chunk)
+        result, err = await run(req, req.prompt, max_tokens, n_prompt)
         if err is not None:
             return err
         gens, usage = result
         return Completion(
-            id=f"cmpl-{uuid.uuid4().hex}", object="text_completion", created=int(time.time()),
-            model=llm.name, usage=usage,
+            id=rid, object="text_completion", created=created, model=llm.name, usage=usage,
             choices=[CompletionChoice(index=i, text=g.text, finish_reason=g.finish_reason)
                      for i, g in enumerate(gens)]).model_dump(exclude_none=True)
 

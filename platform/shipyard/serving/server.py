@@ -21,7 +21,7 @@ def _import_kserve_server():
     return model_server, RESTServer
 
 
-def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int):
+def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int, limits=None):
     """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``."""
     model_server, RESTServer = _import_kserve_server()
     from shipyard.serving.llm import ShipyardLLM
@@ -31,7 +31,12 @@ def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int
     llm.load()
     server = model_server.ModelServer(http_port=port, enable_grpc=False, workers=1)
     server.register_model(llm)
-    model_server.app.include_router(openai_router(llm))
+    from fastapi.exceptions import RequestValidationError
+
+    from shipyard.serving.openai_api import Limits, validation_error_handler
+
+    model_server.app.include_router(openai_router(llm, limits or Limits()))
+    model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,
                       server.model_repository_extension, port, workers=1, grace_period=10)
     rest.config.host = host
@@ -39,14 +44,14 @@ def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int
 
 
 def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name: str | None = None,
-                max_new_tokens: int = 64, tracking_uri: str | None = None) -> None:
+                max_new_tokens: int = 64, tracking_uri: str | None = None, limits=None) -> None:
     """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped."""
     from shipyard.tracking.registry import resolve_model_dir
     from shipyard.tracking.runs import default_tracking_uri
 
     model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
     name = name or default_name(model_uri)
-    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens)
+    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens, limits)
     print(f"serving {model_uri} as {name!r} on http://{host}:{port} "
           f"(OpenAI API at http://{host}:{port}/openai/v1)", flush=True)
     server.setup_event_loop()

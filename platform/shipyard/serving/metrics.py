@@ -1,0 +1,12 @@
+"""Prometheus metrics of the LLM runtime, on KServe's ``/metrics`` (the default registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("shipyard_requests_total", "OpenAI route requests by route and status code", ["route", "status"])
+TOKENS = Counter("shipyard_tokens_total", "Tokens processed, by kind (prompt | completion)", ["kind"])
+LATENCY = Histogram("shipyard_request_latency_seconds", "Request latency of the OpenAI routes", ["route"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+QUEUE_DEPTH = Gauge("shipyard_queue_depth", "Requests waiting for a generation batch")
+BATCH_SIZE = Histogram("shipyard_batch_size", "Requests per generation batch", buckets=(1, 2, 4, 8, 16, 32))

@@ -80,7 +80,12 @@ def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None
     print_summary(summary)
     name = cfg.register_.model_name
     if summary.gate != "passed":
-        echo(f"The gate failed for version {summary.version}; serving the existing champion, if any.")
+        from shipyard.tracking.registry import CHAMPION, current_alias
+
+        if current_alias(tracking_uri, name, CHAMPION) is None:
+            raise RuntimeError(f"the gate failed for {name} version {summary.version} ({summary.gate_failures}) "
+                               f"and there is no earlier champion to serve; the run is in MLflow: {tracking_uri}")
+        echo(f"The gate failed for version {summary.version}; serving the existing champion.")
     model_uri = f"models:/{name}@champion"
 
     rows, _ = read_records(cfg.evaluate.of_kind("generation")[0].data, ("instruction", "response"))

@@ -80,6 +80,10 @@ def test_reward_model_trains_a_scalar_head(tiny_base, tmp_path):
     rm = load_reward_model(tmp_path)
     scores = score_texts(rm, load_tokenizer(tmp_path), ["great film", "awful film"], 110)
     assert len(scores) == 2 and scores[0] != scores[1]
+    # the same seed gives the same reward model (its new score head included): runs are reproducible
+    again = run_reward_model(cfg, tiny_base, tmp_path / "again")
+    assert again["train_loss"] == out["train_loss"] and again["pairwise_accuracy"] == out["pairwise_accuracy"]
+    assert torch.equal(load_reward_model(tmp_path / "again").score.weight, rm.score.weight)
 
 
 def test_dpo_moves_the_policy_toward_chosen(tiny_base, tmp_path):

@@ -74,6 +74,9 @@ def run_reward_model(
     if not train:
         raise ValueError(f"{cfg.train}: every pair is longer than max_length={cfg.max_length} tokens")
     test, bad_test = load_preferences(cfg.test, tokenizer=tokenizer)
+    import torch
+
+    torch.manual_seed(cfg.seed)  # the score head is new: without this each run starts from another one
     model = load_reward_model(base_model_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
     acc_before = pairwise_accuracy(model, tokenizer, test, cfg.max_length)

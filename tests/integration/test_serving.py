@@ -213,6 +213,9 @@ def test_a_full_queue_is_429_and_a_slow_request_504(tight_server):
     full = next(r for r in codes if r.status_code == 429).json()["error"]
     assert full["type"] == "rate_limit_error" and "queue limit (1 requests)" in full["message"]
     assert next(r for r in codes if r.status_code == 504).json()["error"]["type"] == "timeout_error"
+    # n=3 with room for one: refused whole, and the choice already queued gives its place back
+    many = httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions", json={**body, "n": 3}, timeout=30)
+    assert many.status_code == 429 and _metric(port, "shipyard_queue_depth") == 0
 
 
 def test_sigterm_drains_in_flight_requests(tiny_base):

@@ -62,6 +62,7 @@ class Batcher:
         except asyncio.CancelledError:  # the client went away or timed out: drop it if not started
             if item in self._pending:
                 self._pending.remove(item)
+                QUEUE_DEPTH.set(len(self._pending))
             raise
 
     async def _run(self) -> None:

@@ -123,7 +123,6 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
 
     router = APIRouter(prefix="/openai/v1")
     batcher = Batcher(llm, limits.max_batch_size, limits.max_wait_ms, limits.max_queue)
-    router.batcher = batcher  # for tests and metrics
 
     def observe(route: str, started: float, response):
         status = getattr(response, "status_code", 200)
@@ -148,15 +147,18 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
 
     async def run(req: _Request, prompt: str, max_tokens: int, n_prompt: int):
         """(generations, usage) or (None, error response): n choices through the batcher, bounded in time."""
+        tasks = [asyncio.ensure_future(batcher.submit(prompt, req.params(max_tokens, i))) for i in range(req.n)]
         try:
-            gens = await asyncio.wait_for(
-                asyncio.gather(*(batcher.submit(prompt, req.params(max_tokens, i)) for i in range(req.n))),
-                timeout=limits.request_timeout_s)
+            gens = await asyncio.wait_for(asyncio.gather(*tasks), timeout=limits.request_timeout_s)
         except QueueFull as exc:
             return None, _error(429, str(exc), None, "rate_limit_error")
         except asyncio.TimeoutError:
             return None, _error(504, f"generation did not finish within {limits.request_timeout_s:g} s", None,
                                 "timeout_error")
+        finally:  # one choice refused or late: its siblings give their queue places back
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
         done = sum(g.completion_tokens for g in gens)
         TOKENS.labels("prompt").inc(n_prompt)
         TOKENS.labels("completion").inc(done)

@@ -105,16 +105,19 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           max_wait_ms: Annotated[float, typer.Option(help="How long a request waits to be batched.")] = 10.0,
           max_queue: Annotated[int, typer.Option(help="Queued requests before answering 429.")] = 64,
           request_timeout_s: Annotated[float, typer.Option(help="Per-request limit (504 after).")] = 120.0,
+          adapter: Annotated[list[str] | None, typer.Option(
+              help="NAME=DIR: a LoRA adapter served as model NAME on the same base (repeatable).")] = None,
           tracking_uri: TrackingOpt = None) -> None:
     """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1)."""
     from shipyard.serving.openai_api import Limits
-    from shipyard.serving.server import serve_model
+    from shipyard.serving.server import parse_adapters, serve_model
 
     try:
         serve_model(model_uri, host=host, port=port, name=name, max_new_tokens=max_new_tokens,
                     tracking_uri=_tracking(tracking_uri),
-                    limits=Limits(max_batch_size, max_wait_ms, max_queue, request_timeout_s))
-    except FileNotFoundError as exc:
+                    limits=Limits(max_batch_size, max_wait_ms, max_queue, request_timeout_s),
+                    adapters=parse_adapters(adapter or []))
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
 
 

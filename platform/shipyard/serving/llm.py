@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    adapter: str | None = None  # a LoRA adapter served under its own model name; None = the base
 
 
 def penalty_processor(prompt_len: int, frequency: float, presence: float):
@@ -74,19 +76,39 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
 
 
 class ShipyardLLM(Model):
-    """A causal LM (plain or int8-quantized Shipyard directory) behind KServe's ModelServer."""
+    """A causal LM (plain or quantized Shipyard directory) behind KServe's ModelServer.
 
-    def __init__(self, name: str, model_dir: str | Path, max_new_tokens: int = 64):
+    ``adapters`` ({name: adapter dir}) are LoRA adapters attached at load to one copy of the base,
+    each served under its own model name (vLLM's convention); a request picks one by ``model``,
+    and the base name gets the base with adapters disabled.
+    """
+
+    def __init__(self, name: str, model_dir: str | Path, max_new_tokens: int = 64,
+                 adapters: dict[str, str | Path] | None = None):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.max_new_tokens = max_new_tokens
+        self.adapters = {k: Path(v) for k, v in (adapters or {}).items()}
+        if name in self.adapters:
+            raise ValueError(f"adapter name {name!r} is the base model's name")
         self._lock = threading.Lock()
         self.model = self.tokenizer = None
 
-    def load(self) -> bool:
-        from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    @property
+    def served_names(self) -> list[str]:
+        return [self.name, *self.adapters]
 
-        self.model = load_causal_lm(self.model_dir)
+    def load(self) -> bool:
+        from shipyard.models.causal_lm import is_quantized, load_causal_lm, load_tokenizer
+
+        if self.adapters:
+            from shipyard.models.adapters import load_with_adapters
+
+            if is_quantized(self.model_dir):
+                raise ValueError(f"{self.model_dir}: LoRA adapters go on a float base; this one is quantized")
+            self.model = load_with_adapters(self.model_dir, self.adapters)
+        else:
+            self.model = load_causal_lm(self.model_dir)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.context_length = int(self.model.config.max_position_embeddings)
         self.ready = True
@@ -122,12 +144,24 @@ class ShipyardLLM(Model):
             kwargs.update(stop_strings=list(p.stop), tokenizer=self.tokenizer)
         return kwargs
 
+    @contextmanager
+    def _variant(self, adapter: str | None):
+        """Inside the lock: the named adapter active, or the base with adapters disabled."""
+        if not self.adapters:
+            yield
+        elif adapter is None:
+            with self.model.disable_adapter():
+                yield
+        else:
+            self.model.set_adapter(adapter)
+            yield
+
     def generate(self, prompt: str, params: SamplingParams) -> Generation:
         """Blocking generation of one completion (call through ``agenerate`` from async code)."""
         import torch
 
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad(), self._variant(params.adapter):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             out = self.model.generate(**enc, **self._generate_kwargs(enc, params))
@@ -146,7 +180,7 @@ class ShipyardLLM(Model):
             return [self.generate(prompts[0], p)]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad(), self._variant(p.adapter):
             out = self.model.generate(**enc, **self._generate_kwargs(enc, p))
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         results = []
@@ -185,7 +219,7 @@ class ShipyardLLM(Model):
 
         def work():
             try:
-                with self._lock, torch.no_grad():
+                with self._lock, torch.no_grad(), self._variant(params.adapter):
                     if params.seed is not None:
                         torch.manual_seed(params.seed)
                     self.model.generate(**enc, streamer=streamer, **self._generate_kwargs(enc, params))

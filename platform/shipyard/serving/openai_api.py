@@ -58,11 +58,11 @@ class _Request(BaseModel):
             raise ValueError("stop: up to 4 non-empty strings of at most 200 characters")
         return v
 
-    def params(self, max_tokens: int, index: int) -> SamplingParams:
+    def params(self, max_tokens: int, index: int, adapter: str | None = None) -> SamplingParams:
         stops = tuple([self.stop] if isinstance(self.stop, str) else (self.stop or []))
         return SamplingParams(max_tokens, self.temperature, self.top_p, self.top_k, stops,
                               None if self.seed is None else self.seed + index, self.frequency_penalty,
-                              self.presence_penalty, self.repetition_penalty)
+                              self.presence_penalty, self.repetition_penalty, adapter)
 
 
 class ChatMessage(BaseModel):
@@ -131,12 +131,15 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
         return response
 
     def check(req: _Request):
-        if req.model != llm.name:
-            return _error(404, f"model {req.model!r} not found; this server serves {llm.name!r}", "model",
+        if req.model not in llm.served_names:
+            return _error(404, f"model {req.model!r} not found; this server serves {llm.served_names}", "model",
                           "not_found_error")
         if not llm.ready:
             return _error(503, "model is not ready", None, "server_error")
         return None
+
+    def adapter_of(req: _Request) -> str | None:
+        return None if req.model == llm.name else req.model
 
     def budget(req: _Request, prompt: str):
         max_tokens = req.max_completion_tokens or req.max_tokens or llm.max_new_tokens
@@ -147,7 +150,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
 
     async def run(req: _Request, prompt: str, max_tokens: int, n_prompt: int):
         """(generations, usage) or (None, error response): n choices through the batcher, bounded in time."""
-        tasks = [asyncio.ensure_future(batcher.submit(prompt, req.params(max_tokens, i))) for i in range(req.n)]
+        tasks = [asyncio.ensure_future(batcher.submit(prompt, req.params(max_tokens, i, adapter_of(req)))) for i in range(req.n)]
         try:
             gens = await asyncio.wait_for(asyncio.gather(*tasks), timeout=limits.request_timeout_s)
         except QueueFull as exc:
@@ -170,7 +173,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
         async def events():
             total = 0
             for i in range(req.n):
-                it = llm.stream(prompt, req.params(max_tokens, i))
+                it = llm.stream(prompt, req.params(max_tokens, i, adapter_of(req)))
                 yield f"data: {json.dumps(chunk(i, None, None))}\n\n"
                 while True:
                     item = await asyncio.to_thread(next, it, None)
@@ -191,8 +194,8 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
 
     @router.get("/models")
     async def list_models():
-        return {"object": "list", "data": [Model(id=llm.name, created=0, object="model",
-                                                 owned_by="shipyard").model_dump()]}
+        return {"object": "list", "data": [Model(id=name, created=0, object="model", owned_by="shipyard").model_dump()
+                                           for name in llm.served_names]}
 
     @router.post("/chat/completions")
     async def chat(req: ChatRequest):
@@ -215,7 +218,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
         if req.stream:
             def chunk(i, text, finish):
                 delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": llm.name,
+                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
                         "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
             return sse(req, prompt, max_tokens, n_prompt, chunk)
         result, err = await run(req, prompt, max_tokens, n_prompt)
@@ -223,7 +226,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
             return err
         gens, usage = result
         return ChatCompletion(
-            id=rid, object="chat.completion", created=created, model=llm.name, usage=usage,
+            id=rid, object="chat.completion", created=created, model=req.model, usage=usage,
             choices=[Choice(index=i, finish_reason=g.finish_reason,
                             message=ChatCompletionMessage(role="assistant", content=g.text))
                      for i, g in enumerate(gens)]).model_dump(exclude_none=True)
@@ -237,7 +240,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
             def chunk(i, text, finish):
-                return {"id": rid, "object": "text_completion", "created": created, "model": llm.name,
+                return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
                         "choices": [{"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}]}
             return sse(req, req.prompt, max_tokens, n_prompt, chunk)
         result, err = await run(req, req.prompt, max_tokens, n_prompt)
@@ -245,7 +248,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
             return err
         gens, usage = result
         return Completion(
-            id=rid, object="text_completion", created=created, model=llm.name, usage=usage,
+            id=rid, object="text_completion", created=created, model=req.model, usage=usage,
             choices=[CompletionChoice(index=i, text=g.text, finish_reason=g.finish_reason)
                      for i, g in enumerate(gens)]).model_dump(exclude_none=True)
 

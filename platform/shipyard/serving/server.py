@@ -21,13 +21,13 @@ def _import_kserve_server():
     return model_server, RESTServer
 
 
-def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int, limits=None):
+def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int, limits=None, adapters=None):
     """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``."""
     model_server, RESTServer = _import_kserve_server()
     from shipyard.serving.llm import ShipyardLLM
     from shipyard.serving.openai_api import openai_router
 
-    llm = ShipyardLLM(name, model_dir, max_new_tokens)
+    llm = ShipyardLLM(name, model_dir, max_new_tokens, adapters)
     llm.load()
     server = model_server.ModelServer(http_port=port, enable_grpc=False, workers=1)
     server.register_model(llm)
@@ -44,14 +44,15 @@ def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int
 
 
 def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name: str | None = None,
-                max_new_tokens: int = 64, tracking_uri: str | None = None, limits=None) -> None:
+                max_new_tokens: int = 64, tracking_uri: str | None = None, limits=None,
+                adapters: dict[str, str] | None = None) -> None:
     """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped."""
     from shipyard.tracking.registry import resolve_model_dir
     from shipyard.tracking.runs import default_tracking_uri
 
     model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
     name = name or default_name(model_uri)
-    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens, limits)
+    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens, limits, adapters)
     print(f"serving {model_uri} as {name!r} on http://{host}:{port} "
           f"(OpenAI API at http://{host}:{port}/openai/v1)", flush=True)
     server.setup_event_loop()
@@ -63,3 +64,18 @@ def default_name(model_uri: str) -> str:
     if model_uri.startswith("models:/"):
         return model_uri.removeprefix("models:/").split("@")[0].split("/")[0]
     return model_uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parse_adapters(items: list[str]) -> dict[str, str]:
+    """``["name=dir", ...]`` -> {name: dir}; each dir must hold a PEFT adapter."""
+    from pathlib import Path
+
+    out = {}
+    for item in items:
+        name, sep, where = item.partition("=")
+        if not sep or not name or not where:
+            raise ValueError(f"--adapter {item!r}: expected NAME=DIR")
+        if not (Path(where) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"--adapter {name}: {where} holds no adapter_config.json")
+        out[name] = where
+    return out

@@ -305,3 +305,43 @@ def test_lora_adapters_are_served_under_their_own_names(tiny_base, tmp_path):
         assert len(set(served.values())) == 3, served  # three different models answered
     finally:
         stop_server(proc)
+
+
+def test_a_seq2seq_model_serves_the_same_routes(tiny_tokenizer, tmp_path):
+    """T5: the prompt goes to the encoder; answers, streaming and limits behave as for a causal LM."""
+    import subprocess
+    import sys
+
+    import openai
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from shipyard.demo import stop_server, wait_ready
+    from shipyard.models.causal_lm import load_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer)
+    torch.manual_seed(0)
+    t5 = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=16, num_layers=1,
+                                             num_heads=2, n_positions=128, pad_token_id=tok.pad_token_id,
+                                             eos_token_id=tok.eos_token_id, decoder_start_token_id=tok.pad_token_id))
+    t5.save_pretrained(tmp_path / "t5")
+    tok.save_pretrained(tmp_path / "t5")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tmp_path / "t5"), "--port", str(port),
+                             "--name", "t5"])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models/t5", proc, timeout=120)
+        c = _client(port)
+        got = c.completions.create(model="t5", prompt="summarize: The Python", max_tokens=6, temperature=0)
+        ids = tok("summarize: The Python", return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = t5.eval().generate(**ids, max_new_tokens=6, do_sample=False)
+        assert got.choices[0].text == tok.decode(out[0, 1:], skip_special_tokens=True)
+        assert got.usage.completion_tokens == out.shape[1] - 1 and got.usage.prompt_tokens == ids["input_ids"].shape[1]
+        streamed = c.chat.completions.create(model="t5", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                             temperature=0, stream=True)
+        assert [ch.choices[0].finish_reason for ch in streamed][-1] in ("stop", "length")
+        with pytest.raises(openai.BadRequestError, match="context length"):
+            c.completions.create(model="t5", prompt="word " * 200, max_tokens=4)
+    finally:
+        stop_server(proc)

@@ -93,15 +93,28 @@ class ShipyardLLM(Model):
             raise ValueError(f"adapter name {name!r} is the base model's name")
         self._lock = threading.Lock()
         self.model = self.tokenizer = None
+        self.seq2seq = False
 
     @property
     def served_names(self) -> list[str]:
         return [self.name, *self.adapters]
 
     def load(self) -> bool:
+        from transformers import AutoConfig
+
         from shipyard.models.causal_lm import is_quantized, load_causal_lm, load_tokenizer
 
-        if self.adapters:
+        config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=False)
+        self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        if self.seq2seq:  # T5-style: the prompt goes to the encoder, the answer comes from the decoder
+            import torch
+            from transformers import AutoModelForSeq2SeqLM
+
+            if self.adapters or is_quantized(self.model_dir):
+                raise ValueError(f"{self.model_dir}: seq2seq models are served plain (no adapters, not quantized)")
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(
+                str(self.model_dir), use_safetensors=True, trust_remote_code=False, dtype=torch.float32).eval()
+        elif self.adapters:
             from shipyard.models.adapters import load_with_adapters
 
             if is_quantized(self.model_dir):
@@ -110,7 +123,8 @@ class ShipyardLLM(Model):
         else:
             self.model = load_causal_lm(self.model_dir)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.context_length = int(self.model.config.max_position_embeddings)
+        self.context_length = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+                                  or self.tokenizer.model_max_length)
         self.ready = True
         return self.ready
 
@@ -118,12 +132,22 @@ class ShipyardLLM(Model):
         return len(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
     def chat_prompt(self, messages: list[dict]) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+
+    def _prefix(self, enc) -> int:
+        """Leading tokens of ``generate``'s output that are not new: the prompt, or the decoder start."""
+        return 1 if self.seq2seq else enc["input_ids"].shape[1]
 
     def check_fits(self, prompt: str, max_tokens: int) -> int:
-        """Prompt token count; raises InvalidInput when prompt + max_tokens exceeds the context."""
+        """Prompt token count; raises InvalidInput when prompt + max_tokens exceeds the context
+        (for seq2seq, when either does: encoder and decoder have their own)."""
         n = self.count_tokens(prompt)
-        if n + max_tokens > self.context_length:
+        if self.seq2seq and max(n, max_tokens) > self.context_length:
+            raise InvalidInput(f"prompt ({n} tokens) or max_tokens ({max_tokens}) exceeds the model's "
+                               f"context length ({self.context_length})")
+        if not self.seq2seq and n + max_tokens > self.context_length:
             raise InvalidInput(f"prompt ({n} tokens) + max_tokens ({max_tokens}) exceeds the model's "
                                f"context length ({self.context_length})")
         return n
@@ -139,7 +163,7 @@ class ShipyardLLM(Model):
             kwargs["repetition_penalty"] = p.repetition_penalty
         if p.frequency_penalty or p.presence_penalty:
             kwargs["logits_processor"] = LogitsProcessorList(
-                [penalty_processor(enc["input_ids"].shape[1], p.frequency_penalty, p.presence_penalty)])
+                [penalty_processor(self._prefix(enc), p.frequency_penalty, p.presence_penalty)])
         if p.stop:
             kwargs.update(stop_strings=list(p.stop), tokenizer=self.tokenizer)
         return kwargs
@@ -165,7 +189,7 @@ class ShipyardLLM(Model):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             out = self.model.generate(**enc, **self._generate_kwargs(enc, params))
-        new = out[0, enc["input_ids"].shape[1]:]
+        new = out[0, self._prefix(enc):]
         text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), params.stop)
         ended = len(new) < params.max_tokens or (len(new) and new[-1] == self.tokenizer.eos_token_id)
         return Generation(text, int(enc["input_ids"].shape[1]), int(len(new)),
@@ -184,7 +208,7 @@ class ShipyardLLM(Model):
             out = self.model.generate(**enc, **self._generate_kwargs(enc, p))
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         results = []
-        for row, mask in zip(out[:, enc["input_ids"].shape[1]:], enc["attention_mask"]):
+        for row, mask in zip(out[:, self._prefix(enc):], enc["attention_mask"]):
             ends = [i for i, t in enumerate(row.tolist()) if t == eos or (t == pad and pad != eos)]
             n = (ends[0] + 1 if int(row[ends[0]]) == eos else ends[0]) if ends else len(row)  # keep EOS, drop pads
             new = row[:n]

@@ -74,3 +74,15 @@ def test_a_promotion_interrupted_before_the_alias_moved_finishes_on_retry(tiny_b
 def test_resolve_model_dir_rejects_a_non_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a model directory"):
         resolve_model_dir("sqlite:///unused.db", str(tmp_path))
+
+
+def test_resolve_model_dir_finds_the_weights_of_a_logged_model(tmp_path):
+    """/mnt/models after KServe's storage initializer fetched a registered version: MLmodel on top."""
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    (tmp_path / "artifacts" / "model").mkdir(parents=True)
+    (tmp_path / "artifacts" / "model" / "config.json").write_text("{}")
+    assert resolve_model_dir("sqlite:///unused.db", str(tmp_path)) == tmp_path / "artifacts" / "model"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="2 candidates"):
+        resolve_model_dir("sqlite:///unused.db", str(tmp_path))

@@ -209,9 +209,15 @@ def resolve_model_dir(tracking_uri: str, uri: str, cache: str | Path | None = No
     """A local model directory for ``uri``: a directory as is, or ``models:/NAME@ALIAS`` downloaded."""
     if not uri.startswith(("models:/", "runs:/")):
         path = Path(uri)
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{uri}: not a model directory (no config.json) and not a models:/ URI")
-        return path
+        if (path / "config.json").exists():
+            return path
+        # e.g. /mnt/models as KServe's storage initializer leaves a logged MLflow model: MLmodel at
+        # the top, the weights under artifacts/model/
+        found = sorted({p.parent for p in path.rglob("config.json")}) if path.is_dir() else []
+        if len(found) == 1:
+            return found[0]
+        raise FileNotFoundError(f"{uri}: not a model directory (no config.json" +
+                                (f"; {len(found)} candidates under it" if found else "") + ") and not a models:/ URI")
     import mlflow
 
     from shipyard.tracking.runs import state_dir

@@ -11,6 +11,9 @@ from pathlib import Path
 
 QUANT_FILE = "shipyard_quant.json"
 ADAPTER_FILE = "shipyard_adapter.json"  # written by finetune for unmerged adapters
+# Everything of a model directory but its weights: what a step that rewrites the weights carries over.
+SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json", "chat_template.jinja")
 
 
 def load_tokenizer(path: str | Path):

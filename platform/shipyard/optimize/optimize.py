@@ -19,8 +19,6 @@ from pathlib import Path
 from shipyard.optimize.config import OptimizeConfig
 
 REPORT_FILE = "optimize.json"
-_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-          "special_tokens_map.json", "chat_template.jinja")
 
 
 def _heldout(path: str | Path | None, corpus_dir: str | Path | None, n: int) -> list[str]:
@@ -51,7 +49,9 @@ def measure(model_dir: Path, texts: list[str], cfg: OptimizeConfig) -> dict[str,
 def _save(model, source: Path, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), safe_serialization=True)
-    for name in _FILES[1:]:
+    from shipyard.models.causal_lm import SIDE_FILES
+
+    for name in SIDE_FILES:  # save_pretrained wrote the new config: the rest comes from the source
         if (source / name).exists() and not (out / name).exists():
             shutil.copy2(source / name, out / name)
     return out

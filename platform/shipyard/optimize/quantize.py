@@ -22,10 +22,7 @@ import warnings
 from pathlib import Path
 
 from shipyard.optimize.config import QuantizeConfig
-from shipyard.models.causal_lm import QUANT_FILE, dir_size
-
-_COPY = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-         "special_tokens_map.json", "chat_template.jinja")
+from shipyard.models.causal_lm import QUANT_FILE, SIDE_FILES, dir_size
 
 
 def _quantize_modules(model, names: list[str]):
@@ -84,7 +81,7 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | Path, output_dir: str | P
 def _copy_side_files(model_dir: Path, output_dir: Path) -> None:
     from shipyard.models.causal_lm import copy_adapter
 
-    for name in _COPY:
+    for name in SIDE_FILES:
         if (model_dir / name).exists():
             shutil.copy2(model_dir / name, output_dir / name)
     copy_adapter(model_dir, output_dir)  # a prompt-tuning adapter stays float, on top of the quantized base

@@ -56,12 +56,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     return outputs
 
 
-def rouge(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 (with stemming)."""
+def rouge(predictions: list[str], references: list[str],
+          keys: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")) -> dict[str, float]:
+    """Mean ROUGE F1 per key (rouge-score, with stemming; rougeLsum splits summaries on newlines)."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-    totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    totals = dict.fromkeys(keys, 0.0)
     for pred, ref in zip(predictions, references, strict=True):
         for key, score in scorer.score(ref, pred).items():
             totals[key] += score.fmeasure
@@ -73,19 +74,6 @@ def bleu(predictions: list[str], references: list[str]) -> float:
     import sacrebleu
 
     return float(sacrebleu.corpus_bleu(predictions, [references]).score)
-
-
-def rouge_all(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L/Lsum F1 (with stemming; Lsum splits summaries on newlines)."""
-    from rouge_score import rouge_scorer
-
-    keys = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
-    scorer = rouge_scorer.RougeScorer(keys, use_stemmer=True)
-    totals = dict.fromkeys(keys, 0.0)
-    for pred, ref in zip(predictions, references, strict=True):
-        for key, score in scorer.score(ref, pred).items():
-            totals[key] += score.fmeasure
-    return {k: v / max(len(predictions), 1) for k, v in totals.items()}
 
 
 def chrf(predictions: list[str], references: list[str]) -> float:

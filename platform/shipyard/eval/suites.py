@@ -103,8 +103,9 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
         answers = M.generate(model, tokenizer, prompts, new_tokens)
         scores: dict[str, float] = {}
         wanted = set(suite.metrics)
-        if wanted & {"rouge1", "rouge2", "rougeL", "rougeLsum"}:
-            scores.update({k: v for k, v in M.rouge_all(answers, refs).items() if k in wanted})
+        rouge_keys = tuple(k for k in suite.metrics if k.startswith("rouge"))
+        if rouge_keys:
+            scores.update(M.rouge(answers, refs, rouge_keys))
         if "bleu" in wanted:
             scores["bleu"] = M.bleu(answers, refs)
         if "chrf" in wanted:

@@ -21,7 +21,7 @@ it. Kinds and what they measure:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -34,15 +34,18 @@ GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf",
 class _Suite(StrictModel):
     name: str = Field(pattern=SUITE_NAME, description="Names the suite's metrics: <model>.<name>.<metric>.")
     max_examples: int | None = Field(None, gt=0, description="Rows used (default: the spec's max_examples).")
+    METRICS: ClassVar[tuple[str, ...]] = ()
+
+    def metric_names(self) -> tuple[str, ...]:
+        return self.METRICS
 
 
 class PerplexitySuite(_Suite):
     kind: Literal["perplexity"]
+    # perplexity_ratio: a model's perplexity over that of the model it was made from
+    METRICS: ClassVar[tuple[str, ...]] = ("perplexity", "perplexity_ratio")
     data: str = Field(description="JSONL of held-out documents.")
     text_key: str = "text"
-
-    def metric_names(self) -> tuple[str, ...]:
-        return ("perplexity", "perplexity_ratio")  # the ratio: a model over the model it was made from
 
 
 class GenerationSuite(_Suite):
@@ -57,39 +60,31 @@ class GenerationSuite(_Suite):
 
 class RewardSuite(_Suite):
     kind: Literal["reward"]
+    METRICS: ClassVar[tuple[str, ...]] = ("reward", "win_rate")
     data: str = Field(description="JSONL of prompt rows or preference rows (their prompts are used).")
     max_new_tokens: int | None = Field(None, gt=0)
-
-    def metric_names(self) -> tuple[str, ...]:
-        return ("reward", "win_rate")
 
 
 class ToxicitySuite(_Suite):
     kind: Literal["toxicity"]
+    METRICS: ClassVar[tuple[str, ...]] = ("rate", "mean_probability")
     data: str = Field(description="JSONL of prompt rows or preference rows.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Classifier probability above which an answer is toxic.")
     max_new_tokens: int | None = Field(None, gt=0)
 
-    def metric_names(self) -> tuple[str, ...]:
-        return ("rate", "mean_probability")
-
 
 class MultipleChoiceSuite(_Suite):
     kind: Literal["multiple_choice"]
+    METRICS: ClassVar[tuple[str, ...]] = ("acc", "acc_norm")
     data: str = Field(description="JSONL of {query, choices: [str, ...], gold: index}.")
-
-    def metric_names(self) -> tuple[str, ...]:
-        return ("acc", "acc_norm")
 
 
 class LatencySuite(_Suite):
     kind: Literal["latency"]
+    METRICS: ClassVar[tuple[str, ...]] = ("ms_per_token", "first_token_ms", "tokens_per_s")
     data: str = Field(description="JSONL of prompt rows, preference rows or instruction rows.")
     max_examples: int | None = Field(4, gt=0)
     max_new_tokens: int = Field(32, gt=0)
-
-    def metric_names(self) -> tuple[str, ...]:
-        return ("ms_per_token", "first_token_ms", "tokens_per_s")
 
 
 Suite = Annotated[PerplexitySuite | GenerationSuite | RewardSuite | ToxicitySuite | MultipleChoiceSuite

@@ -35,8 +35,6 @@ class Batcher:
         self._pending: list[_Item] = []
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self.batches = 0  # batches run, and requests served in them (for metrics and tests)
-        self.batched_requests = 0
 
     @property
     def depth(self) -> int:
@@ -81,8 +79,6 @@ class Batcher:
                 batch = [i for i in batch if not i.future.done()]
                 if not batch:
                     continue
-                self.batches += 1
-                self.batched_requests += len(batch)
                 BATCH_SIZE.observe(len(batch))
                 QUEUE_DEPTH.set(len(self._pending))
                 try:

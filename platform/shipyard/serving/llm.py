@@ -189,11 +189,13 @@ class ShipyardLLM(Model):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             out = self.model.generate(**enc, **self._generate_kwargs(enc, params))
-        new = out[0, self._prefix(enc):]
-        text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), params.stop)
-        ended = len(new) < params.max_tokens or (len(new) and new[-1] == self.tokenizer.eos_token_id)
-        return Generation(text, int(enc["input_ids"].shape[1]), int(len(new)),
-                          "stop" if stopped or ended else "length")
+        return self._result(out[0, self._prefix(enc):], int(enc["input_ids"].shape[1]), params)
+
+    def _result(self, new, prompt_tokens: int, p: SamplingParams) -> Generation:
+        """A finished completion from its new token ids: text cut at a stop string, finish reason."""
+        text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), p.stop)
+        ended = len(new) < p.max_tokens or (len(new) and int(new[-1]) == self.tokenizer.eos_token_id)
+        return Generation(text, prompt_tokens, int(len(new)), "stop" if stopped or ended else "length")
 
     def generate_batch(self, prompts: list[str], params: list[SamplingParams]) -> list[Generation]:
         """One left-padded ``generate`` for prompts that share their settings (the batcher's unit)."""
@@ -211,10 +213,7 @@ class ShipyardLLM(Model):
         for row, mask in zip(out[:, self._prefix(enc):], enc["attention_mask"]):
             ends = [i for i, t in enumerate(row.tolist()) if t == eos or (t == pad and pad != eos)]
             n = (ends[0] + 1 if int(row[ends[0]]) == eos else ends[0]) if ends else len(row)  # keep EOS, drop pads
-            new = row[:n]
-            text, stopped = cut_at_stop(self.tokenizer.decode(new, skip_special_tokens=True), p.stop)
-            ended = stopped or n < p.max_tokens or (n and int(new[-1]) == eos)
-            results.append(Generation(text, int(mask.sum()), int(n), "stop" if ended else "length"))
+            results.append(self._result(row[:n], int(mask.sum()), p))
         return results
 
     async def agenerate(self, prompt: str, params: SamplingParams) -> Generation:

@@ -58,14 +58,13 @@ class RunSummary:
 
 def summarize(tracking_uri: str, parent_run_id: str, wall_s: float = 0.0) -> RunSummary:
     """Read a pipeline run back from MLflow: stage timings, eval table, registered version."""
+    from shipyard.tracking.lineage import stage_runs
     from shipyard.tracking.runs import client
 
     c = client(tracking_uri)
     parent = c.get_run(parent_run_id)
-    children = c.search_runs([parent.info.experiment_id],
-                             filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
     summary = RunSummary(parent_run_id, tracking_uri, wall_s)
-    for child in sorted(children, key=lambda r: r.info.start_time):
+    for child in stage_runs(c, parent):
         summary.stages[child.data.tags.get("shipyard.stage", child.info.run_name)] = \
             child.data.metrics.get("duration_s", float("nan"))
     for key, value in parent.data.metrics.items():

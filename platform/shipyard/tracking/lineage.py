@@ -20,18 +20,19 @@ def data_tags(config) -> dict[str, str]:
     """``shipyard.data.<key>.sha256`` for every data path of a pipeline profile."""
     from shipyard.tracking.runs import sha256_path
 
-    tags = {}
-    for key, path in config.data_paths().items():
-        tags[f"{DATA_PREFIX}{key}.sha256"] = sha256_path(path)
+    tags, digests = {}, {}
+    for key, path in config.data_paths().items():  # one file often serves several keys: hash it once
+        if path not in digests:
+            digests[path] = sha256_path(path)
+        tags[f"{DATA_PREFIX}{key}.sha256"] = digests[path]
         tags[f"{DATA_PREFIX}{key}.path"] = str(path)[-4900:]
     return tags
 
 
-def stage_runs(c, parent_run_id: str) -> list:
-    """The stage runs of a pipeline run, in the order they started."""
-    parent = c.get_run(parent_run_id)
+def stage_runs(c, parent) -> list:
+    """The stage runs of a pipeline run (its parent ``Run``), in the order they started."""
     runs = c.search_runs([parent.info.experiment_id],
-                         filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
+                         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'", max_results=1000)
     return sorted(runs, key=lambda r: r.info.start_time)
 
 
@@ -41,7 +42,7 @@ def lineage_tags(c, parent_run_id: str) -> dict[str, str]:
     tags = {k: v for k, v in parent.data.tags.items() if k.startswith(DATA_PREFIX)}
     tags["shipyard.git_sha"] = parent.data.tags.get("shipyard.git_sha", "")
     tags["shipyard.profile"] = parent.data.tags.get("shipyard.profile", "")
-    for r in stage_runs(c, parent_run_id):
+    for r in stage_runs(c, parent):
         stage = r.data.tags.get("shipyard.stage", r.info.run_name)
         key = f"{STAGE_PREFIX}{stage}"
         tags[key] = (tags[key] + "," if key in tags else "") + r.info.run_id  # fan-out: several shards
@@ -74,7 +75,7 @@ def lineage(tracking_uri: str, uri: str) -> dict:
         raise ValueError(f"{uri}: version {mv.version} has no shipyard.pipeline_run tag (not registered by a pipeline)")
     parent = c.get_run(parent_id)
     stages = []
-    for r in stage_runs(c, parent_id):
+    for r in stage_runs(c, parent):
         stages.append({
             "stage": r.data.tags.get("shipyard.stage", r.info.run_name), "run_id": r.info.run_id,
             "status": r.info.status, "seconds": r.data.metrics.get("duration_s"),

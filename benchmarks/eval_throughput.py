@@ -30,7 +30,8 @@ def main() -> None:
     from shipyard.eval import metrics as M
     from shipyard.eval.evaluate import run_evaluate
     from shipyard.eval.spec import load_eval_spec
-    from shipyard.eval.suites import _render, load_suite_data
+    from shipyard.data.preferences import render_prompt
+    from shipyard.eval.suites import load_suite_data
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
 
     work, model_dir = setup("eval", args.model)
@@ -47,7 +48,7 @@ def main() -> None:
 
     model, tok = load_causal_lm(model_dir), load_tokenizer(model_dir)
     gen = spec.of_kind("generation")[0]
-    prompts = [_render(m, tok) for m, _ in data[gen.name]]
+    prompts = [render_prompt(m, tok) for m, _ in data[gen.name]]
     n_new = gen.max_new_tokens or spec.max_new_tokens
     t0 = time.perf_counter()
     M.generate(model, tok, prompts, n_new, batch_size=16)

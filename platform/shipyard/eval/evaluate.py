@@ -7,7 +7,7 @@ Suite data is loaded and checked before any model is (a bad reference row stops 
 file:line). Each model is loaded once and runs every suite; the table is
 ``{model: {"<suite>.<metric>": value}}``. Win rates compare each model's per-prompt rewards with
 the spec's baseline model; ``<suite>.perplexity_ratio`` compares a model with the model it was
-made from (``sources``: quantized -> aligned in the lifecycle).
+made from (``sources``: optimized -> aligned in the lifecycle).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 
 A spec is the ``evaluate:`` section of a pipeline profile (or a YAML file holding just that
 section). Each suite has a ``name``, a ``kind`` and its data; every metric lands in the eval table
-as ``<model>.<suite>.<metric>`` (``quantized.heldout.perplexity``), which is also how a gate names
+as ``<model>.<suite>.<metric>`` (``optimized.heldout.perplexity``), which is also how a gate names
 it. Kinds and what they measure:
 
 - perplexity       token-weighted perplexity of held-out text (non-overlapping windows)
@@ -131,7 +131,7 @@ class EvalSpec(StrictModel):
         """Raise ValueError unless ``<model>.<suite>.<metric>`` is something this spec measures."""
         parts = metric.split(".")
         if len(parts) != 3:
-            raise ValueError(f"{metric!r}: expected <model>.<suite>.<metric>, e.g. quantized.heldout.perplexity")
+            raise ValueError(f"{metric!r}: expected <model>.<suite>.<metric>, e.g. optimized.heldout.perplexity")
         model, suite, name = parts
         if model not in models:
             raise ValueError(f"{metric!r}: unknown model {model!r} (evaluated: {', '.join(models)})")

@@ -68,14 +68,9 @@ def load_suite_data(spec: EvalSpec) -> dict[str, list]:
     return data
 
 
-def _render(messages: list[dict], tokenizer) -> str:
-    from shipyard.data.preferences import render_prompt
-
-    return render_prompt(messages, tokenizer)
-
-
 def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) -> SuiteResult:
     """Measure one model on one suite. ``reward(prompts, completions)`` scores reward suites."""
+    from shipyard.data.preferences import render_prompt
     from shipyard.eval import metrics as M
 
     new_tokens = getattr(suite, "max_new_tokens", None) or spec.max_new_tokens
@@ -95,10 +90,10 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
                                 "answer": item["choices"][pick]})
         return SuiteResult({"acc": hits / len(rows), "acc_norm": norm_hits / len(rows)}, samples)
     if suite.kind == "latency":
-        prompts = [_render(m, tokenizer) for m in rows]
+        prompts = [render_prompt(m, tokenizer) for m in rows]
         return SuiteResult(M.decode_latency(model, tokenizer, prompts, suite.max_new_tokens))
     if suite.kind == "generation":
-        prompts = [_render(m, tokenizer) for m, _ in rows]
+        prompts = [render_prompt(m, tokenizer) for m, _ in rows]
         refs = [ref for _, ref in rows]
         answers = M.generate(model, tokenizer, prompts, new_tokens)
         scores: dict[str, float] = {}
@@ -114,7 +109,7 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
             scores["exact_match"] = M.exact_match(answers, refs)
         samples = [{"prompt": p, "reference": r, "answer": a} for p, r, a in list(zip(prompts, refs, answers))[:5]]
         return SuiteResult(scores, samples)
-    prompts = [_render(m, tokenizer) for m in rows]
+    prompts = [render_prompt(m, tokenizer) for m in rows]
     answers = M.generate(model, tokenizer, prompts, new_tokens)
     samples = [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers))[:5]]
     if suite.kind == "toxicity":

@@ -16,12 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-def _linears(model, skip: list[str]) -> list[str]:
-    import torch
-
-    return [n for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and not any(n.endswith(s) for s in skip)]
+from shipyard.optimize.quantize import linear_names
 
 
 def unstructured_masks(model, sparsity: float, skip: list[str]) -> dict[str, object]:
@@ -30,7 +25,7 @@ def unstructured_masks(model, sparsity: float, skip: list[str]) -> dict[str, obj
 
     masks = {}
     with torch.no_grad():
-        for name in _linears(model, skip):
+        for name in linear_names(model, skip):
             w = model.get_submodule(name).weight
             k = int(round(sparsity * w.numel()))
             if k == 0:
@@ -79,7 +74,7 @@ def prune_mlp_channels(model, sparsity: float) -> int:
 def sparsity_of(model, skip: list[str]) -> float:
     """Share of exactly-zero weights over the prunable Linear layers."""
     zeros = total = 0
-    for name in _linears(model, skip):
+    for name in linear_names(model, skip):
         w = model.get_submodule(name).weight
         zeros += int((w == 0).sum())
         total += w.numel()

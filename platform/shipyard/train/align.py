@@ -126,6 +126,8 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     KL(aligned || instruct) is the mean over prompts of the summed log-ratio of completions sampled
     from the aligned model at temperature 1 (a Monte Carlo estimate).
     """
+    from shipyard.eval.suites import win_rate
+
     import torch
 
     from shipyard.eval.metrics import generate
@@ -145,14 +147,13 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     scores = {name: reward(asked, a) for name, a in answers.items()}
     per_prompt = {name: [sum(s[i * k:(i + 1) * k]) / k for i in range(len(prompts))] for name, s in scores.items()}
     tox = {name: toxicity_probability(a) for name, a in answers.items()}
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(per_prompt["aligned"], per_prompt["instruct"])]
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     with open(Path(aligned_dir) / "alignment_samples.jsonl", "w", encoding="utf-8") as f:
         for i in range(0, min(len(asked), 8 * k), k):
             f.write(json.dumps({"prompt": asked[i], **{f"{n}_answer": answers[n][i] for n in answers},
                                 **{f"{n}_reward": scores[n][i] for n in scores}}, ensure_ascii=False) + "\n")
     return {"reward_instruct": mean(scores["instruct"]), "reward_aligned": mean(scores["aligned"]),
-            "reward_gain": mean(scores["aligned"]) - mean(scores["instruct"]), "win_rate": mean(wins),
+            "reward_gain": mean(scores["aligned"]) - mean(scores["instruct"]), "win_rate": win_rate(per_prompt["aligned"], per_prompt["instruct"]),
             "toxicity_rate_instruct": mean([p > 0.5 for p in tox["instruct"]]),
             "toxicity_rate_aligned": mean([p > 0.5 for p in tox["aligned"]]),
             "kl_to_instruct": sequence_kl(models["aligned"], models["instruct"], tok, prompts, cfg),

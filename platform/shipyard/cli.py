@@ -21,11 +21,16 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 models_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: list, promote, roll back.")
 config_app = typer.Typer(no_args_is_help=True, help="Pipeline profiles.")
 adapters_app = typer.Typer(no_args_is_help=True, help="PEFT adapters of a finetune output: list, merge.")
+rag_app = typer.Typer(no_args_is_help=True, help="RAG indexes in Feast: ingest documents, list versions, query, "
+                                                 "pin to a model version.")
 app.add_typer(models_app, name="models")
+app.add_typer(rag_app, name="rag")
 app.add_typer(config_app, name="config")
 app.add_typer(adapters_app, name="adapters")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline profile YAML.")]
+RepoOpt = Annotated[str | None, typer.Option(
+    "--feast-repo", help="Feast repo [default: $SHIPYARD_FEAST_REPO or .shipyard/feast].")]
 TrackingOpt = Annotated[str | None, typer.Option(
     "--tracking-uri", help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite under .shipyard/].")]
 
@@ -107,17 +112,26 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           request_timeout_s: Annotated[float, typer.Option(help="Per-request limit (504 after).")] = 120.0,
           adapter: Annotated[list[str] | None, typer.Option(
               help="NAME=DIR: a LoRA adapter served as model NAME on the same base (repeatable).")] = None,
+          rag_index: Annotated[str | None, typer.Option(
+              help="RAG index NAME or NAME@VERSION: start the sidecar and answer with citations "
+                   "[default: the index version the model version is pinned to, if any].")] = None,
+          no_rag: Annotated[bool, typer.Option("--no-rag", help="Serve without RAG even if the model pins an index.")] = False,
+          rag_port: Annotated[int | None, typer.Option(help="Sidecar port [default: PORT+1].")] = None,
+          rag_top_k: Annotated[int, typer.Option(help="Chunks retrieved per request unless it asks.")] = 4,
+          feast_repo: RepoOpt = None,
           tracking_uri: TrackingOpt = None) -> None:
-    """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1)."""
+    """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1), with a RAG sidecar."""
+    from shipyard.serving.local import serve_local
     from shipyard.serving.openai_api import Limits
-    from shipyard.serving.server import parse_adapters, serve_model
+    from shipyard.serving.server import parse_adapters
 
     try:
-        serve_model(model_uri, host=host, port=port, name=name, max_new_tokens=max_new_tokens,
-                    tracking_uri=_tracking(tracking_uri),
-                    limits=Limits(max_batch_size, max_wait_ms, max_queue, request_timeout_s),
+        serve_local(model_uri, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, rag_top_k=rag_top_k,
+                    feast_repo=feast_repo, tracking_uri=_tracking(tracking_uri), host=host, port=port, name=name,
+                    max_new_tokens=max_new_tokens, limits=Limits(max_batch_size, max_wait_ms, max_queue,
+                                                                 request_timeout_s),
                     adapters=parse_adapters(adapter or []))
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, LookupError, RuntimeError) as exc:
         _fail(str(exc))
 
 
@@ -336,6 +350,81 @@ def adapters_merge(base: Annotated[Path, typer.Argument(help="The base model dir
         if (base / name).exists():
             shutil.copy(base / name, output / name)
     typer.echo(f"merged {adapter} into {base} -> {output}")
+
+
+@rag_app.command("ingest")
+def rag_ingest(path: Annotated[Path, typer.Argument(help="JSONL ({text, id?, source?, tenant?}) or a folder of "
+                                                        ".txt/.md/.rst/.jsonl files.")],
+               index: Annotated[str, typer.Option(help="Index name; each ingest adds a version.")],
+               tenant: Annotated[str, typer.Option(help="Tenant of rows that name none.")] = "public",
+               chunk_tokens: Annotated[int, typer.Option(help="Chunk size in embedding-model tokens.")] = 200,
+               overlap_tokens: Annotated[int, typer.Option(help="Tokens shared by neighbouring chunks.")] = 40,
+               feast_repo: RepoOpt = None) -> None:
+    """Chunk, embed (all-MiniLM-L6-v2) and write documents to Feast as a new index version."""
+    from pydantic import ValidationError
+
+    from shipyard.features.config import RagIndexConfig
+    from shipyard.features.ingest import run_ingest
+
+    try:
+        cfg = RagIndexConfig(index=index, tenant=tenant, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
+        result = run_ingest(cfg, path, feast_repo, log=typer.echo)
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{result.ref}: {result.documents} documents, {result.chunks} chunks, tenants {result.tenants}, "
+               f"{result.quarantined} quarantined, {result.seconds:.1f} s")
+
+
+@rag_app.command("list")
+def rag_list(feast_repo: RepoOpt = None) -> None:
+    """Index versions in the Feast repo."""
+    from shipyard.features.store import INDEX_TAG, VERSION_TAG, open_store
+
+    store = open_store(feast_repo)
+    for fv in sorted(store.list_feature_views(allow_cache=False), key=lambda v: v.name):
+        if INDEX_TAG in fv.tags:
+            typer.echo(f"{fv.tags[INDEX_TAG]}@{fv.tags[VERSION_TAG]}\tview {fv.name}\t"
+                       f"{fv.tags.get('shipyard.documents', '')}")
+
+
+@rag_app.command("query")
+def rag_query(index: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")],
+              query: Annotated[str, typer.Argument(help="The question.")],
+              tenant: Annotated[str, typer.Option(help="Whose chunks to search.")] = "public",
+              top_k: Annotated[int, typer.Option(help="Chunks to return.")] = 4,
+              feast_repo: RepoOpt = None) -> None:
+    """Retrieve from an index in-process, as the sidecar would (no server)."""
+    from shipyard.features.retrieve import UnknownTenant
+    from shipyard.serving.rag_sidecar import load
+
+    try:
+        retriever, embedder, info = load(index, feast_repo)
+        hits = retriever.search(embedder.embed([query])[0], tenant, top_k)
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc) if not isinstance(exc, UnknownTenant) else f"{exc} (tenants: {sorted(info['tenants'])})")
+    for h in hits:
+        typer.echo(f"{h.score:.3f}  {h.chunk_id}\n       {h.text[:160]!r}")
+
+
+@rag_app.command("pin")
+def rag_pin(model_uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION or models:/NAME@ALIAS.")],
+            index: Annotated[str, typer.Argument(help="NAME@VERSION (NAME alone: its latest version).")],
+            feast_repo: RepoOpt = None, tracking_uri: TrackingOpt = None) -> None:
+    """Pin an index version to a registered model version (what `shipyard serve` then serves with it)."""
+    from shipyard.features.store import open_store, resolve
+    from shipyard.tracking.registry import model_version, pin_rag_index
+
+    try:
+        name, version, _ = resolve(open_store(feast_repo), index)
+        found = model_version(_tracking(tracking_uri), model_uri)
+        if found is None:
+            raise ValueError(f"{model_uri}: pin needs a registered model (models:/NAME/VERSION or models:/NAME@ALIAS)")
+        pin_rag_index(_tracking(tracking_uri), *found, f"{name}@{version}")
+    except (LookupError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(f"{found[0]} version {found[1]} pinned to RAG index {name}@{version}")
 
 
 @config_app.command("validate")

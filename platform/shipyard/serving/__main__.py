@@ -18,13 +18,20 @@ def main() -> None:
     ap.add_argument("--request-timeout-s", type=float, default=120.0, help="per-request limit (504 after)")
     ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                     help="a LoRA adapter served as model NAME on the same base (repeatable)")
+    ap.add_argument("--rag-url", default=None,
+                    help="the RAG sidecar (e.g. http://127.0.0.1:8081 in the same pod); RAG on for every request")
+    ap.add_argument("--rag-top-k", type=int, default=4, help="chunks retrieved per request unless it asks")
+    ap.add_argument("--rag-timeout-s", type=float, default=2.0, help="retrieval limit; past it, answer without RAG")
     args = ap.parse_args()
     from shipyard.serving.openai_api import Limits
     from shipyard.serving.server import parse_adapters
 
     limits = Limits(args.max_batch_size, args.max_wait_ms, args.max_queue, args.request_timeout_s)
+    from shipyard.serving.rag import RagSettings
+
+    rag = RagSettings(args.rag_url, top_k=args.rag_top_k, timeout_s=args.rag_timeout_s) if args.rag_url else None
     serve_model(args.model_uri, args.host, args.port, args.name, args.max_new_tokens, limits=limits,
-                adapters=parse_adapters(args.adapter))
+                adapters=parse_adapters(args.adapter), rag=rag)
 
 
 if __name__ == "__main__":

@@ -10,3 +10,4 @@ LATENCY = Histogram("shipyard_request_latency_seconds", "Request latency of the 
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 QUEUE_DEPTH = Gauge("shipyard_queue_depth", "Requests waiting for a generation batch")
 BATCH_SIZE = Histogram("shipyard_batch_size", "Requests per generation batch", buckets=(1, 2, 4, 8, 16, 32))
+RAG_DEGRADED = Counter("shipyard_rag_degraded_total", "Requests answered without RAG because retrieval failed")

@@ -23,6 +23,7 @@ from kserve.errors import InvalidInput
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shipyard.serving.llm import Generation, SamplingParams, ShipyardLLM
+from shipyard.serving.rag import RagClient, RagOptions
 
 
 class StreamOptions(BaseModel):
@@ -49,6 +50,7 @@ class _Request(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    rag: RagOptions | None = Field(None, description="Extension: retrieval for this request (see serving.rag).")
 
     @field_validator("stop")
     @classmethod
@@ -112,14 +114,14 @@ class Limits:
     request_timeout_s: float = 120.0
 
 
-def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
-    """The ``/openai/v1`` routes for one served model."""
+def openai_router(llm: ShipyardLLM, limits: Limits = Limits(), rag: RagClient | None = None) -> APIRouter:
+    """The ``/openai/v1`` routes for one served model; with ``rag``, answers cite retrieved chunks."""
     from openai.types import Completion, CompletionChoice, CompletionUsage, Model
     from openai.types.chat import ChatCompletion, ChatCompletionMessage
     from openai.types.chat.chat_completion import Choice
 
     from shipyard.serving.batcher import Batcher, QueueFull
-    from shipyard.serving.metrics import LATENCY, REQUESTS, TOKENS
+    from shipyard.serving.metrics import LATENCY, RAG_DEGRADED, REQUESTS, TOKENS
 
     router = APIRouter(prefix="/openai/v1")
     batcher = Batcher(llm, limits.max_batch_size, limits.max_wait_ms, limits.max_queue)
@@ -168,13 +170,53 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
         return (gens, CompletionUsage(prompt_tokens=n_prompt, completion_tokens=done,
                                       total_tokens=n_prompt + done)), None
 
-    def sse(req: _Request, prompt: str, max_tokens: int, n_prompt: int, chunk):
-        """Server-sent events: ``chunk(index, text, finish_reason)`` per delta, then usage, then [DONE]."""
+    async def retrieve(req: _Request, question: str, render, max_tokens: int, headers):
+        """(prompt, citations, response headers) or (None, None, error): the RAG step of one request."""
+        import logging
+
+        from shipyard.serving.rag import Rejected, augment, tenant_of
+
+        if req.rag is not None and req.rag.enabled and rag is None:
+            return None, None, _error(400, "rag: this server has no RAG index (start it with --rag-index)", "rag")
+        if rag is None or (req.rag is not None and not req.rag.enabled):
+            return render(question), None, {}
+        try:
+            tenant = tenant_of(req.rag, headers)
+            found = await rag.retrieve(question, tenant, (req.rag and req.rag.top_k) or rag.settings.top_k,
+                                       req.rag.filters if req.rag else {})
+        except Rejected as exc:
+            kind = "not_found_error" if exc.status == 404 else "invalid_request_error"
+            return None, None, _error(exc.status, str(exc), f"rag.{exc.param}" if exc.param else "rag", kind)
+        except Exception as exc:  # sidecar down, slow or failing: answer without sources, say so
+            reason = f"{type(exc).__name__}: {exc}"[:200].replace('"', "'")
+            logging.getLogger("shipyard.rag").warning("retrieval failed, answering without RAG: %s", reason)
+            RAG_DEGRADED.inc()
+            return render(question), None, {"X-Shipyard-RAG": "degraded",
+                                             "Warning": f'199 shipyard "retrieval failed ({reason}); answered without RAG"'}
+        room = lambda text: llm.context_length - llm.count_tokens(render(text)) - (0 if llm.seq2seq else max_tokens)  # noqa: E731
+        text, cites = augment(question, found["chunks"], llm.count_tokens, room)
+        ref = f"{found['index']}@{found['version']}"
+        if found["chunks"] and not cites:
+            return render(question), [], {"X-Shipyard-RAG": "no-room", "X-Shipyard-RAG-Index": ref,
+                                          "Warning": '199 shipyard "no retrieved source fits the context; answered without RAG"'}
+        return render(text), cites, {"X-Shipyard-RAG": "used", "X-Shipyard-RAG-Index": ref}
+
+    def respond(body: dict, citations, headers: dict):
+        if citations is not None:
+            body["citations"] = citations
+        return JSONResponse(body, headers=headers)
+
+    def sse(req: _Request, prompt: str, max_tokens: int, n_prompt: int, chunk, citations=None, headers=None):
+        """Server-sent events: ``chunk(index, text, finish_reason)`` per delta, then usage, then [DONE].
+        Citations ride on the first event."""
         async def events():
             total = 0
             for i in range(req.n):
                 it = llm.stream(prompt, req.params(max_tokens, i, adapter_of(req)))
-                yield f"data: {json.dumps(chunk(i, None, None))}\n\n"
+                first = chunk(i, None, None)
+                if i == 0 and citations is not None:
+                    first["citations"] = citations
+                yield f"data: {json.dumps(first)}\n\n"
                 while True:
                     item = await asyncio.to_thread(next, it, None)
                     if item is None:
@@ -190,7 +232,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
     @router.get("/models")
     async def list_models():
@@ -198,19 +240,28 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
                                            for name in llm.served_names]}
 
     @router.post("/chat/completions")
-    async def chat(req: ChatRequest):
+    async def chat(req: ChatRequest, request: Request):
         t0 = time.perf_counter()
-        return observe("chat", t0, await chat_impl(req))
+        return observe("chat", t0, await chat_impl(req, request.headers))
 
     @router.post("/completions")
-    async def completions(req: CompletionRequest):
+    async def completions(req: CompletionRequest, request: Request):
         t0 = time.perf_counter()
-        return observe("completions", t0, await completions_impl(req))
+        return observe("completions", t0, await completions_impl(req, request.headers))
 
-    async def chat_impl(req: ChatRequest):
+    async def chat_impl(req: ChatRequest, headers):
         if (err := check(req)) is not None:
             return err
-        prompt = llm.chat_prompt([m.model_dump() for m in req.messages])
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
+        max_tokens, _, err = budget(req, llm.chat_prompt(messages))
+        if err is not None:
+            return err
+        at = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
+        render = lambda text: llm.chat_prompt([*messages[:at], {**messages[at], "content": text},  # noqa: E731
+                                               *messages[at + 1:]])
+        prompt, cites, extra = await retrieve(req, messages[at]["content"], render, max_tokens, headers)
+        if prompt is None:
+            return extra
         max_tokens, n_prompt, err = budget(req, prompt)
         if err is not None:
             return err
@@ -220,21 +271,27 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
                 delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
                 return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
                         "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
-            return sse(req, prompt, max_tokens, n_prompt, chunk)
+            return sse(req, prompt, max_tokens, n_prompt, chunk, cites, extra)
         result, err = await run(req, prompt, max_tokens, n_prompt)
         if err is not None:
             return err
         gens, usage = result
-        return ChatCompletion(
+        return respond(ChatCompletion(
             id=rid, object="chat.completion", created=created, model=req.model, usage=usage,
             choices=[Choice(index=i, finish_reason=g.finish_reason,
                             message=ChatCompletionMessage(role="assistant", content=g.text))
-                     for i, g in enumerate(gens)]).model_dump(exclude_none=True)
+                     for i, g in enumerate(gens)]).model_dump(exclude_none=True), cites, extra)
 
-    async def completions_impl(req: CompletionRequest):
+    async def completions_impl(req: CompletionRequest, headers):
         if (err := check(req)) is not None:
             return err
-        max_tokens, n_prompt, err = budget(req, req.prompt)
+        max_tokens, _, err = budget(req, req.prompt)
+        if err is not None:
+            return err
+        prompt, cites, extra = await retrieve(req, req.prompt, lambda text: text, max_tokens, headers)
+        if prompt is None:
+            return extra
+        max_tokens, n_prompt, err = budget(req, prompt)
         if err is not None:
             return err
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
@@ -242,14 +299,14 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits()) -> APIRouter:
             def chunk(i, text, finish):
                 return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
                         "choices": [{"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}]}
-            return sse(req, req.prompt, max_tokens, n_prompt, chunk)
-        result, err = await run(req, req.prompt, max_tokens, n_prompt)
+            return sse(req, prompt, max_tokens, n_prompt, chunk, cites, extra)
+        result, err = await run(req, prompt, max_tokens, n_prompt)
         if err is not None:
             return err
         gens, usage = result
-        return Completion(
+        return respond(Completion(
             id=rid, object="text_completion", created=created, model=req.model, usage=usage,
             choices=[CompletionChoice(index=i, text=g.text, finish_reason=g.finish_reason)
-                     for i, g in enumerate(gens)]).model_dump(exclude_none=True)
+                     for i, g in enumerate(gens)]).model_dump(exclude_none=True), cites, extra)
 
     return router

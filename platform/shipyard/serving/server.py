@@ -21,8 +21,9 @@ def _import_kserve_server():
     return model_server, RESTServer
 
 
-def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int, limits=None, adapters=None):
-    """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``."""
+def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int, limits=None, adapters=None,
+                 rag=None):
+    """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``; ``rag``: RagSettings."""
     model_server, RESTServer = _import_kserve_server()
     from shipyard.serving.llm import ShipyardLLM
     from shipyard.serving.openai_api import openai_router
@@ -35,7 +36,9 @@ def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int
 
     from shipyard.serving.openai_api import Limits, validation_error_handler
 
-    model_server.app.include_router(openai_router(llm, limits or Limits()))
+    from shipyard.serving.rag import RagClient
+
+    model_server.app.include_router(openai_router(llm, limits or Limits(), RagClient(rag) if rag else None))
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,
                       server.model_repository_extension, port, workers=1, grace_period=10)
@@ -45,16 +48,18 @@ def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int
 
 def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name: str | None = None,
                 max_new_tokens: int = 64, tracking_uri: str | None = None, limits=None,
-                adapters: dict[str, str] | None = None) -> None:
-    """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped."""
+                adapters: dict[str, str] | None = None, rag=None) -> None:
+    """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped;
+    ``rag`` (RagSettings) points the runtime at a running sidecar."""
     from shipyard.tracking.registry import resolve_model_dir
     from shipyard.tracking.runs import default_tracking_uri
 
     model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
     name = name or default_name(model_uri)
-    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens, limits, adapters)
+    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens, limits, adapters, rag)
     print(f"serving {model_uri} as {name!r} on http://{host}:{port} "
-          f"(OpenAI API at http://{host}:{port}/openai/v1)", flush=True)
+          f"(OpenAI API at http://{host}:{port}/openai/v1)"
+          + (f" with RAG from {rag.url} ({rag.index or 'index of the sidecar'})" if rag else ""), flush=True)
     server.setup_event_loop()
     asyncio.run(rest.start())
 

@@ -238,3 +238,34 @@ def _cache_dir(cache: str | Path, uri: str) -> Path:
     path = Path(cache) / hashlib.sha256(uri.encode()).hexdigest()[:16]
     path.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=path))
+
+
+RAG_INDEX_TAG = "shipyard.rag_index_version"
+
+
+def model_version(tracking_uri: str, uri: str) -> tuple[str, str] | None:
+    """(name, version) behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; None for a directory."""
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri.removeprefix("models:/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        version = current_alias(tracking_uri, name, alias)
+        if version is None:
+            raise ValueError(f"{uri}: model {name!r} has no alias {alias!r}")
+        return name, version
+    name, _, version = rest.partition("/")
+    return name, version
+
+
+def pin_rag_index(tracking_uri: str, name: str, version: str, ref: str) -> None:
+    """Tie RAG index version ``ref`` (NAME@N) to a model version: the pair evaluated is the pair served."""
+    client(tracking_uri).set_model_version_tag(name, version, RAG_INDEX_TAG, ref)
+
+
+def pinned_rag_index(tracking_uri: str, uri: str) -> str | None:
+    """The index version a registered model version is pinned to, if any."""
+    found = model_version(tracking_uri, uri)
+    if found is None:
+        return None
+    return client(tracking_uri).get_model_version(*found).tags.get(RAG_INDEX_TAG) or None

@@ -1,0 +1,1 @@
+"""RAG documents in Feast: chunk + embed ingestion (``ingest``), versioned indexes (``store``), retrieval (``retrieve``)."""

@@ -1,0 +1,166 @@
+"""``shipyard rag ingest PATH --index NAME``: split -> embed -> store, one new index version per call.
+
+Documents are JSONL rows ``{"text", "id"?, "source"?, "tenant"?}`` or .txt/.md/.rst files (one
+document each, its path as id and source). A row that can't be read is quarantined with its file,
+line and reason, never dropped silently. Chunks are windows of ``chunk_tokens`` tokens of the
+embedding model's own tokenizer, ``overlap_tokens`` shared with the previous window, cut at the
+tokens' character offsets so every chunk is verbatim source text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shipyard.features.config import TENANT_PATTERN, RagIndexConfig
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+
+@dataclass
+class IngestResult:
+    index: str
+    version: int
+    documents: int
+    chunks: int
+    tenants: dict[str, int]
+    quarantined: int
+    quarantine_path: str | None
+    seconds: float
+    repo: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.index}@{self.version}"
+
+    def metrics(self) -> dict[str, float]:
+        return {"documents": self.documents, "chunks": self.chunks, "quarantined": self.quarantined,
+                "index_version": self.version, "seconds": self.seconds}
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ".jsonl"))
+        if files:
+            return files
+        raise ValueError(f"{path}: no .jsonl, .txt, .md or .rst files in this folder")
+    raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def read_documents(path: str | Path, default_tenant: str) -> tuple[list[dict], list[dict]]:
+    """(documents, quarantined rows) from a file or folder; each quarantined row says where and why."""
+    root = Path(path)
+    docs, bad = [], []
+    for f in _files(root):
+        rel = f.name if root.is_file() else str(f.relative_to(root))
+        if f.suffix != ".jsonl":
+            text = f.read_text(encoding="utf-8", errors="replace")
+            if text.strip():
+                docs.append({"id": rel, "text": text, "source": rel, "tenant": default_tenant})
+            else:
+                bad.append({"file": str(f), "line": None, "reason": "empty document"})
+            continue
+        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            where = {"file": str(f), "line": n, "raw": line[:500]}
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.append({**where, "reason": f"invalid JSON: {exc.msg}"})
+                continue
+            reason = _row_problem(row, default_tenant)
+            if reason:
+                bad.append({**where, "reason": reason})
+                continue
+            docs.append({"id": str(row.get("id") or f"{rel}:{n}"), "text": row["text"],
+                         "source": str(row.get("source") or row.get("id") or f"{rel}:{n}"),
+                         "tenant": row.get("tenant") or default_tenant})
+    return docs, bad
+
+
+def _row_problem(row, default_tenant: str) -> str | None:
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not isinstance(row.get("text"), str) or not row["text"].strip():
+        return "key 'text': missing or empty"
+    tenant = row.get("tenant", default_tenant)
+    if not isinstance(tenant, str) or not re.fullmatch(TENANT_PATTERN, tenant):
+        return f"key 'tenant': {tenant!r} is not a tenant name ({TENANT_PATTERN})"
+    for key in ("id", "source"):
+        if key in row and not isinstance(row[key], (str, int)):
+            return f"key {key!r}: expected a string"
+    return None
+
+
+def chunk_text(tokenizer, text: str, size: int, overlap: int) -> list[str]:
+    """Token windows of ``size`` with ``overlap``, returned as the exact character spans they cover."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True,
+                        verbose=False)["offset_mapping"]
+    if not offsets:
+        return []
+    step, out = size - overlap, []
+    for start in range(0, len(offsets), step):
+        span = offsets[start:start + size]
+        out.append(text[span[0][0]:span[-1][1]].strip())
+        if start + size >= len(offsets):
+            break
+    return [c for c in out if c]
+
+
+def run_ingest(cfg: RagIndexConfig, documents: str | Path | None = None, repo: str | Path | None = None,
+               embedder=None, log=print) -> IngestResult:
+    """Chunk, embed and store ``documents`` as the next version of ``cfg.index``."""
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from shipyard.features import store as fs
+    from shipyard.features.embed import EMBEDDING_MODEL, Embedder
+
+    t0 = time.perf_counter()
+    documents = documents or cfg.documents
+    if documents is None:
+        raise ValueError("rag: no documents given (rag.documents in the profile, or PATH on the command line)")
+    docs, bad = read_documents(documents, cfg.tenant)
+    if not docs:
+        raise ValueError(f"{documents}: no readable documents ({len(bad)} quarantined; first: "
+                         f"{bad[0] if bad else 'none'})")
+    embedder = embedder or Embedder()
+    rows = []
+    for doc in docs:
+        for i, text in enumerate(chunk_text(embedder.tokenizer, doc["text"], cfg.chunk_tokens, cfg.overlap_tokens)):
+            rows.append({"chunk_id": f"{doc['tenant']}/{doc['id']}#{i}", "doc_id": doc["id"], "text": text,
+                         "source": doc["source"], "tenant": doc["tenant"]})
+    frame = pd.DataFrame(rows)
+    if frame["chunk_id"].duplicated().any():
+        dup = frame.loc[frame["chunk_id"].duplicated(), "chunk_id"].iloc[0]
+        raise ValueError(f"{documents}: document ids repeat within a tenant (chunk {dup!r}); give each row its own 'id'")
+    frame["chunk"] = frame["chunk_id"]  # Feast returns feature columns in id order: trust this copy, not the key
+    log(f"rag ingest: {len(docs)} documents -> {len(frame)} chunks; embedding with {EMBEDDING_MODEL}")
+    frame["embedding"] = list(embedder.embed(frame["text"].tolist(), cfg.batch_size))
+    frame["event_timestamp"] = datetime.now(timezone.utc)
+    store = fs.open_store(repo)
+    tags = {"shipyard.embedding_model": EMBEDDING_MODEL, "shipyard.chunk_tokens": str(cfg.chunk_tokens),
+            "shipyard.overlap_tokens": str(cfg.overlap_tokens), "shipyard.documents": str(documents)}
+    version = fs.write_version(store, cfg.index, frame, tags)
+    qpath = None
+    if bad:
+        qpath = Path(store.repo_path) / "data" / f"{fs.view_name(cfg.index, version)}.quarantine.jsonl"
+        qpath.write_text("".join(json.dumps(b) + "\n" for b in bad))
+        log(f"rag ingest: {len(bad)} rows quarantined -> {qpath}")
+    result = IngestResult(cfg.index, version, len(docs), len(frame), frame["tenant"].value_counts().to_dict(),
+                          len(bad), str(qpath) if qpath else None, round(time.perf_counter() - t0, 2),
+                          str(store.repo_path))
+    log(f"rag ingest: index {result.ref} written to Feast ({result.repo})")
+    return result
+
+
+def result_json(result: IngestResult) -> str:
+    return json.dumps(asdict(result), indent=2)

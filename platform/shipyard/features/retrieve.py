@@ -1,0 +1,97 @@
+"""Query side: embed -> nearest chunks of one tenant.
+
+The sidecar answers from FAISS indexes built from one Feast index version (the rows Feast holds
+for it), one index per tenant, so a query can only ever reach its own tenant's chunks. Small
+tenants use exact inner-product search; from ``HNSW_FROM`` chunks on, HNSW (M=32, efSearch=128).
+Metadata filters (equality on ``source`` or ``doc_id``) search the filtered rows exactly.
+``FeastRetriever`` asks Feast's online store directly (milvus) and is the reference the
+benchmark compares against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FILTER_KEYS = ("source", "doc_id")
+HNSW_FROM = 20_000
+
+
+class UnknownTenant(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk_id: str
+    text: str
+    source: str
+    doc_id: str
+    score: float
+
+
+class Retriever:
+    """Per-tenant vector indexes over one index version's rows (a DataFrame with an ``embedding`` column)."""
+
+    def __init__(self, frame, index: str = "", version: int = 0, hnsw_from: int = HNSW_FROM):
+        import faiss
+        import numpy as np
+
+        self.index, self.version = index, version
+        self.tenants: dict[str, tuple] = {}
+        for tenant, rows in frame.groupby("tenant", sort=True):
+            rows = rows.reset_index(drop=True)
+            vecs = np.ascontiguousarray(np.stack(rows["embedding"].to_numpy()), dtype=np.float32)
+            if len(rows) >= hnsw_from:
+                ix = faiss.IndexHNSWFlat(vecs.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+                ix.hnsw.efConstruction = 80
+                ix.add(vecs)
+                ix.hnsw.efSearch = 128
+            else:
+                ix = faiss.IndexFlatIP(vecs.shape[1])
+                ix.add(vecs)
+            self.tenants[str(tenant)] = (ix, vecs, rows[["chunk", "text", "source", "doc_id"]].to_dict("records"))
+
+    def counts(self) -> dict[str, int]:
+        return {t: len(v[2]) for t, v in self.tenants.items()}
+
+    def search(self, query_vec, tenant: str, top_k: int = 4, filters: dict[str, str] | None = None) -> list[Hit]:
+        import numpy as np
+
+        if tenant not in self.tenants:
+            raise UnknownTenant(f"tenant {tenant!r} has no documents in index {self.index}@{self.version}")
+        ix, vecs, meta = self.tenants[tenant]
+        q = np.asarray(query_vec, dtype=np.float32).reshape(1, -1)
+        if filters:
+            bad = sorted(set(filters) - set(FILTER_KEYS))
+            if bad:
+                raise ValueError(f"filters: unknown key(s) {bad}; filterable keys are {list(FILTER_KEYS)}")
+            keep = np.array([i for i, m in enumerate(meta) if all(m[k] == v for k, v in filters.items())], dtype=np.int64)
+            if not len(keep):
+                return []
+            scores = vecs[keep] @ q[0]
+            order = np.argsort(-scores)[:top_k]
+            pairs = [(int(keep[i]), float(scores[i])) for i in order]
+        else:
+            scores, ids = ix.search(q, min(top_k, len(meta)))
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        return [Hit(meta[i]["chunk"], meta[i]["text"], meta[i]["source"], meta[i]["doc_id"], s) for i, s in pairs]
+
+
+class FeastRetriever:
+    """The same search through Feast's ``retrieve_online_documents_v2`` (the online store's vector index)."""
+
+    def __init__(self, store, view):
+        self.store, self.view = store, view
+
+    def search(self, query_vec, tenant: str, top_k: int = 4, filters: dict[str, str] | None = None) -> list[Hit]:
+        from feast.filter_models import ComparisonFilter, CompoundFilter
+
+        conds = [ComparisonFilter(type="eq", key="tenant", value=tenant),
+                 *(ComparisonFilter(type="eq", key=k, value=v) for k, v in (filters or {}).items())]
+        flt = conds[0] if len(conds) == 1 else CompoundFilter(type="and", filters=conds)
+        name = self.view.name
+        df = self.store.retrieve_online_documents_v2(
+            features=[f"{name}:{f}" for f in ("chunk", "text", "source", "doc_id")], query=list(map(float, query_vec)),
+            top_k=top_k, distance_metric="COSINE", filters=flt).to_df()
+        df = df.dropna(subset=["chunk"]).sort_values("distance", ascending=False)
+        return [Hit(r.chunk, r.text, r.source, r.doc_id, float(r.distance)) for r in df.itertuples()]

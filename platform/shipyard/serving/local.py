@@ -1,0 +1,84 @@
+"""``shipyard serve MODEL [--rag-index NAME]`` on one machine: the RAG sidecar as a child process
+on ``--rag-port``, then the LLM runtime pointed at it; the sidecar stops with the runtime.
+
+A registered model version pinned to an index version (tag ``shipyard.rag_index_version``, set
+by the lifecycle's register step) is served with exactly that version, RAG on, unless ``--no-rag``;
+asking for another version of it is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+
+def choose_index(requested: str | None, pinned: str | None) -> tuple[str | None, str | None]:
+    """(index ref to serve, a note for the operator) from ``--rag-index`` and the model's pin."""
+    from shipyard.features.store import parse_ref
+
+    if requested is None:
+        return pinned, (f"model version is pinned to RAG index {pinned}" if pinned else None)
+    name, version = parse_ref(requested)
+    if pinned is None:
+        return requested, (f"model version pins no RAG index; serving {requested}"
+                           f"{'' if version else ' (its latest version)'} unevaluated with it")
+    pinned_name, pinned_version = parse_ref(pinned)
+    if name != pinned_name or (version is not None and version != pinned_version):
+        raise ValueError(f"--rag-index {requested}: the model version is pinned to {pinned} (the pair it was "
+                         f"evaluated with); serve that, or register a model evaluated with {requested}")
+    return pinned, f"model version is pinned to RAG index {pinned}"
+
+
+def start_sidecar(ref: str, port: int, repo: str | None = None, timeout: float = 180.0) -> subprocess.Popen:
+    """Start ``python -m shipyard.serving.rag_sidecar`` on 127.0.0.1:port and wait until it is ready."""
+    cmd = [sys.executable, "-m", "shipyard.serving.rag_sidecar", "--index", ref, "--port", str(port)]
+    if repo:
+        cmd += ["--repo", repo]
+    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"RAG sidecar for {ref} exited with code {proc.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"RAG sidecar for {ref} not ready after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def serve_local(model_uri: str, *, rag_index: str | None = None, no_rag: bool = False, rag_port: int | None = None,
+                rag_top_k: int = 4, feast_repo: str | None = None, tracking_uri: str | None = None,
+                port: int = 8080, **serve_kwargs) -> None:
+    from shipyard.serving.rag import RagSettings
+    from shipyard.serving.server import serve_model
+    from shipyard.tracking.registry import pinned_rag_index
+    from shipyard.tracking.runs import default_tracking_uri
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    ref, note = (None, None) if no_rag else choose_index(rag_index, pinned_rag_index(tracking_uri, model_uri))
+    if ref is None:
+        return serve_model(model_uri, port=port, tracking_uri=tracking_uri, **serve_kwargs)
+    print(f"rag: {note}", flush=True)
+    rag_port = rag_port or port + 1
+    sidecar = start_sidecar(ref, rag_port, feast_repo)
+    try:
+        serve_model(model_uri, port=port, tracking_uri=tracking_uri,
+                    rag=RagSettings(f"http://127.0.0.1:{rag_port}", ref, rag_top_k), **serve_kwargs)
+    finally:
+        stop(sidecar)

@@ -1,5 +1,6 @@
 """The whole lifecycle as one KFP v2 pipeline: filter -> tokenize -> pretrain -> finetune ->
-reward model -> align (PPO | DPO | GRPO) -> optimize (distill | prune | quantize) -> evaluate -> register (gated champion).
+reward model -> align (PPO | DPO | GRPO) -> optimize (distill | prune | quantize) -> evaluate -> register (gated champion);
+beside them, rag_index (documents -> a Feast index version, pinned to the registered model version).
 
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml        # kfp.local, CPU
     shipyard compile pipelines/lifecycle.py -o lifecycle.yaml                     # KFP IR YAML
@@ -16,8 +17,9 @@ from shipyard.components.align.component import align
 from shipyard.components.data_filter.component import data_filter, data_filter_shard
 from shipyard.components.evaluate.component import evaluate
 from shipyard.components.finetune.component import finetune
-from shipyard.components.pretrain.component import pretrain
 from shipyard.components.optimize.component import optimize
+from shipyard.components.pretrain.component import pretrain
+from shipyard.components.rag_index.component import rag_index
 from shipyard.components.register.component import register
 from shipyard.components.reward_model.component import reward_model
 from shipyard.components.train_tokenizer.component import train_tokenizer
@@ -38,5 +40,6 @@ def lifecycle(config: str, tracking_uri: str, parent_run_id: str, data_shards: l
     ev = evaluate(base_model=base.outputs["model"], finetuned_model=sft.outputs["model"],
                   aligned_model=aligned.outputs["model"], optimized_model=opt.outputs["model"],
                   reward_model=rm.outputs["model"], **run)
+    docs = rag_index(**run)
     register(optimized_model=opt.outputs["model"], aligned_model=aligned.outputs["model"],
-             eval_report=ev.outputs["report"], **run)
+             eval_report=ev.outputs["report"], rag_index=docs.outputs["index"], **run)

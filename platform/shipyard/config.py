@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from shipyard.data.filter_config import DataFilterConfig
 from shipyard.eval.spec import EvalSpec
+from shipyard.features.config import RagIndexConfig
 from shipyard.optimize.config import OptimizeConfig, QuantizeConfig  # noqa: F401  (re-exported)
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
 from shipyard.models.select import BaseModelConfig  # noqa: F401  (re-exported)
@@ -148,6 +149,8 @@ class PipelineConfig(StrictModel):
     # "register" would shadow BaseModel.register (ABCMeta), hence the alias.
     register_: RegisterConfig = Field(RegisterConfig(), alias="register")
     serve: ServeConfig = ServeConfig()
+    rag: RagIndexConfig | None = Field(None, description="Documents indexed for RAG; the registered model "
+                                                         "version is pinned to the index version.")
 
     @model_validator(mode="after")
     def _cross_stage(self) -> PipelineConfig:
@@ -156,6 +159,8 @@ class PipelineConfig(StrictModel):
                              f"serves a causal LM, so it pretrains with objective clm (llama or gpt2); "
                              f"train mlm and span models with `shipyard pretrain`")
         self._check_gate()
+        if self.rag is not None and not self.rag.documents:
+            raise ValueError("rag.documents: the lifecycle's rag_index step needs the documents to index")
         if self.align.eval_prompts is None and not self.evaluate.of_kind("reward"):
             raise ValueError("align.eval_prompts is not set and evaluate has no reward suite to take prompts from")
         if self.base.type != "pretrain":  # a selected model brings its own context; finetune checks it
@@ -207,6 +212,7 @@ class PipelineConfig(StrictModel):
             **({"align.eval_prompts": self.align.eval_prompts} if self.align.eval_prompts else {}),
             **({"critique_revise.prompts": self.critique_revise.prompts} if self.critique_revise else {}),
             **self.evaluate.data_paths(),
+            **({"rag.documents": self.rag.documents} if self.rag and self.rag.documents else {}),
         }
 
     def with_absolute_paths(self, base: Path, source: str = "<config>") -> PipelineConfig:

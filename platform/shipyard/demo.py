@@ -1,4 +1,5 @@
-"""``make demo``: run the lifecycle pipeline, serve the champion, chat with it once, print it all.
+"""``make demo``: run the lifecycle pipeline, serve the champion, chat with it, then ask the Python FAQ
+through the RAG sidecar (the index version pinned to the champion) and print the answer with its citations.
 
     shipyard demo -c pipelines/configs/tiny-cpu.yaml
 """
@@ -24,6 +25,13 @@ class DemoResult:
     model_uri: str
     question: str
     answer: str
+    rag_index: str | None = None
+    rag_question: str | None = None
+    rag_answer: str | None = None
+    citations: list | None = None
+
+
+FAQ_QUESTION = "Why does Python use indentation for grouping of statements?"
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
@@ -42,10 +50,12 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None
     raise RuntimeError(f"model server not ready after {timeout:.0f} s ({url})")
 
 
-def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int) -> subprocess.Popen:
+def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int,
+                 rag_url: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     return subprocess.Popen([sys.executable, "-m", "shipyard.serving", model_uri, "--host", "127.0.0.1",
-                             "--port", str(port), "--max-new-tokens", str(max_new_tokens)], env=env)
+                             "--port", str(port), "--max-new-tokens", str(max_new_tokens)]
+                            + (["--rag-url", rag_url] if rag_url else []), env=env)
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -58,14 +68,16 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def chat_once(port: int, model: str, question: str, max_tokens: int) -> str:
-    """One request through the official ``openai`` client, as any service would send it."""
+def chat_once(port: int, model: str, question: str, max_tokens: int, rag: bool | None = None):
+    """One request through the official ``openai`` client, as any service would send it:
+    (answer, citations or None). ``rag`` turns retrieval on or off for this request."""
     from openai import OpenAI
 
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="not-needed", max_retries=0)
     reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                           max_tokens=max_tokens, temperature=0)
-    return reply.choices[0].message.content
+                                           max_tokens=max_tokens, temperature=0,
+                                           extra_body=None if rag is None else {"rag": {"enabled": rag}})
+    return reply.choices[0].message.content, (reply.model_extra or {}).get("citations")
 
 
 def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None,
@@ -90,16 +102,39 @@ def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None
 
     rows, _ = read_records(cfg.evaluate.of_kind("generation")[0].data, ("instruction", "response"))
     question = f"{rows[0]['instruction']}\n\n{rows[0].get('input', '')}".strip()
-    proc = start_server(model_uri, port, tracking_uri, cfg.serve.max_new_tokens)
+    from shipyard.features.store import repo_for
+    from shipyard.serving.local import start_sidecar, stop
+    from shipyard.tracking.registry import pinned_rag_index
+
+    pinned = pinned_rag_index(tracking_uri, model_uri)
+    sidecar = start_sidecar(pinned, port + 1, str(repo_for(tracking_uri))) if pinned else None
+    rag_answer = citations = None
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/models/{name}", proc)
-        answer = chat_once(port, name, question, cfg.serve.max_new_tokens)
+        proc = start_server(model_uri, port, tracking_uri, cfg.serve.max_new_tokens,
+                            f"http://127.0.0.1:{port + 1}" if pinned else None)
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/v1/models/{name}", proc)
+            answer, _ = chat_once(port, name, question, cfg.serve.max_new_tokens, rag=False if pinned else None)
+            if pinned:
+                rag_answer, citations = chat_once(port, name, FAQ_QUESTION, cfg.serve.max_new_tokens, rag=True)
+        finally:
+            stop_server(proc)
     finally:
-        stop_server(proc)
+        if sidecar is not None:
+            stop(sidecar)
     echo(f"\nChat with {model_uri} via POST /openai/v1/chat/completions:")
     echo(f"  user:      {question[:300]}")
     echo(f"  assistant: {answer}")
     echo(f"  reference: {rows[0]['response']}")
+    if pinned:
+        echo(f"\nThe same endpoint with RAG (index {pinned}, pinned to this model version, via the sidecar):")
+        echo(f"  user:      {FAQ_QUESTION}")
+        echo(f"  assistant: {rag_answer}")
+        for c in citations or []:
+            text = " ".join(c["text"].split())
+            echo(f"  [{c['index']}] {c['source']}  score {c['score']:.3f}{'  (cut to fit)' if c['truncated'] else ''}: "
+                 f"{text[:150]}{'...' if len(text) > 150 else ''}")
     echo(f"\nServed model: {model_uri}")
     echo(f"MLflow data: {tracking_uri}  (browse it with `shipyard ui`, then http://127.0.0.1:5000)")
-    return DemoResult(summary, model_uri, question, answer)
+    return DemoResult(summary, model_uri, question, answer, pinned, FAQ_QUESTION if pinned else None, rag_answer,
+                      citations)

@@ -154,13 +154,34 @@ def _champion_dir(run, name: str) -> str | None:
     return str(resolve_model_dir(run.tracking_uri, f"models:/{name}/{version}"))
 
 
+def _rag_index(cfg, inputs, outputs, run):
+    """Ingest the profile's RAG documents as a new index version (nothing to do without ``rag:``)."""
+    out = Path(outputs["index"]) / "index.json"
+    if cfg.rag is None:
+        out.write_text(json.dumps({"ref": None}))
+        return {}
+    from dataclasses import asdict
+
+    from shipyard.features.ingest import run_ingest
+    from shipyard.features.store import repo_for
+
+    result = run_ingest(cfg.rag, cfg.rag.documents, repo_for(run.tracking_uri), log=lambda m: print(m, flush=True))
+    out.write_text(json.dumps({"ref": result.ref, **asdict(result)}, indent=2))
+    run.tag({"shipyard.rag_index_version": result.ref, "shipyard.feast_repo": result.repo})
+    return result.metrics()
+
+
 def _register(cfg, inputs, outputs, run):
-    from shipyard.tracking.registry import register_candidate
+    from shipyard.tracking.registry import pin_rag_index, register_candidate
 
     reg = cfg.register_
     table = json.loads((Path(inputs["eval_report"]) / "eval.json").read_text())
     model_dir = inputs["optimized_model"] if reg.model == "optimized" else inputs["aligned_model"]
     decision = register_candidate(run, reg, table, model_dir, cfg.serve.max_new_tokens, cfg.digest())
+    rag_ref = json.loads((Path(inputs["rag_index"]) / "index.json").read_text())["ref"] if "rag_index" in inputs else None
+    if rag_ref:  # the served pair is the registered pair
+        pin_rag_index(run.tracking_uri, reg.model_name, decision["version"], rag_ref)
+        decision["rag_index_version"] = rag_ref
     run.artifact(inputs["eval_report"], "eval")
     Path(outputs["decision"]).mkdir(parents=True, exist_ok=True)
     (Path(outputs["decision"]) / "decision.json").write_text(json.dumps(decision, indent=2))
@@ -181,6 +202,7 @@ STAGES: dict[str, StageFn] = {
     "critique_revise": _critique_revise,
     "optimize": _optimize,
     "evaluate": _evaluate,
+    "rag_index": _rag_index,
     "register": _register,
 }
 
@@ -188,6 +210,8 @@ STAGES: dict[str, StageFn] = {
 def _stage_config(cfg: PipelineConfig, stage: str):
     if stage == "register":
         return cfg.register_
+    if stage == "rag_index":
+        return cfg.rag
     return getattr(cfg, "data_filter" if stage == "data_filter_shard" else stage)
 
 

@@ -35,7 +35,7 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
 
     summary = result.summary
     assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "align", "optimize",
-                                   "reward_model", "evaluate", "register"}
+                                   "reward_model", "evaluate", "rag_index", "register"}
     assert set(summary.eval_table) == {"base", "finetuned", "aligned", "optimized", "alignment"}
     suites = {"heldout.perplexity", "instructions.rougeLsum", "instructions.chrf", "instructions.exact_match",
               "preferences.reward", "toxicity.rate", "python_cloze.acc_norm", "latency.ms_per_token"}
@@ -50,13 +50,18 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert current_alias(uri, "shipyard-ci", "champion") == "1"
     assert current_alias(uri, "shipyard-ci", "candidate") == "1"
     assert result.model_uri == "models:/shipyard-ci@champion" and isinstance(result.answer, str)
+    # the demo's last step: a Python FAQ question answered through the sidecar, with citations of
+    # the index version the champion is pinned to
+    assert result.rag_index == "python_faq@1" and isinstance(result.rag_answer, str)
+    assert result.citations and all(c["doc_id"].startswith("faq:") for c in result.citations)
+    assert result.citations[0]["doc_id"] == "faq:design.rst.txt" and "indentation" in result.citations[0]["text"]
 
     c = client(uri)
     parent = c.get_run(summary.parent_run_id)
     assert parent.info.status == "FINISHED"
     children = c.search_runs([parent.info.experiment_id],
                              filter_string=f"tags.mlflow.parentRunId = '{summary.parent_run_id}'")
-    assert len(children) == 10 and all(r.info.status == "FINISHED" for r in children)
+    assert len(children) == 11 and all(r.info.status == "FINISHED" for r in children)
     by_stage = {r.data.tags["shipyard.stage"]: r for r in children}
     pre = by_stage["pretrain"]
     assert pre.data.metrics["val_loss"] < pre.data.metrics["val_loss_initial"]
@@ -75,6 +80,8 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
         a.path.rsplit("/", 1)[-1] for a in c.list_artifacts(by_stage["data_filter"].info.run_id, "data_filter")}
     version = c.get_model_version("shipyard-ci", "1")
     assert version.tags["shipyard.gate"] == "passed"
+    assert version.tags["shipyard.rag_index_version"] == "python_faq@1"
+    assert by_stage["rag_index"].data.metrics["chunks"] > 300
     assert version.tags["shipyard.pipeline_run"] == summary.parent_run_id
     assert len(version.tags["shipyard.model_sha256"]) == 64
     # lineage on the version: raw data hashes, every stage's run, config and code
@@ -91,6 +98,7 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     out = CliRunner().invoke(app, ["lineage", "models:/shipyard-ci@champion", "--tracking-uri", uri])
     assert out.exit_code == 0, out.output
     assert "shipyard-ci version 1 (candidate, champion)" in out.output and "gate: passed" in out.output
+    assert "rag index version: python_faq@1" in out.output
     for stage in ("data_filter", "pretrain", "align", "optimize", "evaluate", "register", "data_filter.input"):
         assert stage in out.output
 
@@ -111,4 +119,5 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert current_alias(uri, "shipyard-ci", "champion") == "1"
     assert current_alias(uri, "shipyard-ci", "candidate") == "2"
     failed = c.get_model_version("shipyard-ci", "2")
+    assert failed.tags["shipyard.rag_index_version"] == "python_faq@2"  # each run indexes its own version
     assert failed.tags["shipyard.gate"] == "failed" and "champion" in failed.tags["shipyard.gate_failures"]

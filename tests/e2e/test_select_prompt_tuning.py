@@ -28,6 +28,7 @@ def test_select_then_prompt_tuning_through_serving(tiny_base, monkeypatch, tmp_p
                         "batch_size": 8, "lr": 0.0005, "eval_examples": 4, "generation": {"max_new_tokens": 8}}
     profile["evaluate"].update(context_length=128, max_examples=4, max_new_tokens=8)
     profile["register"]["model_name"] = "shipyard-select"
+    profile.pop("rag")  # RAG is the lifecycle test's
     path = tmp_path / "ci-select.yaml"
     path.write_text(yaml.safe_dump(profile))
     uri = default_tracking_uri()
@@ -37,7 +38,7 @@ def test_select_then_prompt_tuning_through_serving(tiny_base, monkeypatch, tmp_p
     proc = start_server("models:/shipyard-select@champion", port, uri, 8)
     try:  # a question short enough for the 128-token base with its 20 virtual tokens
         wait_ready(f"http://127.0.0.1:{port}/v1/models/shipyard-select", proc)
-        assert isinstance(chat_once(port, "shipyard-select", "Summarize: a tiny netmask tool.", 8), str)
+        assert isinstance(chat_once(port, "shipyard-select", "Summarize: a tiny netmask tool.", 8)[0], str)
     finally:
         stop_server(proc)
     c = client(uri)

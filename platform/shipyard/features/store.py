@@ -41,11 +41,22 @@ entity_key_serialization_version: 3
 """
 
 
+def repo_for(tracking_uri: str | None = None) -> Path:
+    """The default repo: ``$SHIPYARD_FEAST_REPO``, else beside a SQLite MLflow store (so pipeline steps,
+    whatever their working directory, and ``shipyard serve`` find the same one), else the state dir."""
+    from shipyard.tracking.runs import default_tracking_uri, state_dir
+
+    if os.environ.get("SHIPYARD_FEAST_REPO"):
+        return Path(os.environ["SHIPYARD_FEAST_REPO"])
+    uri = tracking_uri or default_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent / "feast"
+    return state_dir() / "feast"
+
+
 def repo_dir(path: str | Path | None = None) -> Path:
     if path is None:
-        from shipyard.tracking.runs import state_dir
-
-        path = os.environ.get("SHIPYARD_FEAST_REPO") or state_dir() / "feast"
+        path = repo_for()
     repo = Path(path).resolve()
     repo.mkdir(parents=True, exist_ok=True)
     if not (repo / "feature_store.yaml").exists():

@@ -167,7 +167,7 @@ def stage_run(stage: str, tracking_uri: str, parent_run_id: str, config, inputs:
     """
     c = client(tracking_uri)
     parent = c.get_run(parent_run_id)
-    cfg_json = json.dumps(config.model_dump(by_alias=True), sort_keys=True)
+    cfg_json = json.dumps(config.model_dump(by_alias=True) if config is not None else None, sort_keys=True)
     tags = {
         "mlflow.parentRunId": parent_run_id,
         "shipyard.stage": stage,

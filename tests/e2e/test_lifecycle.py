@@ -16,7 +16,7 @@ def test_compiled_pipeline_loads_back_in_kfp(tmp_path):
     spec = yaml.safe_load(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"for-loop-1", "data-filter", "train-tokenizer", "pretrain", "finetune", "reward-model",
-                          "align", "optimize", "evaluate", "register"}
+                          "align", "optimize", "evaluate", "rag-index", "register"}
     assert tasks["for-loop-1"]["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--data_shards"
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == {"config", "tracking_uri", "parent_run_id",
                                                                    "data_shards"}

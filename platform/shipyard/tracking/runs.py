@@ -178,7 +178,7 @@ def stage_run(stage: str, tracking_uri: str, parent_run_id: str, config, inputs:
     tags.update({f"shipyard.input.{k}.sha256": sha256_path(v) for k, v in inputs.items()})
     run = c.create_run(parent.info.experiment_id, run_name=stage, tags=tags)
     handle = StageRun(c, run.info.run_id, parent_run_id, tracking_uri)
-    _log_params(c, run.info.run_id, flatten(json.loads(cfg_json)))
+    _log_params(c, run.info.run_id, flatten(json.loads(cfg_json) or {}))  # a stage the profile leaves out: no params
     t0 = time.perf_counter()
     try:
         yield handle

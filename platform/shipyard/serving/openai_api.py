@@ -171,7 +171,8 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits(), rag: RagClient | 
                                       total_tokens=n_prompt + done)), None
 
     async def retrieve(req: _Request, question: str, render, max_tokens: int, headers):
-        """(prompt, citations, response headers) or (None, None, error): the RAG step of one request."""
+        """(user text, citations, response headers) or (None, None, error): the RAG step of one request.
+        Citations are None when retrieval was off or failed, and the text is then ``question``."""
         import logging
 
         from shipyard.serving.rag import Rejected, augment, tenant_of
@@ -179,7 +180,7 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits(), rag: RagClient | 
         if req.rag is not None and req.rag.enabled and rag is None:
             return None, None, _error(400, "rag: this server has no RAG index (start it with --rag-index)", "rag")
         if rag is None or (req.rag is not None and not req.rag.enabled):
-            return render(question), None, {}
+            return question, None, {}
         try:
             tenant = tenant_of(req.rag, headers)
             found = await rag.retrieve(question, tenant, (req.rag and req.rag.top_k) or rag.settings.top_k,
@@ -191,15 +192,15 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits(), rag: RagClient | 
             reason = f"{type(exc).__name__}: {exc}"[:200].replace('"', "'")
             logging.getLogger("shipyard.rag").warning("retrieval failed, answering without RAG: %s", reason)
             RAG_DEGRADED.inc()
-            return render(question), None, {"X-Shipyard-RAG": "degraded",
-                                             "Warning": f'199 shipyard "retrieval failed ({reason}); answered without RAG"'}
+            return question, None, {"X-Shipyard-RAG": "degraded",
+                                    "Warning": f'199 shipyard "retrieval failed ({reason}); answered without RAG"'}
         room = lambda text: llm.context_length - llm.count_tokens(render(text)) - (0 if llm.seq2seq else max_tokens)  # noqa: E731
         text, cites = augment(question, found["chunks"], llm.count_tokens, room)
         ref = f"{found['index']}@{found['version']}"
         if found["chunks"] and not cites:
-            return render(question), [], {"X-Shipyard-RAG": "no-room", "X-Shipyard-RAG-Index": ref,
-                                          "Warning": '199 shipyard "no retrieved source fits the context; answered without RAG"'}
-        return render(text), cites, {"X-Shipyard-RAG": "used", "X-Shipyard-RAG-Index": ref}
+            return question, [], {"X-Shipyard-RAG": "no-room", "X-Shipyard-RAG-Index": ref,
+                                  "Warning": '199 shipyard "no retrieved source fits the context; answered without RAG"'}
+        return text, cites, {"X-Shipyard-RAG": "used", "X-Shipyard-RAG-Index": ref}
 
     def respond(body: dict, citations, headers: dict):
         if citations is not None:
@@ -249,64 +250,64 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits(), rag: RagClient | 
         t0 = time.perf_counter()
         return observe("completions", t0, await completions_impl(req, request.headers))
 
-    async def chat_impl(req: ChatRequest, headers):
+    async def answer(req: _Request, headers, question: str, render, chunk, body):
+        """The path both routes share: fit the prompt, retrieve, fit again with the sources, then
+        stream (``chunk(i, text, finish)`` per event) or batch (``body(generations, usage)``)."""
         if (err := check(req)) is not None:
             return err
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        max_tokens, _, err = budget(req, llm.chat_prompt(messages))
+        prompt = render(question)
+        max_tokens, n_prompt, err = budget(req, prompt)
         if err is not None:
             return err
+        text, cites, extra = await retrieve(req, question, render, max_tokens, headers)
+        if text is None:
+            return extra
+        if cites:  # sources went in: the prompt changed
+            prompt = render(text)
+            max_tokens, n_prompt, err = budget(req, prompt)
+            if err is not None:
+                return err
+        if req.stream:
+            return sse(req, prompt, max_tokens, n_prompt, chunk, cites, extra)
+        result, err = await run(req, prompt, max_tokens, n_prompt)
+        if err is not None:
+            return err
+        return respond(body(*result), cites, extra)
+
+    async def chat_impl(req: ChatRequest, headers):
+        messages = [m.model_dump(exclude_none=True) for m in req.messages]
         at = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
         render = lambda text: llm.chat_prompt([*messages[:at], {**messages[at], "content": text},  # noqa: E731
                                                *messages[at + 1:]])
-        prompt, cites, extra = await retrieve(req, messages[at]["content"], render, max_tokens, headers)
-        if prompt is None:
-            return extra
-        max_tokens, n_prompt, err = budget(req, prompt)
-        if err is not None:
-            return err
         rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        if req.stream:
-            def chunk(i, text, finish):
-                delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
-                return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
-                        "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
-            return sse(req, prompt, max_tokens, n_prompt, chunk, cites, extra)
-        result, err = await run(req, prompt, max_tokens, n_prompt)
-        if err is not None:
-            return err
-        gens, usage = result
-        return respond(ChatCompletion(
-            id=rid, object="chat.completion", created=created, model=req.model, usage=usage,
-            choices=[Choice(index=i, finish_reason=g.finish_reason,
-                            message=ChatCompletionMessage(role="assistant", content=g.text))
-                     for i, g in enumerate(gens)]).model_dump(exclude_none=True), cites, extra)
+
+        def chunk(i, text, finish):
+            delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
+            return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": req.model,
+                    "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
+
+        def body(gens, usage):
+            return ChatCompletion(
+                id=rid, object="chat.completion", created=created, model=req.model, usage=usage,
+                choices=[Choice(index=i, finish_reason=g.finish_reason,
+                                message=ChatCompletionMessage(role="assistant", content=g.text))
+                         for i, g in enumerate(gens)]).model_dump(exclude_none=True)
+
+        return await answer(req, headers, messages[at]["content"], render, chunk, body)
 
     async def completions_impl(req: CompletionRequest, headers):
-        if (err := check(req)) is not None:
-            return err
-        max_tokens, _, err = budget(req, req.prompt)
-        if err is not None:
-            return err
-        prompt, cites, extra = await retrieve(req, req.prompt, lambda text: text, max_tokens, headers)
-        if prompt is None:
-            return extra
-        max_tokens, n_prompt, err = budget(req, prompt)
-        if err is not None:
-            return err
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        if req.stream:
-            def chunk(i, text, finish):
-                return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
-                        "choices": [{"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}]}
-            return sse(req, prompt, max_tokens, n_prompt, chunk, cites, extra)
-        result, err = await run(req, prompt, max_tokens, n_prompt)
-        if err is not None:
-            return err
-        gens, usage = result
-        return respond(Completion(
-            id=rid, object="text_completion", created=created, model=req.model, usage=usage,
-            choices=[CompletionChoice(index=i, text=g.text, finish_reason=g.finish_reason)
-                     for i, g in enumerate(gens)]).model_dump(exclude_none=True), cites, extra)
+
+        def chunk(i, text, finish):
+            return {"id": rid, "object": "text_completion", "created": created, "model": req.model,
+                    "choices": [{"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}]}
+
+        def body(gens, usage):
+            return Completion(
+                id=rid, object="text_completion", created=created, model=req.model, usage=usage,
+                choices=[CompletionChoice(index=i, text=g.text, finish_reason=g.finish_reason)
+                         for i, g in enumerate(gens)]).model_dump(exclude_none=True)
+
+        return await answer(req, headers, req.prompt, lambda text: text, chunk, body)
 
     return router

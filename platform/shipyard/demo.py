@@ -7,16 +7,13 @@ through the RAG sidecar (the index version pinned to the champion) and print the
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 from shipyard.data.shards import read_records
 from shipyard.pipeline_runs import RunSummary, run_local
+from shipyard.serving.local import stop, wait_ready
 
 
 @dataclass
@@ -34,22 +31,6 @@ class DemoResult:
 FAQ_QUESTION = "Why does Python use indentation for grouping of statements?"
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    """Poll ``url`` until it answers 200; fail early if the server process dies."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"model server exited with code {proc.returncode} before it was ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"model server not ready after {timeout:.0f} s ({url})")
-
-
 def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int,
                  rag_url: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
@@ -59,13 +40,7 @@ def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: i
 
 
 def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop(proc, timeout=30)
 
 
 def chat_once(port: int, model: str, question: str, max_tokens: int, rag: bool | None = None):
@@ -103,7 +78,7 @@ def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None
     rows, _ = read_records(cfg.evaluate.of_kind("generation")[0].data, ("instruction", "response"))
     question = f"{rows[0]['instruction']}\n\n{rows[0].get('input', '')}".strip()
     from shipyard.features.store import repo_for
-    from shipyard.serving.local import start_sidecar, stop
+    from shipyard.serving.local import start_sidecar
     from shipyard.tracking.registry import pinned_rag_index
 
     pinned = pinned_rag_index(tracking_uri, model_uri)

@@ -38,25 +38,36 @@ def start_sidecar(ref: str, port: int, repo: str | None = None, timeout: float =
     if repo:
         cmd += ["--repo", repo]
     proc = subprocess.Popen(cmd, env=dict(os.environ))
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout, f"RAG sidecar for {ref}")
+    except RuntimeError:
+        stop(proc)
+        raise
+    return proc
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180.0, what: str = "model server") -> None:
+    """Poll ``url`` until it answers 200; fail early if the server process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"RAG sidecar for {ref} exited with code {proc.returncode} before it was ready")
+            raise RuntimeError(f"{what} exited with code {proc.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
-                    return proc
+                    return
         except OSError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"RAG sidecar for {ref} not ready after {timeout:.0f} s")
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} not ready after {timeout:.0f} s ({url})")
 
 
-def stop(proc: subprocess.Popen) -> None:
+def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (servers drain in-flight requests), then SIGKILL after ``timeout`` seconds."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

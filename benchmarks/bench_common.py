@@ -8,6 +8,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def setup(prefix: str, model: Path | None) -> tuple[Path, Path]:
     """(work dir, model dir): ``model`` as given, else SmolLM2-135M-Instruct converted from its PyPI wheel."""
     import torch

@@ -23,9 +23,7 @@ import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -62,6 +60,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=5)
     args = ap.parse_args()
     import numpy as np
+
+    from bench_common import REPO
 
     from shipyard.features.config import RagIndexConfig
     from shipyard.features.embed import Embedder
@@ -128,12 +128,9 @@ def main() -> None:
                 print(f"  Feast milvus-lite            p50 {pct(feast_ms, .5):7.3f} ms  p99 {pct(feast_ms, .99):7.3f} ms  "
                       f"(written in {write_s:.1f} s) -> sidecar p50 {pct(feast_ms, .5) / pct(ours_ms, .5):.0f}x faster")
                 import httpx
+                from bench_common import free_port
 
-                import socket
-
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    port = s.getsockname()[1]
+                port = free_port()
                 side = start_sidecar(f"bench@{version}", port, repo)
                 try:
                     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:

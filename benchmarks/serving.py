@@ -25,14 +25,6 @@ PROMPTS = ["The Python tutorial explains", "A list comprehension is", "To open a
            "The with statement"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve(model: Path, port: int, batch: int) -> subprocess.Popen:
     from shipyard.demo import wait_ready
 
@@ -50,7 +42,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20, help="max_tokens=1 requests for the overhead p50")
     args = ap.parse_args()
 
-    from bench_common import header, setup
+    from bench_common import free_port, header, setup
     from openai import OpenAI
 
     from shipyard.demo import stop_server

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from shipyard.features.config import TENANT_PATTERN, RagIndexConfig
@@ -31,7 +31,6 @@ class IngestResult:
     quarantine_path: str | None
     seconds: float
     repo: str
-    extra: dict = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
@@ -160,7 +159,3 @@ def run_ingest(cfg: RagIndexConfig, documents: str | Path | None = None, repo: s
                           str(store.repo_path))
     log(f"rag ingest: index {result.ref} written to Feast ({result.repo})")
     return result
-
-
-def result_json(result: IngestResult) -> str:
-    return json.dumps(asdict(result), indent=2)

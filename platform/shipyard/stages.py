@@ -164,10 +164,11 @@ def _rag_index(cfg, inputs, outputs, run):
 
     from shipyard.features.ingest import run_ingest
     from shipyard.features.store import repo_for
+    from shipyard.tracking.registry import RAG_INDEX_TAG
 
     result = run_ingest(cfg.rag, cfg.rag.documents, repo_for(run.tracking_uri), log=lambda m: print(m, flush=True))
     out.write_text(json.dumps({"ref": result.ref, **asdict(result)}, indent=2))
-    run.tag({"shipyard.rag_index_version": result.ref, "shipyard.feast_repo": result.repo})
+    run.tag({RAG_INDEX_TAG: result.ref, "shipyard.feast_repo": result.repo})
     return result.metrics()
 
 

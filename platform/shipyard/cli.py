@@ -76,28 +76,76 @@ def run(pipeline: Annotated[str, typer.Argument(help="Pipeline file, e.g. pipeli
 @app.command("compile")
 def compile_(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")],
              output: Annotated[Path, typer.Option("--output", "-o", help="IR YAML to write.")] = Path(
-                 "pipeline.yaml")) -> None:
+                 "pipeline.yaml"),
+             config: Annotated[Path | None, typer.Option(
+                 "--config", "-c", help="Profile whose cluster: section places the tasks (GPU pools, "
+                                        "Secrets, pipeline root); none compiles the plain DAG.")] = None) -> None:
     """Compile a pipeline to KFP IR YAML for a cluster."""
     from shipyard.pipeline_runs import compile_pipeline
 
     try:
-        typer.echo(f"wrote {compile_pipeline(pipeline, output)}")
-    except (FileNotFoundError, ValueError) as exc:
+        typer.echo(f"wrote {compile_pipeline(pipeline, output, str(config) if config else None)}")
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+
+
+HostOpt = Annotated[str, typer.Option(help="KFP API URL (e.g. http://127.0.0.1:8080 after port-forwarding "
+                                           "ml-pipeline-ui).")]
+NamespaceOpt = Annotated[str | None, typer.Option(help="Kubernetes namespace (multi-user KFP: your profile's).")]
+
+
+@app.command()
+def submit(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")], config: ConfigOpt, host: HostOpt,
+           tracking_uri: Annotated[str, typer.Option(
+               "--tracking-uri", help="MLflow server reachable from the cluster's pods.")],
+           experiment: Annotated[str | None, typer.Option(help="KFP experiment [default: the profile's].")] = None,
+           run_name: Annotated[str | None, typer.Option(help="KFP run name [default: PIPELINE-PROFILE].")] = None,
+           service_account: Annotated[str | None, typer.Option(
+               help="ServiceAccount of the run's pods [default: the profile's cluster.service_account].")] = None,
+           namespace: NamespaceOpt = None) -> None:
+    """Submit a pipeline run to Kubeflow Pipelines on a cluster (placed per the profile's cluster: section)."""
+    from shipyard.pipeline_runs import submit as submit_run
+
+    try:
+        typer.echo(f"submitted KFP run {submit_run(pipeline, str(config), host, tracking_uri, experiment, service_account, run_name, namespace)}")
+    except (ConfigError, FileNotFoundError, ValueError, ConnectionError) as exc:
         _fail(str(exc))
 
 
 @app.command()
-def submit(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")], config: ConfigOpt,
-           host: Annotated[str, typer.Option(help="KFP API server URL.")],
-           tracking_uri: Annotated[str, typer.Option(
-               "--tracking-uri", help="MLflow server reachable from the cluster's pods.")]) -> None:
-    """Submit a pipeline run to Kubeflow Pipelines on a cluster."""
-    from shipyard.pipeline_runs import submit as submit_run
+def status(run_id: Annotated[str, typer.Argument(help="KFP run id (printed by submit).")], host: HostOpt,
+           namespace: NamespaceOpt = None) -> None:
+    """Show a KFP run's state and its tasks' states."""
+    from shipyard.pipeline_runs import run_status
 
     try:
-        typer.echo(f"submitted KFP run {submit_run(pipeline, str(config), host, tracking_uri)}")
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        info = run_status(run_id, host, namespace)
+    except (ValueError, ConnectionError) as exc:
         _fail(str(exc))
+    typer.echo(f"{info['run_id']}  {info['name']}  {info['state']}  (created {info['created_at']}, "
+               f"finished {info['finished_at']})")
+    if info["error"]:
+        typer.echo(f"error: {info['error']}")
+    for task, state in sorted(info["tasks"].items()):
+        typer.echo(f"  {task:<28} {state}")
+
+
+@app.command()
+def deploy(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
+           config: ConfigOpt, tracking_uri: TrackingOpt = None,
+           namespace: NamespaceOpt = None) -> None:
+    """Serve a registered model on KServe (the profile's cluster.deploy); rolls back if it never gets Ready."""
+    from shipyard.kube.deploy import deploy as deploy_model
+    from shipyard.config import load_pipeline_config
+
+    try:
+        cluster = load_pipeline_config(str(config), resolve_paths=False).cluster
+        if namespace:
+            cluster = cluster.model_copy(update={"deploy": cluster.deploy.model_copy(update={"namespace": namespace})})
+        d = deploy_model(model_uri, cluster, _tracking(tracking_uri), log=typer.echo)
+    except (ConfigError, ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+    typer.echo(f"serving {d.model} v{d.version} at {d.url}")
 
 
 @app.command()

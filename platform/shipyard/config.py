@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from shipyard.data.filter_config import DataFilterConfig
 from shipyard.eval.spec import EvalSpec
 from shipyard.features.config import RagIndexConfig
+from shipyard.kube.cluster import ClusterConfig
 from shipyard.optimize.config import OptimizeConfig, QuantizeConfig  # noqa: F401  (re-exported)
 from shipyard.schema import ConfigError, StrictModel  # re-exported: callers import them from here
 from shipyard.models.select import BaseModelConfig  # noqa: F401  (re-exported)
@@ -151,6 +152,8 @@ class PipelineConfig(StrictModel):
     serve: ServeConfig = ServeConfig()
     rag: RagIndexConfig | None = Field(None, description="Documents indexed for RAG; the registered model "
                                                          "version is pinned to the index version.")
+    cluster: ClusterConfig = Field(ClusterConfig(), description="Kubernetes placement, secrets and deploy "
+                                                                "(shipyard.kube.cluster); kfp.local ignores it.")
 
     @model_validator(mode="after")
     def _cross_stage(self) -> PipelineConfig:

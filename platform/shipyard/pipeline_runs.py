@@ -113,26 +113,78 @@ def run_local(pipeline_ref: str, config_path: str, tracking_uri: str | None = No
     return summarize(tracking_uri, parent, time.perf_counter() - t0)
 
 
-def compile_pipeline(pipeline_ref: str, output: str | Path) -> Path:
-    """Compile to KFP IR YAML (loadable by ``kfp.components.load_component_from_file``)."""
+def cluster_pipeline(pipeline_ref: str, config_path: str | None = None):
+    """The pipeline as a cluster runs it: placed per the profile's ``cluster:`` section when one is given."""
+    pipeline = load_pipeline(pipeline_ref)
+    if config_path is None:
+        return pipeline, None
+    from shipyard.kube.placement import place
+
+    cfg = load_pipeline_config(config_path, resolve_paths=False)
+    return place(pipeline, cfg.cluster), cfg
+
+
+def compile_pipeline(pipeline_ref: str, output: str | Path, config_path: str | None = None) -> Path:
+    """Compile to KFP IR YAML (loadable by ``kfp.components.load_component_from_file``); with a profile,
+    GPU stages get their pool's accelerator, node selector and tolerations, and every task the Secrets."""
     from kfp import compiler
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(load_pipeline(pipeline_ref), package_path=str(output))
+    compiler.Compiler().compile(cluster_pipeline(pipeline_ref, config_path)[0], package_path=str(output))
     return output
 
 
+def check_reachable(host: str, timeout: float = 5.0) -> str:
+    """The KFP API's base URL once its healthz answers; a ConnectionError naming the URL otherwise."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"--host {host!r}: expected an http(s):// URL of the KFP API (ml-pipeline-ui or ml-pipeline)")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return host.rstrip("/")
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):  # behind auth: reachable, kfp.Client brings the credentials
+            return host.rstrip("/")
+        raise ConnectionError(f"KFP API at {url} answered {exc.code} {exc.reason}") from None
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"KFP API at {url} is unreachable: {reason}") from None
+
+
 def submit(pipeline_ref: str, config_path: str, host: str, tracking_uri: str,
-           experiment: str | None = None) -> str:
-    """Submit to a KFP API server; the cluster's components log to ``tracking_uri``. Returns the KFP run id."""
+           experiment: str | None = None, service_account: str | None = None, run_name: str | None = None,
+           namespace: str | None = None) -> str:
+    """Submit to a KFP API server; the cluster's components log to ``tracking_uri``. Returns the KFP run id.
+
+    Raises:
+        ConnectionError: the KFP API does not answer (before anything is created anywhere).
+    """
     import kfp
 
-    cfg = load_pipeline_config(config_path, resolve_paths=False)
-    pipeline = load_pipeline(pipeline_ref)
+    host = check_reachable(host)
+    pipeline, cfg = cluster_pipeline(pipeline_ref, config_path)
     parent = start_pipeline_run(tracking_uri, cfg.experiment, pipeline.name, cfg, config_path)
-    kfp_client = kfp.Client(host=host)
+    kfp_client = kfp.Client(host=host, namespace=namespace)
     result = kfp_client.create_run_from_pipeline_func(
         pipeline, arguments=pipeline_arguments(pipeline, cfg, tracking_uri, parent),
-        experiment_name=experiment or cfg.experiment, run_name=f"{pipeline.name}-{cfg.name}")
+        experiment_name=experiment or cfg.experiment, run_name=run_name or f"{pipeline.name}-{cfg.name}",
+        namespace=namespace, pipeline_root=cfg.cluster.pipeline_root,
+        service_account=service_account or cfg.cluster.service_account)
     return result.run_id
+
+
+def run_status(run_id: str, host: str, namespace: str | None = None) -> dict:
+    """A KFP run's state and its tasks' states (``shipyard status``)."""
+    import kfp
+
+    run = kfp.Client(host=check_reachable(host), namespace=namespace).get_run(run_id)
+    tasks = {}
+    for t in ((run.run_details.task_details if run.run_details else None) or []):
+        tasks[t.display_name] = t.state
+    return {"run_id": run.run_id, "name": run.display_name, "state": run.state, "error": (run.error.message if
+            run.error else None), "created_at": str(run.created_at), "finished_at": str(run.finished_at),
+            "tasks": tasks}

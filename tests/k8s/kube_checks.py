@@ -151,7 +151,8 @@ def workload_violations(obj: dict) -> list[str]:
                 missing = {"cpu", "memory"} - set(res.get(part) or {})
                 if missing:
                     bad.append(f"{at}: resources.{part} lacks {sorted(missing)}")
-            if obj["kind"] in LONG_RUNNING and c in pod.get("containers", []):
+            merged = obj["kind"] == "InferenceService" and c["name"] == "kserve-container"  # probes: its runtime's
+            if obj["kind"] in LONG_RUNNING and c in pod.get("containers", []) and not merged:
                 for probe in ("readinessProbe", "livenessProbe"):
                     if probe not in c:
                         bad.append(f"{at}: no {probe}")

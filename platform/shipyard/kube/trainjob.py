@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 import time
 
+from shipyard.kube.client import current_namespace, custom_objects_api
+
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 CONTAINER = "node"  # the torch-distributed runtime's replicated job and container are both named "node"
 
@@ -87,36 +89,13 @@ def outcome(obj: dict) -> tuple[str, str]:
     return "running", ""
 
 
-def _api():
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        try:
-            config.load_kube_config()
-        except Exception as exc:  # noqa: BLE001 - any failure means: no cluster to talk to
-            raise RuntimeError(f"no Kubernetes API configured (in-cluster or kubeconfig): pretrain.nodes > 1 "
-                               f"submits a TrainJob and needs a cluster ({exc})") from None
-    return client.CustomObjectsApi()
-
-
-def current_namespace() -> str:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return "default"
-
-
 def submit_and_wait(obj: dict, poll_s: float = 15.0, log=print, api=None) -> dict:
     """Create the TrainJob (or attach to it if it exists: a retried pod), wait for the outcome.
 
     Raises:
         RuntimeError: the job failed (with the controller's reason and message) or timed out.
     """
-    api = api or _api()
+    api = api or custom_objects_api("pretrain.nodes > 1 submits a TrainJob and needs a cluster")
     ns = obj["metadata"].get("namespace") or current_namespace()
     name = obj["metadata"]["name"]
     from kubernetes.client.exceptions import ApiException

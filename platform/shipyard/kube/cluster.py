@@ -1,0 +1,119 @@
+"""The profile's ``cluster:`` section: where a pipeline's pods run on Kubernetes, and how deploy serves.
+
+    cluster:
+      pipeline_root: s3://shipyard/pipelines
+      secrets: {mlflow: shipyard-mlflow-client, s3: shipyard-s3-client}
+      pools:
+        h100:
+          node_selector: {cloud.google.com/gke-accelerator: nvidia-h100-80gb}
+          tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+          accelerator: nvidia.com/gpu
+          count: 1
+      placement: {pretrain: h100, finetune: h100, align: h100}
+      deploy: {namespace: shipyard, pool: h100, min_replicas: 1, max_replicas: 4}
+
+kfp.local ignores all of it; ``shipyard compile -c`` and ``shipyard submit`` apply it to the DAG
+(kfp-kubernetes) and ``shipyard deploy`` to the InferenceService. The pools mirror the Helm chart's
+``gpuPools`` values (camelCase there, as Kubernetes spells them).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from shipyard.schema import StrictModel
+
+# Stages a pool can be given to: the lifecycle's components (KFP task names with '-' as '_').
+PLACEABLE = ("data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "reward_model",
+             "align", "critique_revise", "optimize", "evaluate", "rag_index", "register", "deploy")
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$"
+
+
+class Toleration(StrictModel):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class GpuPool(StrictModel):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    accelerator: str = Field("nvidia.com/gpu", pattern=r"^[a-z0-9.-]+/[a-z0-9.-]+$",
+                             description="The extended resource the device plugin advertises.")
+    count: int = Field(1, ge=1, le=16, description="Accelerators per pod.")
+    cpu: str | None = Field(None, pattern=QUANTITY, description="CPU limit per pod on this pool.")
+    memory: str | None = Field(None, pattern=QUANTITY, description="Memory limit per pod on this pool.")
+
+
+class ClusterSecrets(StrictModel):
+    """Secrets in the pipeline namespace, injected as env with kfp.kubernetes.use_secret_as_env."""
+
+    mlflow: str | None = Field("shipyard-mlflow-client", pattern=DNS_LABEL,
+                               description="keys username, password -> MLFLOW_TRACKING_USERNAME/PASSWORD")
+    s3: str | None = Field("shipyard-s3-client", pattern=DNS_LABEL,
+                           description="keys access-key, secret-key, endpoint -> AWS_ACCESS_KEY_ID, "
+                                       "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL")
+
+
+class DeployConfig(StrictModel):
+    """The InferenceService ``shipyard deploy`` builds for a registered model version."""
+
+    name: str | None = Field(None, pattern=DNS_LABEL, max_length=45,
+                             description="InferenceService name (default: the registered model's name).")
+    namespace: str | None = Field(None, pattern=DNS_LABEL, description="Default: the current namespace.")
+    runtime: str = Field("shipyard-llm", pattern=DNS_LABEL, description="The Helm chart's ServingRuntime.")
+    pool: str | None = Field(None, description="A cluster.pools name; CPU serving when unset.")
+    cpu: str = Field("2", pattern=QUANTITY)
+    memory: str = Field("8Gi", pattern=QUANTITY)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    mode: Literal["RawDeployment", "Serverless"] = Field(
+        "RawDeployment", description="KServe deployment mode: plain Deployments, or Knative (scale to zero, canary).")
+    canary_traffic_percent: int | None = Field(None, ge=0, le=100,
+                                               description="Traffic to the new revision; the rest stays on the last "
+                                                           "(Serverless mode).")
+    alias: str = Field("deployed", pattern=r"^[a-z][a-z0-9_-]*$",
+                       description="Registry alias that follows what serves; rolled back when not Ready.")
+    artifacts_destination: str = Field("s3://shipyard/mlflow", pattern=r"^(s3|gs)://",
+                                       description="Where the MLflow server stores artifacts (the chart's).")
+    rag_port: int = Field(8081, ge=1024, le=65535)
+    service_account: str | None = Field(None, pattern=DNS_LABEL)
+    timeout_s: int = Field(900, gt=0, description="How long to wait for Ready before rolling back.")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> DeployConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        if self.canary_traffic_percent is not None and self.mode != "Serverless":
+            raise ValueError("canary_traffic_percent: KServe splits traffic only in mode Serverless")
+        return self
+
+
+class ClusterConfig(StrictModel):
+    pipeline_root: str | None = Field(None, pattern=r"^(s3|gs|minio)://[a-z0-9][a-z0-9.-]+(/.*)?$",
+                                      description="Where KFP keeps artifacts (MinIO/S3 on the chart).")
+    secrets: ClusterSecrets = ClusterSecrets()
+    pools: dict[str, GpuPool] = Field(default_factory=dict)
+    placement: dict[str, str] = Field(default_factory=dict, description="stage -> pool name")
+    service_account: str | None = Field(None, pattern=DNS_LABEL,
+                                        description="Pipeline runs' ServiceAccount (the chart's pipeline runner).")
+    deploy: DeployConfig = DeployConfig()
+
+    @model_validator(mode="after")
+    def _pools_exist(self) -> ClusterConfig:
+        for stage, pool in self.placement.items():
+            if stage not in PLACEABLE:
+                raise ValueError(f"placement.{stage}: not a stage ({', '.join(PLACEABLE)})")
+            if pool not in self.pools:
+                raise ValueError(f"placement.{stage}: pool {pool!r} is not in pools ({', '.join(self.pools) or 'none'})")
+        if self.deploy.pool is not None and self.deploy.pool not in self.pools:
+            raise ValueError(f"deploy.pool: {self.deploy.pool!r} is not in pools ({', '.join(self.pools) or 'none'})")
+        return self
+
+    def pool_for(self, stage: str) -> GpuPool | None:
+        name = self.placement.get(stage)
+        return self.pools[name] if name else None

@@ -1,0 +1,67 @@
+"""Put a pipeline's tasks where the profile's ``cluster:`` section says (kfp-kubernetes), at compile time.
+
+Pipelines stay cluster-agnostic (the same DAG runs on kfp.local); ``place`` rebuilds one with, for
+every task: the MLflow and S3 Secrets as env (``use_secret_as_env``), and for the stages
+``cluster.placement`` gives a pool: the CUDA image, the accelerator type and count, the pool's node
+selector and tolerations, and its CPU/memory limits. ``pipeline_root`` becomes the IR's default root.
+"""
+
+from __future__ import annotations
+
+import functools
+
+MLFLOW_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+S3_KEYS = {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY", "endpoint": "AWS_ENDPOINT_URL"}
+
+
+def stage_of(task) -> str:
+    return task.component_spec.name.replace("-", "_")
+
+
+def place_task(task, cluster) -> None:
+    from kfp import kubernetes
+
+    from shipyard.components.images import SHIPYARD_GPU_IMAGE
+
+    if cluster.secrets.mlflow:
+        kubernetes.use_secret_as_env(task, cluster.secrets.mlflow, dict(MLFLOW_KEYS))
+    if cluster.secrets.s3:
+        kubernetes.use_secret_as_env(task, cluster.secrets.s3, dict(S3_KEYS))
+    pool = cluster.pool_for(stage_of(task))
+    if pool is None:
+        return
+    task.set_container_image(SHIPYARD_GPU_IMAGE)
+    task.set_accelerator_type(pool.accelerator).set_accelerator_limit(pool.count)
+    if pool.cpu:
+        task.set_cpu_limit(pool.cpu)
+    if pool.memory:
+        task.set_memory_limit(pool.memory)
+    for key, value in sorted(pool.node_selector.items()):
+        kubernetes.add_node_selector(task, key, value)
+    for t in pool.tolerations:
+        kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value, effect=t.effect)
+
+
+def place(pipeline, cluster):
+    """The same pipeline, rebuilt with every task placed per ``cluster`` (a ClusterConfig)."""
+    from kfp import dsl
+    from kfp.dsl import pipeline_context
+
+    func = pipeline.pipeline_func
+    stages = set()
+
+    @functools.wraps(func)
+    def placed(*args, **kwargs):
+        out = func(*args, **kwargs)
+        for task in pipeline_context.Pipeline.get_default_pipeline().tasks.values():
+            stages.add(stage_of(task))
+            place_task(task, cluster)
+        return out
+
+    rebuilt = dsl.pipeline(name=pipeline.name, description=pipeline.description,
+                           pipeline_root=cluster.pipeline_root)(placed)
+    missing = sorted(set(cluster.placement) - stages)
+    if missing:
+        raise ValueError(f"cluster.placement names stages this pipeline does not run: {', '.join(missing)} "
+                         f"(it runs {', '.join(sorted(stages))})")
+    return rebuilt

@@ -91,7 +91,8 @@ def pod_specs(obj: dict) -> list[tuple[str, dict, dict]]:
         out = []
         for patch in spec.get("runtimePatches", []):
             for job in patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", []):
-                out.append((f"{where}[{job['name']}]", job["template"]["spec"]["template"]["spec"], {}))
+                t = job["template"]["spec"]["template"]
+                out.append((f"{where}[{job['name']}]", t["spec"], t.get("metadata", {}).get("labels", {})))
         return out
     return []
 

@@ -41,10 +41,16 @@ def build_train_job(name: str, image: str, spec_path: str, cfg, labels: dict[str
     if tj.gpus_per_node:
         limits["nvidia.com/gpu"] = str(tj.gpus_per_node)
     pod: dict = {
-        "containers": [{"name": CONTAINER, "volumeMounts": [{"name": "workspace", "mountPath": tj.workspace_mount}],
+        "containers": [{"name": CONTAINER, "volumeMounts": [{"name": "workspace", "mountPath": tj.workspace_mount},
+                                                             {"name": "tmp", "mountPath": "/tmp"},
+                                                             {"name": "shm", "mountPath": "/dev/shm"}],
+                        "env": [{"name": "HOME", "value": "/tmp"}],
                         "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                                            "capabilities": {"drop": ["ALL"]}}}],
-        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": tj.workspace_claim}}],
+                                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}}],
+        # scratch on a read-only root; /dev/shm for the DataLoader workers and NCCL
+        "volumes": [{"name": "workspace", "persistentVolumeClaim": {"claimName": tj.workspace_claim}},
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}},
+                    {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}}],
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
     }
     if tj.node_selector:
@@ -71,7 +77,10 @@ def build_train_job(name: str, image: str, spec_path: str, cfg, labels: dict[str
             "runtimePatches": [{
                 "manager": "shipyard.io/pretrain",
                 "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-                    {"name": CONTAINER, "template": {"spec": {"template": {"spec": pod}}}}]}}},
+                    {"name": CONTAINER, "template": {"spec": {"template": {
+                        "metadata": {"labels": {"app.kubernetes.io/part-of": "shipyard",
+                                                "app.kubernetes.io/component": "trainer"}},
+                        "spec": pod}}}}]}}},
             }],
         },
     }

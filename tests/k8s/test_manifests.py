@@ -1,0 +1,72 @@
+"""manifests/: every kustomize overlay renders (kubectl kustomize) into objects a cluster accepts."""
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from conftest import REPO
+from kube_checks import load_all, restricted_violations, unselected_pods, validate, workload_violations
+
+pytestmark = pytest.mark.k8s
+OVERLAYS = sorted(p.name for p in (REPO / "manifests" / "overlays").iterdir())
+RUNTIME_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}  # from the InferenceService
+
+
+def _render(overlay: str) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not on PATH (the image has 1.32)"
+    out = subprocess.run([kubectl, "kustomize", str(REPO / "manifests" / "overlays" / overlay)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return load_all(out.stdout)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_renders_valid_restricted_covered_objects(overlay):
+    assert OVERLAYS == ["cpu-dev", "gpu"]
+    objects = _render(overlay)
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == ["InferenceService", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Role",
+                     "RoleBinding", "ServiceAccount", "ServingRuntime", "TrainJob"]
+    for obj in objects:
+        validate(obj)
+    bad = [v for o in objects for v in restricted_violations(o, RUNTIME_POD if o["kind"] == "ServingRuntime" else None)]
+    bad += [v for o in objects for v in workload_violations(o) if o["kind"] != "TrainJob"]
+    bad += [f"{w}: selected by no NetworkPolicy" for w in unselected_pods(objects)]
+    assert not bad, "\n".join(bad)
+    ns = {"cpu-dev": "shipyard-dev", "gpu": "shipyard"}[overlay]
+    assert {o["metadata"].get("namespace") for o in objects} == {ns}
+    images = {c["image"] for o in objects if o["kind"] in ("ServingRuntime", "InferenceService")
+              for c in (o["spec"].get("containers") or o["spec"].get("predictor", {}).get("containers", []))}
+    images.add(next(o for o in objects if o["kind"] == "TrainJob")["spec"]["trainer"]["image"])
+    want = "shipyard-cuda" if overlay == "gpu" else "shipyard"
+    assert images == {f"ghcr.io/shipyard-llmops/{want}:0.1.0"}, images
+
+
+def test_gpu_overlay_puts_serving_and_training_on_gpus():
+    objects = {o["kind"]: o for o in _render("gpu")}
+    pred = objects["InferenceService"]["spec"]["predictor"]
+    assert pred["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pred["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert objects["ServingRuntime"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    trainer = objects["TrainJob"]["spec"]["trainer"]
+    assert trainer["numProcPerNode"] == 8 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+
+
+def test_base_objects_are_what_the_code_builds():
+    """The base's InferenceService and TrainJob are the builders' output (regenerate them if these fail)."""
+    from shipyard.kube.cluster import DeployConfig
+    from shipyard.kube.inference_service import build_inference_service
+    from shipyard.kube.trainjob import build_train_job
+    from shipyard.train.pretrain_config import PretrainConfig
+
+    base = REPO / "manifests" / "base"
+    isvc = build_inference_service("shipyard-tiny", "s3://shipyard/mlflow/1/models/m-0123456789abcdef/artifacts",
+                                   DeployConfig(), rag_index="python_faq@1", image="shipyard",
+                                   model_labels={"shipyard.io/model": "shipyard-tiny", "shipyard.io/model-version": "1"})
+    assert yaml.safe_load((base / "inferenceservice.yaml").read_text()) == isvc
+    cfg = PretrainConfig(nodes=2, nproc_per_node=1, trainjob={"workspace_claim": "shipyard-workspace", "cpu": "4",
+                                                               "memory": "16Gi"})
+    tj = build_train_job("shipyard-pretrain-example", "shipyard", "/workspace/shipyard/example/pretrain/spec.json", cfg)
+    assert yaml.safe_load((base / "trainjob.yaml").read_text()) == tj

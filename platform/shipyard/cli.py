@@ -102,12 +102,23 @@ def submit(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")], conf
            run_name: Annotated[str | None, typer.Option(help="KFP run name [default: PIPELINE-PROFILE].")] = None,
            service_account: Annotated[str | None, typer.Option(
                help="ServiceAccount of the run's pods [default: the profile's cluster.service_account].")] = None,
-           namespace: NamespaceOpt = None) -> None:
+           namespace: NamespaceOpt = None,
+           param: Annotated[list[str] | None, typer.Option(
+               help="A pipeline parameter KEY=VALUE (repeatable), e.g. model_uri=models:/NAME@champion.")] = None
+           ) -> None:
     """Submit a pipeline run to Kubeflow Pipelines on a cluster (placed per the profile's cluster: section)."""
     from shipyard.pipeline_runs import submit as submit_run
 
+    params = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            _fail(f"--param {item!r}: expected KEY=VALUE")
+        params[key] = value
     try:
-        typer.echo(f"submitted KFP run {submit_run(pipeline, str(config), host, tracking_uri, experiment, service_account, run_name, namespace)}")
+        run_id = submit_run(pipeline, str(config), host, tracking_uri, experiment, service_account, run_name,
+                            namespace, params)
+        typer.echo(f"submitted KFP run {run_id}")
     except (ConfigError, FileNotFoundError, ValueError, ConnectionError) as exc:
         _fail(str(exc))
 

@@ -155,22 +155,39 @@ def check_reachable(host: str, timeout: float = 5.0) -> str:
         raise ConnectionError(f"KFP API at {url} is unreachable: {reason}") from None
 
 
+def run_arguments(pipeline, cfg, tracking_uri: str, parent_run_id: str, params: dict[str, str] | None) -> dict:
+    """The standard arguments plus ``params`` (``--param K=V``), checked against the pipeline's inputs."""
+    args = pipeline_arguments(pipeline, cfg, tracking_uri, parent_run_id)
+    inputs = pipeline.component_spec.inputs or {}
+    for key in params or {}:
+        if key not in inputs or key in args:
+            free = sorted(set(inputs) - set(args))
+            raise ValueError(f"--param {key}: {pipeline.name} takes {', '.join(free) or 'no other parameters'}")
+    args.update(params or {})
+    missing = sorted(k for k, spec in inputs.items() if k not in args and not spec.optional)
+    if missing:
+        raise ValueError(f"{pipeline.name} needs --param " + " ".join(f"{k}=..." for k in missing))
+    return args
+
+
 def submit(pipeline_ref: str, config_path: str, host: str, tracking_uri: str,
            experiment: str | None = None, service_account: str | None = None, run_name: str | None = None,
-           namespace: str | None = None) -> str:
+           namespace: str | None = None, params: dict[str, str] | None = None) -> str:
     """Submit to a KFP API server; the cluster's components log to ``tracking_uri``. Returns the KFP run id.
 
     Raises:
+        ValueError: a bad profile, ``params`` the pipeline does not take or a missing one.
         ConnectionError: the KFP API does not answer (before anything is created anywhere).
     """
     import kfp
 
-    host = check_reachable(host)
     pipeline, cfg = cluster_pipeline(pipeline_ref, config_path)
+    run_arguments(pipeline, cfg, tracking_uri, "", params)  # fail on bad params before touching anything
+    host = check_reachable(host)
     parent = start_pipeline_run(tracking_uri, cfg.experiment, pipeline.name, cfg, config_path)
     kfp_client = kfp.Client(host=host, namespace=namespace)
     result = kfp_client.create_run_from_pipeline_func(
-        pipeline, arguments=pipeline_arguments(pipeline, cfg, tracking_uri, parent),
+        pipeline, arguments=run_arguments(pipeline, cfg, tracking_uri, parent, params),
         experiment_name=experiment or cfg.experiment, run_name=run_name or f"{pipeline.name}-{cfg.name}",
         namespace=namespace, pipeline_root=cfg.cluster.pipeline_root,
         service_account=service_account or cfg.cluster.service_account)

@@ -192,6 +192,19 @@ def _register(cfg, inputs, outputs, run):
     return {"version": float(decision["version"]), "gate_passed": float(decision["gate_passed"])}
 
 
+def _deploy(cfg, inputs, outputs, run, model_uri: str = ""):
+    """Serve a registered version on KServe (``shipyard.kube.deploy``): Ready, or rolled back."""
+    from dataclasses import asdict
+
+    from shipyard.kube.deploy import deploy
+
+    d = deploy(model_uri, cfg.cluster, run.tracking_uri, log=lambda m: print(m, flush=True))
+    (Path(outputs["deployment"]) / "deployment.json").write_text(json.dumps(asdict(d), indent=2))
+    run.tag({"shipyard.inference_service": f"{d.namespace}/{d.name}", "shipyard.deployed_version": d.version,
+             "shipyard.url": d.url})
+    return {"version": float(d.version)}
+
+
 STAGES: dict[str, StageFn] = {
     "data_filter_shard": _data_filter_shard,
     "data_filter": _data_filter,
@@ -205,6 +218,7 @@ STAGES: dict[str, StageFn] = {
     "evaluate": _evaluate,
     "rag_index": _rag_index,
     "register": _register,
+    "deploy": _deploy,
 }
 
 
@@ -213,6 +227,8 @@ def _stage_config(cfg: PipelineConfig, stage: str):
         return cfg.register_
     if stage == "rag_index":
         return cfg.rag
+    if stage == "deploy":
+        return cfg.cluster.deploy
     return getattr(cfg, "data_filter" if stage == "data_filter_shard" else stage)
 
 

@@ -51,10 +51,14 @@ def test_gpu_profile_places_gpu_stages_and_injects_secrets(tmp_path):
     assert k8s["exec-pretrain"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                                     "effect": "NoSchedule"}]
     assert "nodeSelector" not in k8s["exec-data-filter"]
-    for name in ex:  # every task gets the MLflow and S3 credentials from Secrets
+    for name in ex:  # every task gets the MLflow and S3 credentials from Secrets; rag_index Feast's too
         envs = {e["envVar"] for s in k8s[name]["secretAsEnv"] for e in s["keyToEnv"]}
         assert envs == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
-                        "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"}, name
+                        "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", *(["PGPASSWORD"] if name == "exec-rag-index" else [])
+                        }, name
+    assert k8s["exec-rag-index"]["configMapAsVolume"][0]["configMapName"] == "shipyard-feast"
+    rag_env = {e["name"]: e["value"] for e in ex["exec-rag-index"]["container"]["env"]}
+    assert rag_env == {"SHIPYARD_FEAST_REPO": "/etc/feast", "SHIPYARD_FEAST_DATA": "s3://shipyard/feast"}
     # placing did not leak into the pipeline object: the plain compile is still CPU everywhere
     plain = yaml.safe_load(compile_pipeline(str(REPO / "pipelines" / "lifecycle.py"), tmp_path / "p.yaml").read_text())
     assert plain["deploymentSpec"]["executors"]["exec-pretrain"]["container"]["image"] == cpu["image"]
@@ -90,3 +94,16 @@ def test_submit_without_a_reachable_host_fails_fast_naming_the_url():
         assert time.monotonic() - t0 < 10
     with pytest.raises(ValueError, match="expected an http"):
         submit("pipelines/lifecycle.py", "pipelines/configs/ci-tiny.yaml", "ml-pipeline:8888", "http://m")
+
+
+def test_submit_checks_pipeline_params_before_anything_else():
+    from shipyard.pipeline_runs import submit
+
+    args = (str(REPO / "pipelines" / "deploy.py"), str(REPO / "pipelines" / "configs" / "gpu-small.yaml"),
+            "http://127.0.0.1:9", "http://mlflow:5000")
+    with pytest.raises(ValueError, match=r"shipyard-deploy needs --param model_uri=\.\.\."):
+        submit(*args)
+    with pytest.raises(ValueError, match="--param modl: shipyard-deploy takes model_uri"):
+        submit(*args, params={"modl": "x"})
+    with pytest.raises(ConnectionError):  # params fine: now the host is tried
+        submit(*args, params={"model_uri": "models:/x@champion"})

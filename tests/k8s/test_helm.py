@@ -55,7 +55,7 @@ def test_credentials_come_from_secrets_only(rendered):
     assert env["PGPASSWORD"] == {"secretKeyRef": {"name": "shipyard-postgres", "key": "password"}}
     assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": "shipyard-minio", "key": "root-password"}}
     assert "--app-name=basic-auth" in mlflow["args"]
-    assert "--backend-store-uri=postgresql://shipyard@shipyard-postgres:5432/shipyard" in mlflow["args"]
+    assert "--backend-store-uri=postgresql://shipyard@shipyard-postgres.shipyard.svc:5432/shipyard" in mlflow["args"]
     assert "--artifacts-destination=s3://shipyard/mlflow" in mlflow["args"]
     auth_ini = _by(objects, "ConfigMap", "-mlflow-auth")["data"]["basic_auth.ini"]
     feast_yaml = _by(objects, "ConfigMap", "-feast")["data"]["feature_store.yaml"]
@@ -71,12 +71,16 @@ def test_feast_config_is_one_feast_accepts(rendered, tmp_path, monkeypatch):
     import yaml
     from feast.repo_config import RepoConfig
 
-    text = _by(rendered["gpu-values.yaml"], "ConfigMap", "-feast")["data"]["feature_store.yaml"]
+    text = _by(rendered["cpu-dev-values.yaml"], "ConfigMap", "-feast")["data"]["feature_store.yaml"]
     monkeypatch.setenv("PGPASSWORD", "s3cret")
     cfg = RepoConfig(**yaml.safe_load(os.path.expandvars(text)), repo_path=tmp_path)
     assert cfg.online_store.type == "postgres" and cfg.online_store.vector_enabled
     assert cfg.online_store.similarity == "cosine"  # the embedding field's vector_search_metric
-    assert cfg.registry.registry_type == "sql" and ":s3cret@shipyard-postgres:5432/" in cfg.registry.path
+    assert cfg.registry.registry_type == "sql" and ":s3cret@shipyard-postgres.shipyard.svc:5432/" in cfg.registry.path
+    # shareConfig: the same ConfigMap in the pipeline namespace, where rag_index mounts it
+    shared = [o for o in rendered["gpu-values.yaml"] if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shipyard-feast"]
+    assert sorted(o["metadata"]["namespace"] for o in shared) == ["kubeflow", "shipyard"]
+    assert shared[0]["data"] == shared[1]["data"] and shared[0]["data"]["data_uri"] == "s3://shipyard/feast"
 
 
 def test_gpu_pools_place_the_serving_runtime_and_replicas_get_pdbs(rendered):

@@ -1,6 +1,5 @@
 """TrainJob: the object validates against the upstream CRD; the stage submits it, waits, collects the model."""
 
-import json
 import os
 import subprocess
 import sys

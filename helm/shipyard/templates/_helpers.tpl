@@ -71,7 +71,7 @@ seccompProfile:
 {{/* S3 coordinates and credentials, as env, for every S3 client (MLflow, Feast, the runtime's storage). */}}
 {{- define "shipyard.s3Endpoint" -}}
 {{- if .Values.minio.enabled -}}
-{{- printf "http://%s-minio:9000" (include "shipyard.fullname" .) -}}
+{{- printf "http://%s-minio.%s.svc:9000" (include "shipyard.fullname" .) .Release.Namespace -}}
 {{- else -}}
 {{- required "s3.endpoint is required when minio.enabled is false" .Values.s3.endpoint -}}
 {{- end -}}
@@ -96,10 +96,10 @@ seccompProfile:
   value: {{ include "shipyard.s3Endpoint" . | quote }}
 {{- end -}}
 
-{{/* Postgres coordinates; PGPASSWORD is read by libpq, so no password ever sits in a URI or a ConfigMap. */}}
+{{/* Postgres coordinates (FQDN: the Feast config is shared with the client namespaces); PGPASSWORD is read by libpq, so no password ever sits in a URI or a ConfigMap. */}}
 {{- define "shipyard.postgresHost" -}}
 {{- if .Values.postgres.enabled -}}
-{{- printf "%s-postgres" (include "shipyard.fullname" .) -}}
+{{- printf "%s-postgres.%s.svc" (include "shipyard.fullname" .) .Release.Namespace -}}
 {{- else -}}
 {{- required "postgres.external.host is required when postgres.enabled is false" .Values.postgres.external.host -}}
 {{- end -}}

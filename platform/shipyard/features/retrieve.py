@@ -87,7 +87,11 @@ def exact(vecs, q, top_k: int) -> list[tuple[int, float]]:
 
 
 class FeastRetriever:
-    """The same search through Feast's ``retrieve_online_documents_v2`` (the online store's vector index)."""
+    """The same search through Feast's ``retrieve_online_documents_v2`` (the online store's vector index).
+
+    The reference, not the default: Feast 0.67's pgvector store applies filters (tenant, doc_id)
+    after taking the top_k nearest rows, so a filtered query can return fewer than top_k hits.
+    """
 
     def __init__(self, store, view):
         self.store, self.view = store, view
@@ -99,8 +103,15 @@ class FeastRetriever:
                  *(ComparisonFilter(type="eq", key=k, value=v) for k, v in (filters or {}).items())]
         flt = conds[0] if len(conds) == 1 else CompoundFilter(type="and", filters=conds)
         name = self.view.name
+        from shipyard.features.store import cosine_metric
+
+        # Milvus reports cosine similarity as "distance"; pgvector (the Helm chart's store) the distance 1 - cos.
+        metric = cosine_metric(self.store)
+        pgvector = metric == "cosine"
         df = self.store.retrieve_online_documents_v2(
             features=[f"{name}:{f}" for f in ("chunk", "text", "source", "doc_id")], query=list(map(float, query_vec)),
-            top_k=top_k, distance_metric="COSINE", filters=flt).to_df()
-        df = df.dropna(subset=["chunk"]).sort_values("distance", ascending=False)
-        return [Hit(r.chunk, r.text, r.source, r.doc_id, float(r.distance)) for r in df.itertuples()]
+            top_k=top_k, distance_metric=metric, filters=flt).to_df()
+        df = df.dropna(subset=["chunk"])
+        df["score"] = 1.0 - df["distance"] if pgvector else df["distance"]
+        df = df.sort_values("score", ascending=False)
+        return [Hit(r.chunk, r.text, r.source, r.doc_id, float(r.score)) for r in df.itertuples()]

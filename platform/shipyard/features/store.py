@@ -3,11 +3,13 @@
 Each ingest of index ``NAME`` writes version N as its own feature view ``NAME_vN`` (entity
 ``chunk_id``; features chunk, doc_id, text, source, tenant and the embedding with a vector index),
 tagged ``shipyard.index``/``shipyard.index_version``. Its rows are the view's offline source (a
-parquet file beside the repo) and are written to the online store (milvus-lite by default, a Milvus
-server on a cluster), so older versions stay servable while a model pinned to them is live.
+parquet file under ``$SHIPYARD_FEAST_DATA``, e.g. ``s3://shipyard/feast`` on a cluster so every pod
+reads the same rows, else ``<repo>/data``) and are written to the online store (milvus-lite
+locally; Postgres + pgvector with the Helm chart), so older versions stay servable while a model
+pinned to them is live.
 
 The repo is ``$SHIPYARD_FEAST_REPO``, else ``<state dir>/feast``; a ``feature_store.yaml`` already
-there (e.g. the Helm chart's) is used as is, otherwise a local one is written.
+there (e.g. the Helm chart's ConfigMap) is used as is, otherwise a local one is written.
 """
 
 from __future__ import annotations
@@ -109,6 +111,11 @@ def resolve(store, ref: str):
     return index, version, found[version]
 
 
+def cosine_metric(store) -> str:
+    """The online store's name for cosine search: pgvector (the Helm chart's store) spells it lowercase."""
+    return "cosine" if store.config.online_store.type == "postgres" else "COSINE"
+
+
 def write_version(store, index: str, frame, tags: dict[str, str]) -> int:
     """Register the next version of ``index`` with ``frame``'s rows (offline parquet + online store)."""
     from datetime import timedelta
@@ -118,16 +125,16 @@ def write_version(store, index: str, frame, tags: dict[str, str]) -> int:
 
     version = max(versions(store, index), default=0) + 1
     name = view_name(index, version)
-    data = Path(store.repo_path) / "data"
-    data.mkdir(exist_ok=True)
-    path = data / f"{name}.parquet"
-    frame.to_parquet(path, index=False)
+    root = os.environ.get("SHIPYARD_FEAST_DATA") or str(Path(store.repo_path) / "data")
+    path = f"{root.rstrip('/')}/{name}.parquet"
+    _write_parquet(frame, path)
     entity = Entity(name="chunk_id", join_keys=["chunk_id"], value_type=ValueType.STRING,
                     description="tenant/doc_id#n")
     view = FeatureView(
         name=name, entities=[entity], ttl=timedelta(0), online=True,
         schema=[*(Field(name=f, dtype=String) for f in FEATURES),
-                Field(name="embedding", dtype=Array(Float32), vector_index=True, vector_search_metric="COSINE")],
+                Field(name="embedding", dtype=Array(Float32), vector_index=True,
+                      vector_search_metric=cosine_metric(store))],
         source=FileSource(name=f"{name}_source", path=str(path), timestamp_field="event_timestamp"),
         tags={INDEX_TAG: index, VERSION_TAG: str(version), **tags})
     store.apply([entity, view])
@@ -135,8 +142,28 @@ def write_version(store, index: str, frame, tags: dict[str, str]) -> int:
     return version
 
 
+def _filesystem(path: str):
+    """(pyarrow filesystem, path in it) for a local path or an s3:// / gs:// URI (S3 endpoint and
+    credentials from the AWS_* environment, as every other S3 client here)."""
+    from pyarrow import fs
+
+    if "://" in path:
+        return fs.FileSystem.from_uri(path)
+    return fs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def _write_parquet(frame, path: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    filesystem, where = _filesystem(path)
+    filesystem.create_dir(where.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), where, filesystem=filesystem)
+
+
 def read_version(store, view):
     """All rows of one version, from the view's offline source (the data the online store was written from)."""
-    import pandas as pd
+    import pyarrow.parquet as pq
 
-    return pd.read_parquet(view.batch_source.path)
+    filesystem, where = _filesystem(view.batch_source.path)
+    return pq.read_table(where, filesystem=filesystem).to_pandas()

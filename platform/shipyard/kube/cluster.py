@@ -56,7 +56,18 @@ class ClusterSecrets(StrictModel):
                                description="keys username, password -> MLFLOW_TRACKING_USERNAME/PASSWORD")
     s3: str | None = Field("shipyard-s3-client", pattern=DNS_LABEL,
                            description="keys access-key, secret-key, endpoint -> AWS_ACCESS_KEY_ID, "
-                                       "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, MLFLOW_S3_ENDPOINT_URL")
+                                       "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL")
+    postgres: str | None = Field("shipyard-postgres", pattern=DNS_LABEL,
+                                 description="key password -> PGPASSWORD, for Feast (rag_index, the RAG sidecar)")
+
+
+class FeastMount(StrictModel):
+    """The Helm chart's Feast config (``feast.shareConfig``), mounted where RAG code runs."""
+
+    configmap: str = Field("shipyard-feast", pattern=DNS_LABEL, description="Holds feature_store.yaml and data_uri.")
+    data_uri: str = Field("s3://shipyard/feast", pattern=r"^(s3|gs)://",
+                          description="SHIPYARD_FEAST_DATA: where index versions' rows go, read by every sidecar.")
+    mount_path: str = Field("/etc/feast", pattern=r"^/")
 
 
 class DeployConfig(StrictModel):
@@ -81,7 +92,9 @@ class DeployConfig(StrictModel):
     artifacts_destination: str = Field("s3://shipyard/mlflow", pattern=r"^(s3|gs)://",
                                        description="Where the MLflow server stores artifacts (the chart's).")
     rag_port: int = Field(8081, ge=1024, le=65535)
-    service_account: str | None = Field(None, pattern=DNS_LABEL)
+    service_account: str | None = Field(None, pattern=DNS_LABEL, description=(
+        "The predictor pods' ServiceAccount: the one carrying KServe's S3 credentials (a Secret with "
+        "serving.kserve.io/s3-endpoint annotations) for the storage initializer."))
     timeout_s: int = Field(900, gt=0, description="How long to wait for Ready before rolling back.")
 
     @model_validator(mode="after")
@@ -101,6 +114,7 @@ class ClusterConfig(StrictModel):
     placement: dict[str, str] = Field(default_factory=dict, description="stage -> pool name")
     service_account: str | None = Field(None, pattern=DNS_LABEL,
                                         description="Pipeline runs' ServiceAccount (the chart's pipeline runner).")
+    feast: FeastMount = FeastMount()
     deploy: DeployConfig = DeployConfig()
 
     @model_validator(mode="after")

@@ -92,6 +92,8 @@ def test_gpu_pools_place_the_serving_runtime_and_replicas_get_pdbs(rendered):
     assert c["image"].startswith("ghcr.io/shipyard-llmops/shipyard-cuda:")
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1" and c["resources"]["limits"]["memory"] == "32Gi"
     assert c["command"] == ["python", "-m", "shipyard.serving"] and "--name={{.Name}}" in c["args"]
+    sa = _by(objects, "ServiceAccount", "shipyard-inference")  # KServe's storage initializer: S3 credentials
+    assert sa["secrets"] == [{"name": "shipyard-kserve-s3"}] and sa["automountServiceAccountToken"] is False
     pdbs = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "PodDisruptionBudget")
     assert pdbs == ["shipyard-feast-registry", "shipyard-feast-server", "shipyard-mlflow"]
     assert not [o for o in rendered["cpu-dev-values.yaml"] if o["kind"] == "PodDisruptionBudget"]

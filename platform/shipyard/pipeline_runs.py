@@ -198,7 +198,12 @@ def run_status(run_id: str, host: str, namespace: str | None = None) -> dict:
     """A KFP run's state and its tasks' states (``shipyard status``)."""
     import kfp
 
-    run = kfp.Client(host=check_reachable(host), namespace=namespace).get_run(run_id)
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        run = kfp.Client(host=check_reachable(host), namespace=namespace).get_run(run_id)
+    except ApiException as exc:
+        raise ValueError(f"KFP run {run_id!r} at {host}: {exc.status} {exc.reason}") from None
     tasks = {}
     for t in ((run.run_details.task_details if run.run_details else None) or []):
         tasks[t.display_name] = t.state

@@ -168,7 +168,20 @@ def test_feast_config_serves_rag_from_postgres_and_s3(chart, backends, tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     from shipyard.serving.local import stop, wait_ready
 
+    reg_port = free_port()
+    registry = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "feast"), "serve_registry",
+                                 "--port", str(reg_port)], cwd=repo, env={**os.environ},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_ready(f"http://127.0.0.1:{port}/health", proc, 120, "feast feature server (chart config)")
+        # the registry server's readiness probe is gRPC health: ask it what the kubelet would
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(f"127.0.0.1:{reg_port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=120)
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
     finally:
         stop(proc)
+        stop(registry)

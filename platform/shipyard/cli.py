@@ -98,10 +98,10 @@ NamespaceOpt = Annotated[str | None, typer.Option(help="Kubernetes namespace (mu
 def submit(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")], config: ConfigOpt, host: HostOpt,
            tracking_uri: Annotated[str, typer.Option(
                "--tracking-uri", help="MLflow server reachable from the cluster's pods.")],
-           experiment: Annotated[str | None, typer.Option(help="KFP experiment [default: the profile's].")] = None,
-           run_name: Annotated[str | None, typer.Option(help="KFP run name [default: PIPELINE-PROFILE].")] = None,
+           experiment: Annotated[str | None, typer.Option(help="KFP experiment (default: the profile's).")] = None,
+           run_name: Annotated[str | None, typer.Option(help="KFP run name (default: PIPELINE-PROFILE).")] = None,
            service_account: Annotated[str | None, typer.Option(
-               help="ServiceAccount of the run's pods [default: the profile's cluster.service_account].")] = None,
+               help="ServiceAccount of the run's pods (default: the profile's cluster.service_account).")] = None,
            namespace: NamespaceOpt = None,
            param: Annotated[list[str] | None, typer.Option(
                help="A pipeline parameter KEY=VALUE (repeatable), e.g. model_uri=models:/NAME@champion.")] = None
@@ -144,7 +144,9 @@ def status(run_id: Annotated[str, typer.Argument(help="KFP run id (printed by su
 @app.command()
 def deploy(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or models:/NAME/VERSION.")],
            config: ConfigOpt, tracking_uri: TrackingOpt = None,
-           namespace: NamespaceOpt = None) -> None:
+           namespace: Annotated[str | None, typer.Option(
+               help="Namespace of the InferenceService (default: cluster.deploy.namespace, else the "
+                    "kubeconfig context's).")] = None) -> None:
     """Serve a registered model on KServe (the profile's cluster.deploy); rolls back if it never gets Ready."""
     from shipyard.kube.deploy import deploy as deploy_model
     from shipyard.config import load_pipeline_config

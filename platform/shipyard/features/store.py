@@ -135,7 +135,7 @@ def write_version(store, index: str, frame, tags: dict[str, str]) -> int:
         schema=[*(Field(name=f, dtype=String) for f in FEATURES),
                 Field(name="embedding", dtype=Array(Float32), vector_index=True,
                       vector_search_metric=cosine_metric(store))],
-        source=FileSource(name=f"{name}_source", path=str(path), timestamp_field="event_timestamp"),
+        source=FileSource(name=f"{name}_source", path=path, timestamp_field="event_timestamp"),
         tags={INDEX_TAG: index, VERSION_TAG: str(version), **tags})
     store.apply([entity, view])
     store.write_to_online_store(name, frame)

@@ -49,6 +49,13 @@ class GpuPool(StrictModel):
     memory: str | None = Field(None, pattern=QUANTITY, description="Memory limit per pod on this pool.")
 
 
+# The keys of each Secret and the env variables they become, wherever Shipyard code runs on a cluster.
+MLFLOW_SECRET_ENV = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+S3_SECRET_ENV = {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY",
+                 "endpoint": "AWS_ENDPOINT_URL"}
+POSTGRES_SECRET_ENV = {"password": "PGPASSWORD"}
+
+
 class ClusterSecrets(StrictModel):
     """Secrets in the pipeline namespace, injected as env with kfp.kubernetes.use_secret_as_env."""
 
@@ -123,7 +130,8 @@ class ClusterConfig(StrictModel):
             if stage not in PLACEABLE:
                 raise ValueError(f"placement.{stage}: not a stage ({', '.join(PLACEABLE)})")
             if pool not in self.pools:
-                raise ValueError(f"placement.{stage}: pool {pool!r} is not in pools ({', '.join(self.pools) or 'none'})")
+                raise ValueError(f"placement.{stage}: pool {pool!r} is not in pools "
+                                 f"({', '.join(self.pools) or 'none'})")
         if self.deploy.pool is not None and self.deploy.pool not in self.pools:
             raise ValueError(f"deploy.pool: {self.deploy.pool!r} is not in pools ({', '.join(self.pools) or 'none'})")
         return self

@@ -71,8 +71,7 @@ def deploy(model_uri: str, cluster, tracking_uri: str, api=None, log=print, poll
     obj = build_inference_service(name, storage, d, cluster.pools.get(d.pool) if d.pool else None, rag, image=image,
                                   namespace=ns, model_labels={"shipyard.io/model": _label(model),
                                                               "shipyard.io/model-version": _label(version)},
-                                  feast_configmap=cluster.feast.configmap, s3_secret=cluster.secrets.s3,
-                                  postgres_secret=cluster.secrets.postgres)
+                                  secrets=cluster.secrets, feast=cluster.feast)
     api = api or custom_objects_api("deploy applies an InferenceService")
     try:
         previous = api.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 
+from shipyard.kube.cluster import POSTGRES_SECRET_ENV, S3_SECRET_ENV, ClusterSecrets, FeastMount
+
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
-FEAST_REPO = "/etc/feast"  # the chart's Feast ConfigMap, mounted into the sidecar
 
 
 def isvc_name(model_name: str) -> str:
@@ -47,27 +48,23 @@ def _security():
                              seccomp_profile=V1SeccompProfile(type="RuntimeDefault"))
 
 
-def rag_sidecar(index_ref: str, image: str, port: int, feast_configmap: str, s3_secret: str | None,
-                postgres_secret: str | None):
-    """The sidecar container: one pinned index version, loaded from Feast before its port opens."""
+def rag_sidecar(index_ref: str, image: str, port: int, secrets: ClusterSecrets, feast: FeastMount):
+    """The sidecar container: one pinned index version, loaded from Feast (the chart's ConfigMap at
+    ``feast.mount_path``) before its port opens."""
     from kubernetes.client import (V1Container, V1ContainerPort, V1EnvVar, V1EnvVarSource, V1HTTPGetAction,
                                    V1Probe, V1ResourceRequirements, V1SecretKeySelector, V1VolumeMount)
 
-    def secret(name, key):
-        return V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name=name, key=key))
+    def from_secret(name: str | None, keys: dict[str, str]) -> list:
+        return [V1EnvVar(name=env, value_from=V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name=name, key=key)))
+                for key, env in keys.items()] if name else []
 
-    env = [V1EnvVar(name="HOME", value="/tmp"), V1EnvVar(name="HF_HUB_OFFLINE", value="1")]
-    if postgres_secret:
-        env.append(V1EnvVar(name="PGPASSWORD", value_from=secret(postgres_secret, "password")))
-    if s3_secret:
-        env += [V1EnvVar(name="AWS_ACCESS_KEY_ID", value_from=secret(s3_secret, "access-key")),
-                V1EnvVar(name="AWS_SECRET_ACCESS_KEY", value_from=secret(s3_secret, "secret-key")),
-                V1EnvVar(name="AWS_ENDPOINT_URL", value_from=secret(s3_secret, "endpoint"))]
+    env = [V1EnvVar(name="HOME", value="/tmp"), V1EnvVar(name="HF_HUB_OFFLINE", value="1"),
+           *from_secret(secrets.postgres, POSTGRES_SECRET_ENV), *from_secret(secrets.s3, S3_SECRET_ENV)]
     probe = {"period_seconds": 10, "timeout_seconds": 5}
     return V1Container(
         name="rag-sidecar", image=image,
         command=["python", "-m", "shipyard.serving.rag_sidecar"],
-        args=[f"--index={index_ref}", f"--repo={FEAST_REPO}", "--host=127.0.0.1", f"--port={port}"],
+        args=[f"--index={index_ref}", f"--repo={feast.mount_path}", "--host=127.0.0.1", f"--port={port}"],
         env=env, ports=[V1ContainerPort(name="rag", container_port=port)],
         readiness_probe=V1Probe(http_get=V1HTTPGetAction(path="/readyz", port=port), **probe),
         liveness_probe=V1Probe(http_get=V1HTTPGetAction(path="/healthz", port=port), initial_delay_seconds=60,
@@ -75,16 +72,15 @@ def rag_sidecar(index_ref: str, image: str, port: int, feast_configmap: str, s3_
         resources=V1ResourceRequirements(requests={"cpu": "250m", "memory": "1Gi"},
                                          limits={"cpu": "1", "memory": "2Gi"}),
         security_context=_security(),
-        volume_mounts=[V1VolumeMount(name="feast-repo", mount_path=FEAST_REPO, read_only=True),
+        volume_mounts=[V1VolumeMount(name="feast-repo", mount_path=feast.mount_path, read_only=True),
                        V1VolumeMount(name="rag-tmp", mount_path="/tmp")],
     )
 
 
 def build_inference_service(name: str, storage: str, cfg, pool=None, rag_index: str | None = None,
                             image: str | None = None, namespace: str | None = None,
-                            model_labels: dict[str, str] | None = None, feast_configmap: str = "shipyard-feast",
-                            s3_secret: str | None = "shipyard-s3-client",
-                            postgres_secret: str | None = "shipyard-postgres") -> dict:
+                            model_labels: dict[str, str] | None = None, secrets: ClusterSecrets | None = None,
+                            feast: FeastMount | None = None) -> dict:
     """The InferenceService as a plain dict (camelCase, what the API server receives).
 
     Args:
@@ -94,6 +90,7 @@ def build_inference_service(name: str, storage: str, cfg, pool=None, rag_index: 
         pool: the GpuPool serving runs on, or None for CPU.
         rag_index: the pinned ``NAME@N``; None serves without RAG.
         image: the sidecar's image (default: the pinned Shipyard image).
+        secrets, feast: the profile's ``cluster.secrets`` and ``cluster.feast`` (default: their defaults).
     """
     from kserve import (V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat,
                         V1beta1ModelSpec, V1beta1PredictorSpec)
@@ -123,9 +120,10 @@ def build_inference_service(name: str, storage: str, cfg, pool=None, rag_index: 
         predictor.node_selector = dict(pool.node_selector) or None
         predictor.tolerations = [V1Toleration(**t.model_dump(exclude_none=True)) for t in pool.tolerations] or None
     if rag_index:
-        predictor.containers = [rag_sidecar(rag_index, image or SHIPYARD_IMAGE, cfg.rag_port, feast_configmap,
-                                            s3_secret, postgres_secret)]
-        predictor.volumes = [V1Volume(name="feast-repo", config_map=V1ConfigMapVolumeSource(name=feast_configmap)),
+        feast = feast or FeastMount()
+        predictor.containers = [rag_sidecar(rag_index, image or SHIPYARD_IMAGE, cfg.rag_port,
+                                            secrets or ClusterSecrets(), feast)]
+        predictor.volumes = [V1Volume(name="feast-repo", config_map=V1ConfigMapVolumeSource(name=feast.configmap)),
                              V1Volume(name="rag-tmp", empty_dir=V1EmptyDirVolumeSource(size_limit="1Gi"))]
     meta = V1ObjectMeta(name=name, namespace=namespace, labels={"app.kubernetes.io/part-of": "shipyard",
                                                                 **(model_labels or {})},

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import functools
 
-MLFLOW_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
-S3_KEYS = {"access-key": "AWS_ACCESS_KEY_ID", "secret-key": "AWS_SECRET_ACCESS_KEY", "endpoint": "AWS_ENDPOINT_URL"}
+from shipyard.kube.cluster import MLFLOW_SECRET_ENV, POSTGRES_SECRET_ENV, S3_SECRET_ENV
+
 RAG_STAGES = ("rag_index",)  # write to Feast: the chart's feature_store.yaml, rows in S3, Postgres password
 
 
@@ -26,15 +26,15 @@ def place_task(task, cluster) -> None:
     from shipyard.components.images import SHIPYARD_GPU_IMAGE
 
     if cluster.secrets.mlflow:
-        kubernetes.use_secret_as_env(task, cluster.secrets.mlflow, dict(MLFLOW_KEYS))
+        kubernetes.use_secret_as_env(task, cluster.secrets.mlflow, dict(MLFLOW_SECRET_ENV))
     if cluster.secrets.s3:
-        kubernetes.use_secret_as_env(task, cluster.secrets.s3, dict(S3_KEYS))
+        kubernetes.use_secret_as_env(task, cluster.secrets.s3, dict(S3_SECRET_ENV))
     if stage_of(task) in RAG_STAGES:
         kubernetes.use_config_map_as_volume(task, cluster.feast.configmap, mount_path=cluster.feast.mount_path)
         task.set_env_variable("SHIPYARD_FEAST_REPO", cluster.feast.mount_path)
         task.set_env_variable("SHIPYARD_FEAST_DATA", cluster.feast.data_uri)
         if cluster.secrets.postgres:
-            kubernetes.use_secret_as_env(task, cluster.secrets.postgres, {"password": "PGPASSWORD"})
+            kubernetes.use_secret_as_env(task, cluster.secrets.postgres, dict(POSTGRES_SECRET_ENV))
     pool = cluster.pool_for(stage_of(task))
     if pool is None:
         return

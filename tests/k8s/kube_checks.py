@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ KUBE_VERSION = "1.32.0"  # kubectl on the image; the chart's kubeVersion is >=1.
 CRDS = Path(__file__).parents[1] / "schemas" / "crds"
 HELM = Path(sys.executable).parent / "helm"
 CHART = Path(__file__).parents[2] / "helm" / "shipyard"
+OVERLAY_DIR = Path(__file__).parents[2] / "manifests" / "overlays"
 CRD_FILES = {
     ("serving.kserve.io", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
     ("serving.kserve.io", "ServingRuntime"): "serving.kserve.io_servingruntimes.yaml",
@@ -37,6 +39,20 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if not HELM.is_file():
         raise RuntimeError(f"{HELM} is missing: `make helm` installs it (scripts/install_helm.py)")
     return subprocess.run([str(HELM), *args], capture_output=True, text=True, check=check)
+
+
+def render(values: str, namespace: str = "shipyard") -> list[dict]:
+    """The chart's objects for ``helm/shipyard/ci/<values>`` (release "shipyard")."""
+    return load_all(helm("template", "shipyard", str(CHART), "-n", namespace, "-f", str(CHART / "ci" / values)).stdout)
+
+
+def kustomize(overlay: str) -> list[dict]:
+    """The objects of ``manifests/overlays/<overlay>``, rendered by kubectl."""
+    kubectl = shutil.which("kubectl")
+    assert kubectl, "kubectl is not on PATH (the image has 1.32)"
+    out = subprocess.run([kubectl, "kustomize", str(OVERLAY_DIR / overlay)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return load_all(out.stdout)
 
 
 @functools.lru_cache(maxsize=None)

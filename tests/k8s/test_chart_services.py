@@ -14,7 +14,7 @@ import sys
 import httpx
 import pytest
 from conftest import DEMO, free_port, write_jsonl
-from kube_checks import CHART, helm, load_all
+from kube_checks import render
 from platform_servers import start_postgres, start_s3
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
@@ -27,7 +27,7 @@ SECRETS = {"shipyard-postgres": {"password": "pg-pass-1"},
 
 @pytest.fixture(scope="module")
 def chart():
-    return load_all(helm("template", "shipyard", str(CHART), "-n", NS, "-f", str(CHART / "ci" / "cpu-dev-values.yaml")).stdout)
+    return render("cpu-dev-values.yaml", NS)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-from kube_checks import (CHART, helm, load_all, restricted_violations, unselected_pods, validate,
-                         workload_violations)
+from kube_checks import CHART, helm, render, restricted_violations, unselected_pods, validate, workload_violations
 
 pytestmark = pytest.mark.k8s
 PROFILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
@@ -12,8 +11,7 @@ PROFILES = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 
 @pytest.fixture(scope="module")
 def rendered():
-    return {p: load_all(helm("template", "shipyard", str(CHART), "-n", "shipyard", "-f", str(CHART / "ci" / p)).stdout)
-            for p in PROFILES}
+    return {p: render(p) for p in PROFILES}
 
 
 def test_helm_lint_passes_for_every_profile():

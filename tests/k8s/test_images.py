@@ -7,7 +7,7 @@ import tomllib
 
 import pytest
 from conftest import REPO
-from kube_checks import CHART, helm, load_all
+from kube_checks import CHART, kustomize, render
 
 pytestmark = pytest.mark.k8s
 IMAGES = REPO / "components" / "images"
@@ -44,9 +44,7 @@ def test_one_tag_everywhere():
 
 def _entrypoints() -> set[tuple[str, ...]]:
     """The commands the chart's and the manifests' containers run (Shipyard image only)."""
-    objs = load_all(helm("template", "s", str(CHART), "-f", str(CHART / "ci" / "gpu-values.yaml")).stdout)
-    objs += load_all(subprocess.run(["kubectl", "kustomize", str(REPO / "manifests" / "overlays" / "gpu")],
-                                    capture_output=True, text=True, check=True).stdout)
+    objs = render("gpu-values.yaml") + kustomize("gpu")
     cmds = set()
     for o in objs:
         spec = o.get("spec", {})

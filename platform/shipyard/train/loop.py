@@ -86,15 +86,20 @@ def resolve_precision(precision: str, device: str) -> str:
 
 
 def make_optimizer(model, cfg):
-    """AdamW; weight decay on matrices only, norms and biases are left alone (as in nanoGPT)."""
+    """AdamW; weight decay on matrices only, norms and biases are left alone (as in nanoGPT).
+
+    On CUDA the fused kernel updates every parameter in one launch (nanoGPT does the same); FSDP's
+    sharded (DTensor) parameters keep the default multi-tensor path.
+    """
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
+    fused = bool(params) and all(p.is_cuda and not hasattr(p, "device_mesh") for p in params)
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), fused=None)
+        lr=cfg.lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 def evaluate_loss(model, objective, rows, batch_size: int, seed: int, device: str, dtype) -> float:
@@ -154,6 +159,7 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
     from shipyard.models.builders import flop_params
 
     device = dist.device
+    pin = device.startswith("cuda")
     precision = resolve_precision(cfg.precision, device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     n_flop_params = flop_params(model)
@@ -200,18 +206,25 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
         if not pending:
             return
         values = torch.stack([torch.stack([loss, norm]) for _, loss, norm in pending]).float().cpu().tolist()
+        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
         for (step, _, _), (loss, norm) in zip(pending, values):
-            if not (math.isfinite(loss) and math.isfinite(norm)):
-                where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
+            if scaler is not None and math.isfinite(loss) and not math.isfinite(norm):
+                # fp16: an overflowing gradient is GradScaler's signal; it skipped this step and halved the scale
+                summary["fp16_skipped_steps"] = summary.get("fp16_skipped_steps", 0.0) + 1
+            elif not (math.isfinite(loss) and math.isfinite(norm)):
                 raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
                                     f"({loss if not math.isfinite(loss) else norm}) at step {step + 1}; {where}; "
                                     f"lower lr ({cfg.lr}) or raise warmup_steps ({cfg.warmup_steps})")
             state.losses.append(loss)
+        if scaler is not None and scaler.get_scale() < 1.0:
+            raise NonFiniteLoss(f"fp16 gradients overflow even with a loss scale below 1 (step {pending[-1][0] + 1}); "
+                                f"{where}; use precision bf16, or lower lr ({cfg.lr})")
+        norms = [v[1] for v in values if math.isfinite(v[1])]
         elapsed = time.perf_counter() - t_window
         t_train += elapsed
         tokens_trained += tokens_window
         tps = tokens_window / elapsed
-        metrics = {"train_loss": sum(v[0] for v in values) / len(values), "grad_norm": values[-1][1],
+        metrics = {"train_loss": sum(v[0] for v in values) / len(values), "grad_norm": norms[-1] if norms else 0.0,
                    "lr": lr_at(pending[-1][0], cfg), "tokens_per_s": tps}
         if peak:
             metrics["mfu"] = per_token * tps / (peak * world)
@@ -231,7 +244,8 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
                 gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, micro))
                 batch = objective.batch(train[rows[micro * bsz : (micro + 1) * bsz]], gen)
                 tokens_window += objective.tokens(batch["input_ids"]) * world
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                # pinned host memory makes the copy asynchronous: the CPU queues the next step while the GPU runs
+                batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
                 sync = contextlib.nullcontext()
                 if world > 1 and m < accum - 1 and hasattr(wrapped, "no_sync"):
                     sync = wrapped.no_sync()  # DDP: all-reduce gradients once per optimizer step

@@ -1,0 +1,169 @@
+"""The CUDA-only paths: bf16 and fp16 pretraining, resume on GPU, QLoRA, bitsandbytes 8/4-bit.
+
+Opt in with ``pytest -m gpu tests/gpu`` on a machine with a CUDA GPU (and bitsandbytes for the
+QLoRA/bnb tests); everywhere else these tests are skipped. Each prints the figures it checks.
+"""
+
+import gzip
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+from conftest import DEMO
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+# Small enough to train in seconds, big enough that bitsandbytes quantizes real matrices.
+GPU_PRETRAIN = dict(hidden_size=128, num_layers=2, num_heads=4, intermediate_size=256, context_length=128,
+                    batch_size=16, max_steps=60, warmup_steps=5, lr=3e-3, checkpoint_every=0, log_every=10)
+
+
+def _finite(path) -> bool:
+    from safetensors.torch import load_file
+
+    return all(torch.isfinite(t).all() for t in load_file(str(path / "model.safetensors")).values()
+               if t.is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def gpu_corpus(tmp_path_factory):
+    """corpus.jsonl (a data_filter output's layout) from the demo's raw Python docs and Debian descriptions."""
+    out = tmp_path_factory.mktemp("gpu-corpus")
+    with open(out / "corpus.jsonl", "w") as f:
+        for name in ("python-docs.jsonl.gz", "debian-descriptions.jsonl.gz"):
+            with gzip.open(DEMO / "raw" / name, "rt") as src:
+                for line in src:
+                    f.write(json.dumps({"text": json.loads(line)["text"]}) + "\n")
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpu_tokenizer(gpu_corpus, tmp_path_factory):
+    from shipyard.config import TokenizerConfig
+    from shipyard.data.tokenizer import run_train_tokenizer
+
+    out = tmp_path_factory.mktemp("gpu-tok")
+    run_train_tokenizer(TokenizerConfig(vocab_size=2000, model_max_length=128), gpu_corpus, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpu_base(gpu_corpus, gpu_tokenizer, tmp_path_factory):
+    """A bf16-pretrained base (the test below checks the run itself)."""
+    from shipyard.config import PretrainConfig
+    from shipyard.train.pretrain import run_pretrain
+
+    out = tmp_path_factory.mktemp("gpu-base")
+    metrics = run_pretrain(PretrainConfig(**{**GPU_PRETRAIN, "max_steps": 200}, precision="bf16"),
+                           gpu_corpus, gpu_tokenizer, out)
+    return out, metrics
+
+
+def test_bf16_pretraining_on_cuda_learns_and_reports_mfu(gpu_base):
+    out, m = gpu_base
+    print(f"\nbf16 pretrain: val loss {m['val_loss_initial']:.3f} -> {m['val_loss']:.3f}, "
+          f"{m['tokens_per_s']:.0f} tokens/s, MFU {100 * m['mfu']:.2f}% ({torch.cuda.get_device_name()})")
+    assert m["precision_bf16"] == 1.0
+    assert m["val_loss"] < m["val_loss_initial"] - 1.0
+    assert 0 < m["mfu"] < 1  # the peak is known for this GPU: the run was on CUDA
+    assert _finite(out)
+
+
+def test_fp16_pretraining_uses_the_grad_scaler_and_learns(gpu_corpus, gpu_tokenizer, tmp_path):
+    from shipyard.config import PretrainConfig
+    from shipyard.train.pretrain import run_pretrain
+
+    m = run_pretrain(PretrainConfig(**GPU_PRETRAIN, precision="fp16"), gpu_corpus, gpu_tokenizer, tmp_path)
+    print(f"\nfp16 pretrain: val loss {m['val_loss_initial']:.3f} -> {m['val_loss']:.3f}, "
+          f"steps skipped by GradScaler: {m.get('fp16_skipped_steps', 0):.0f}")
+    assert m["precision_bf16"] == 0.0 and m["steps"] == GPU_PRETRAIN["max_steps"]
+    assert m["val_loss"] < m["val_loss_initial"] - 1.0
+    assert _finite(tmp_path)
+
+
+def test_fp16_overflow_steps_are_skipped_not_fatal(gpu_corpus, gpu_tokenizer, tmp_path, monkeypatch):
+    """A loss scale of 2**32 overflows the first steps: GradScaler skips them and backs off; the run goes on."""
+    from functools import partial
+
+    from shipyard.config import PretrainConfig
+    from shipyard.train.pretrain import run_pretrain
+
+    monkeypatch.setattr(torch.amp, "GradScaler", partial(torch.amp.GradScaler, init_scale=2.0**32))
+    m = run_pretrain(PretrainConfig(**GPU_PRETRAIN, precision="fp16"), gpu_corpus, gpu_tokenizer, tmp_path)
+    print(f"\nfp16 from scale 2**32: {m['fp16_skipped_steps']:.0f} steps skipped, "
+          f"val loss {m['val_loss_initial']:.3f} -> {m['val_loss']:.3f}")
+    assert 5 <= m["fp16_skipped_steps"] < 30  # log2(2**32 / the largest scale that does not overflow)
+    assert m["val_loss"] < m["val_loss_initial"] - 0.5 and _finite(tmp_path)
+
+
+def test_sigterm_and_resume_on_cuda_match_a_straight_run(gpu_corpus, gpu_tokenizer, tmp_path):
+    """SIGTERM (sent by the run itself at step 20) checkpoints; resuming gives the straight run's curve."""
+    from shipyard.config import PretrainConfig
+    from shipyard.train.loop import Preempted
+    from shipyard.train.pretrain import run_pretrain
+
+    cfg = PretrainConfig(**{**GPU_PRETRAIN, "max_steps": 40, "checkpoint_every": 10}, precision="bf16")
+    run_pretrain(cfg, gpu_corpus, gpu_tokenizer, tmp_path / "straight", checkpoint_dir=tmp_path / "ck1")
+
+    def kill_at_20(metrics, step):
+        if step == 20 and "train_loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted, match="SIGTERM at step 20"):
+        run_pretrain(cfg, gpu_corpus, gpu_tokenizer, tmp_path / "resumed", log=kill_at_20,
+                     checkpoint_dir=tmp_path / "ck2")
+    m = run_pretrain(cfg, gpu_corpus, gpu_tokenizer, tmp_path / "resumed", checkpoint_dir=tmp_path / "ck2")
+    a = json.loads((tmp_path / "straight" / "loss_curve.json").read_text())
+    b = json.loads((tmp_path / "resumed" / "loss_curve.json").read_text())
+    drift = max(abs(x - y) for x, y in zip(a, b))
+    print(f"\nresume on CUDA: resumed at step {m['resumed_at_step']:.0f}, max |loss drift| {drift:.2e}")
+    assert m["resumed_at_step"] == 20 and len(a) == len(b) == 40
+    assert drift < 1e-2  # bf16 kernels on the GPU are not bit-reproducible run to run
+
+
+def test_qlora_trains_a_4bit_base_and_merges(gpu_base, tmp_path):
+    from shipyard.config import FinetuneConfig, LoraConfig
+    from shipyard.models.causal_lm import load_causal_lm
+    from shipyard.train.finetune import run_finetune
+
+    pytest.importorskip("bitsandbytes")
+    base, _ = gpu_base
+    cfg = FinetuneConfig(train=str(DEMO / "instructions/train.jsonl"), method="qlora", max_examples=400,
+                         max_steps=40, lr=3e-3, max_length=128, batch_size=16,
+                         lora=LoraConfig(r=8, alpha=16, dropout=0.0))
+    m = run_finetune(cfg, base, tmp_path)
+    print(f"\nQLoRA: eval loss {m['eval_loss_before']:.3f} -> {m['eval_loss']:.3f}, "
+          f"trainable {m['trainable_params']:.0f} params ({100 * m['trainable_fraction']:.2f}%)")
+    assert m["eval_loss"] < m["eval_loss_before"]
+    assert 0 < m["trainable_fraction"] < 0.2
+    adapter = json.loads((tmp_path / "adapters" / "default" / "adapter_config.json").read_text())
+    assert adapter["r"] == 8
+    merged = load_causal_lm(tmp_path)  # base + adapter merged into a plain float model
+    assert not any("lora" in n for n, _ in merged.named_parameters()) and _finite(tmp_path)
+
+
+@pytest.mark.parametrize("method", ["bnb_int8", "bnb_nf4"])
+def test_bitsandbytes_quantization_saves_loads_and_serves(gpu_base, tmp_path, method):
+    from shipyard.config import QuantizeConfig
+    from shipyard.eval.metrics import generate
+    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.optimize.config import OptimizeConfig
+    from shipyard.optimize.optimize import run_optimize
+
+    bnb = pytest.importorskip("bitsandbytes")
+    base, _ = gpu_base
+    m = run_optimize(OptimizeConfig(quantize=QuantizeConfig(method=method), context_length=128, report_docs=16),
+                     base, tmp_path, heldout=str(DEMO / "heldout/python-docs.jsonl"))
+    print(f"\n{method}: size {m['size_bytes_before'] / 1e6:.2f} -> {m['size_bytes_after'] / 1e6:.2f} MB "
+          f"(x{m['size_ratio']:.3f}), perplexity {m['perplexity_before']:.2f} -> {m['perplexity_after']:.2f} "
+          f"(x{m['perplexity_ratio']:.4f}), {m['ms_per_token_after']:.2f} ms/token")
+    model = load_causal_lm(tmp_path)
+    layer = model.model.layers[0].mlp.down_proj
+    assert isinstance(layer, bnb.nn.Linear8bitLt if method == "bnb_int8" else bnb.nn.Linear4bit)
+    assert m["size_ratio"] < 1.0 and math.isfinite(m["perplexity_after"])
+    assert m["perplexity_ratio"] < 1.1
+    assert isinstance(generate(model, load_tokenizer(tmp_path), ["The Python"], 8)[0], str)

@@ -1,6 +1,7 @@
 """Our PPO on a tiny model with a simple known reward: the reward rises and the KL stays bounded."""
 
 import json
+from functools import partial
 
 import pytest
 import torch
@@ -32,7 +33,8 @@ def _trainer(cfg, base, **kw):
 
     tok = load_tokenizer(base)
     prompts, _ = load_prompts(cfg.train, 200, tok)
-    return PPOTrainer(cfg, load_policy(base, cfg.lora, "ppo"), tok, prompts, build_reward(cfg.rewards, None, 64), **kw)
+    return PPOTrainer(cfg, load_policy(base, cfg.lora, "ppo", cfg.seed), tok, prompts,
+                      build_reward(cfg.rewards, None, 64), **kw)
 
 
 def _mean_reward(trainer, n_batches=6):
@@ -80,6 +82,18 @@ def test_ppo_resumes_from_its_checkpoint(tiny_base, tmp_path):
     assert resumed["resumed"] == 1.0 and resumed["iterations"] == 8
     assert resumed["reward_last"] == pytest.approx(straight["reward_last"], abs=1e-6)
     assert resumed["kl_coef_last"] == pytest.approx(straight["kl_coef_last"])
+
+
+def test_ppo_with_lora_resumes_exactly_whatever_the_rng_did_before(tiny_base, tmp_path):
+    """New adapters are initialized from the config's seed, so a resumed run continues the straight one."""
+    cfg = partial(_cfg, lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+                  ppo={"checkpoint_every": 2})
+    torch.rand(1000)  # the global RNG is somewhere else when each trainer is built
+    straight = _trainer(cfg(max_steps=6), tiny_base, checkpoint_dir=tmp_path / "a").train()
+    _trainer(cfg(max_steps=4), tiny_base, checkpoint_dir=tmp_path / "b").train()
+    resumed = _trainer(cfg(max_steps=6), tiny_base, checkpoint_dir=tmp_path / "b").train()
+    assert resumed["resumed"] == 1.0
+    assert resumed["reward_last"] == pytest.approx(straight["reward_last"], abs=1e-6)
 
 
 def test_align_stage_runs_ppo_and_judges_aligned_against_instruct(tiny_base, tmp_path):

@@ -46,7 +46,7 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
     tokenizer = load_tokenizer(policy_dir)
     held, _ = load_prompts(held_path, cfg.eval_examples, tokenizer)  # before training: a bad file fails fast
     torch.manual_seed(cfg.seed)  # fresh adapters' initialization
-    model = load_policy(policy_dir, cfg.lora, cfg.method)
+    model = load_policy(policy_dir, cfg.lora, cfg.method, cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Built once for training and judgement; DPO needs it only after training, so it loads it then.
     build = lambda: reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)  # noqa: E731

@@ -27,8 +27,12 @@ def existing_adapter(policy_dir: str | Path) -> str | None:
     return json.loads(path.read_text())["adapter"] if path.exists() else None
 
 
-def load_policy(policy_dir: str | Path, lora: LoraConfig | None, method: str):
-    """The trainable policy model (a PeftModel when adapters are involved)."""
+def load_policy(policy_dir: str | Path, lora: LoraConfig | None, method: str, seed: int = 0):
+    """The trainable policy model (a PeftModel when adapters are involved).
+
+    New LoRA adapters are initialized from ``seed``, not from whatever state the global RNG is in,
+    so a run started anew and one resumed from a checkpoint train the same adapters.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -56,6 +60,7 @@ def load_policy(policy_dir: str | Path, lora: LoraConfig | None, method: str):
         from peft import LoraConfig as PeftLoraConfig
         from peft import get_peft_model
 
+        torch.manual_seed(seed)
         model = get_peft_model(model, PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                      target_modules=lora.target_modules, task_type="CAUSAL_LM"))
     return model

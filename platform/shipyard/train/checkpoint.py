@@ -73,6 +73,27 @@ def _save_dedup(tensors: dict, path: Path) -> dict[str, str]:
     return aliases
 
 
+def rng_state(device: str = "cpu"):
+    """This process's RNG state as one uint8 tensor: the CPU generator's, then the CUDA device's
+    when training on one (dropout masks and sampling on a GPU draw from the CUDA generator)."""
+    import torch
+
+    state = torch.get_rng_state()
+    if str(device).startswith("cuda"):
+        state = torch.cat([state, torch.cuda.get_rng_state(device)])
+    return state
+
+
+def set_rng_state(state, device: str = "cpu") -> None:
+    """Restore what ``rng_state`` captured; a CPU-only state leaves the CUDA generator as seeded."""
+    import torch
+
+    n = torch.get_rng_state().numel()
+    torch.set_rng_state(state[:n].clone())
+    if len(state) > n and str(device).startswith("cuda"):
+        torch.cuda.set_rng_state(state[n:].clone(), device)
+
+
 def save_checkpoint(root: str | Path, model, optimizer, state: TrainerState, rng: list, keep: int) -> Path:
     """Write checkpoint ``step-<state.step>`` under ``root`` (call on every rank; rank 0 writes)."""
     import torch

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from shipyard.train.checkpoint import TrainerState, latest, load_checkpoint, save_checkpoint
+from shipyard.train.checkpoint import TrainerState, latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from shipyard.train.distributed import Dist
 from shipyard.train.objectives import step_seed
 from shipyard.train.sizing import device_peak_flops, flops_per_token
@@ -185,7 +185,9 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
             raise ValueError(f"checkpoint {ckpt} was written by a different training config "
                              f"({state.config_digest[:12]} != {digest[:12]}); use another checkpoint_dir "
                              f"or resume: never")
-        torch.set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0])
+        set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0], device)
+        if scaler is not None and "grad_scaler" in state.extra:  # fp16: resume at the scale it had learned
+            scaler.load_state_dict(state.extra["grad_scaler"])
         resumed = ckpt
     sampler = Sampler(len(train), cfg.seed, state)
     world, accum, bsz = dist.world, cfg.grad_accum_steps, cfg.batch_size
@@ -275,7 +277,9 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
             if stop_now or (cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or last)):
                 flush()
                 if checkpoint_dir is not None:
-                    rng = dist.gather(torch.get_rng_state())
+                    rng = dist.gather(rng_state(device))
+                    if scaler is not None:
+                        state.extra["grad_scaler"] = scaler.state_dict()
                     last_good = save_checkpoint(checkpoint_dir, wrapped, optimizer, state, rng, cfg.keep_checkpoints)
                     if mirror is not None and dist.main:
                         mirror.push(last_good, cfg.keep_checkpoints)

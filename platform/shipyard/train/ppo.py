@@ -191,21 +191,21 @@ class PPOTrainer:
     # ---- the loop, with checkpoints ---------------------------------------------------------------
 
     def _save(self) -> None:
-        from shipyard.train.checkpoint import TrainerState, save_checkpoint
+        from shipyard.train.checkpoint import TrainerState, rng_state, save_checkpoint
 
         state = TrainerState(step=self.iteration, losses=[h["reward_mean"] for h in self.history],
                              extra={"kl_coef": self.kl_ctl.value, "history": self.history})
-        save_checkpoint(self.checkpoint_dir, self.policy, self.opt, state, [torch.get_rng_state()],
+        save_checkpoint(self.checkpoint_dir, self.policy, self.opt, state, [rng_state(self.device)],
                         self.p.checkpoint_keep)
 
     def _resume(self) -> bool:
-        from shipyard.train.checkpoint import latest, load_checkpoint
+        from shipyard.train.checkpoint import latest, load_checkpoint, set_rng_state
 
         path = latest(self.checkpoint_dir)
         if path is None:
             return False
         state, rng = load_checkpoint(path, self.policy, self.opt)
-        torch.set_rng_state(rng[0])
+        set_rng_state(rng[0], self.device)
         self.iteration, self.kl_ctl.value = state.step, state.extra["kl_coef"]
         self.history = state.extra["history"]
         return True

@@ -59,7 +59,7 @@ def shipyard_loop(cfg, model, objective, data, dist) -> tuple[float, dict]:
 def main() -> None:
     import torch
 
-    from shipyard.models.builders import build_model
+    from shipyard.models.builders import build_model, packed_causal_attention
     from shipyard.train.distributed import Dist
     from shipyard.train.objectives import Objective
     from shipyard.train.pretrain_config import PretrainConfig
@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None, help="micro-batch (default 16 for --gpt2-124m, else 8)")
     ap.add_argument("--rounds", type=int, default=3, help="A/B rounds; the median is reported")
+    ap.add_argument("--masked-attention", action="store_true",
+                    help="keep transformers' explicit causal mask (what pretrain did before packed_causal_attention)")
     args = ap.parse_args()
 
     dist = Dist.from_env()
@@ -99,6 +101,8 @@ def main() -> None:
     def fresh():
         torch.manual_seed(0)
         model = build_model(cfg, Tok()).to(dist.device)
+        if not args.masked_attention:
+            packed_causal_attention(model)  # both loops: SDPA's is_causal, as nanoGPT's attention
         if cfg.compile and dist.device.startswith("cuda"):
             return torch.compile(model)
         return model

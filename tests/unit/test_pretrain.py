@@ -265,3 +265,26 @@ def test_torch_compile_matches_eager_and_resumes(tiny_corpus, tiny_tokenizer, tm
     assert compiled["resumed_at_step"] == 3 and eager["resumed_at_step"] == 0
     a, b = (json.loads((tmp_path / d / "loss_curve.json").read_text()) for d in ("c", "e"))
     assert a == pytest.approx(b, abs=1e-4)
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gpt2"])
+def test_packed_causal_attention_is_exact_and_still_applies_padding_masks(architecture, tiny_tokenizer):
+    """Packed rows use SDPA's causal flag (flash attention on a GPU, also under torch.compile); padding still masks."""
+    from shipyard.models.builders import PACKED_CAUSAL, build_model, packed_causal_attention
+    from shipyard.models.causal_lm import load_tokenizer
+
+    torch.manual_seed(0)
+    model = build_model(PretrainConfig(**TINY_PRETRAIN, architecture=architecture), load_tokenizer(tiny_tokenizer))
+    model.eval()
+    x = torch.randint(3, 600, (2, 32))
+    pad = torch.ones_like(x)
+    pad[0, :5] = 0
+    with torch.no_grad():
+        loss, padded = model(input_ids=x, labels=x).loss, model(input_ids=x, attention_mask=pad).logits
+        assert packed_causal_attention(model) == "sdpa" and model.config._attn_implementation == PACKED_CAUSAL
+        assert torch.allclose(model(input_ids=x, labels=x).loss, loss, atol=1e-6)
+        assert torch.allclose(model(input_ids=x, attention_mask=pad).logits, padded, atol=1e-5)
+        compiled = torch.compile(model)  # where transformers would build an explicit mask
+        assert torch.allclose(compiled(input_ids=x, labels=x).loss, loss, atol=1e-5)
+    model.set_attn_implementation("sdpa")
+    assert packed_causal_attention(model.eval()) == "sdpa"  # idempotent registration

@@ -68,7 +68,7 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
     import torch
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from shipyard.models.builders import build_model, prepare_tokenizer
+    from shipyard.models.builders import build_model, packed_causal_attention, prepare_tokenizer
     from shipyard.models.causal_lm import load_tokenizer
     from shipyard.train.distributed import Dist
     from shipyard.train.loop import fit
@@ -96,8 +96,11 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
                              f"but one optimizer step needs {need} (batch_size x grad_accum_steps x processes)")
         model = build_model(cfg, tokenizer)
         n_params = sum(p.numel() for p in model.parameters())
+        attention = packed_causal_attention(model) if cfg.objective == "clm" else None
         state, summary = fit(cfg, model, Objective(cfg, tokenizer), train, val, dist, checkpoint_dir, log,
                              training_digest(cfg), mirror=mirror)
+        if attention:
+            model.set_attn_implementation(attention)  # back to plain SDPA (config.json never records it)
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         seen: set[int] = set()
         for name, p in model.named_parameters(remove_duplicate=False):

@@ -45,7 +45,7 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
         raise ValueError("align: no held-out prompts for the aligned-vs-instruct evaluation (set align.eval_prompts)")
     tokenizer = load_tokenizer(policy_dir)
     held, _ = load_prompts(held_path, cfg.eval_examples, tokenizer)  # before training: a bad file fails fast
-    torch.manual_seed(cfg.seed)  # fresh adapters' initialization
+    torch.manual_seed(cfg.seed)  # what follows loading draws from the seed (load_policy seeds new adapters itself)
     model = load_policy(policy_dir, cfg.lora, cfg.method, cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Built once for training and judgement; DPO needs it only after training, so it loads it then.

@@ -179,6 +179,12 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           no_rag: Annotated[bool, typer.Option("--no-rag", help="Serve without RAG even if the model pins an index.")] = False,
           rag_port: Annotated[int | None, typer.Option(help="Sidecar port [default: PORT+1].")] = None,
           rag_top_k: Annotated[int, typer.Option(help="Chunks retrieved per request unless it asks.")] = 4,
+          device: Annotated[str, typer.Option(
+              help="auto, cpu or cuda (auto: a GPU when one is visible; a quantized model runs where its kernels do).")
+          ] = "auto",
+          dtype: Annotated[str, typer.Option(
+              help="auto, float32, bfloat16 or float16: a float model's weights (auto: bfloat16 on a GPU, "
+                   "else float32).")] = "auto",
           feast_repo: RepoOpt = None,
           tracking_uri: TrackingOpt = None) -> None:
     """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1), with a RAG sidecar."""
@@ -191,7 +197,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
                     feast_repo=feast_repo, tracking_uri=_tracking(tracking_uri), host=host, port=port, name=name,
                     max_new_tokens=max_new_tokens, limits=Limits(max_batch_size, max_wait_ms, max_queue,
                                                                  request_timeout_s),
-                    adapters=parse_adapters(adapter or []))
+                    adapters=parse_adapters(adapter or []), device=device, dtype=dtype)
     except (FileNotFoundError, ValueError, LookupError, RuntimeError) as exc:
         _fail(str(exc))
 
@@ -284,6 +290,8 @@ def eval_(
     output: Annotated[Path, typer.Option(help="Folder for eval.json, eval.md, report.html, samples.jsonl.")],
     reward_model: Annotated[str | None, typer.Option(help="Reward model folder (reward suites need one).")] = None,
     suite: Annotated[list[str] | None, typer.Option(help="Run only this suite; repeat for several.")] = None,
+    device: Annotated[str | None, typer.Option(
+        help="auto, cpu or cuda: overrides the spec's device (auto: a GPU when one is visible).")] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Run an eval spec on models outside a pipeline: the same suites and code as the evaluate stage."""
@@ -297,6 +305,8 @@ def eval_(
         cfg = load_eval_spec(spec)
         if suite:
             cfg = cfg.only(suite)
+        if device:
+            cfg = type(cfg).model_validate({**cfg.model_dump(), "device": device})
         models = {}
         for item in model:
             name, sep, where = item.partition("=")

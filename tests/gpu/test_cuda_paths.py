@@ -1,4 +1,5 @@
-"""The CUDA-only paths: bf16 and fp16 pretraining, resume on GPU, QLoRA, bitsandbytes 8/4-bit, PPO.
+"""The CUDA-only paths: bf16 and fp16 pretraining, resume on GPU, QLoRA, bitsandbytes 8/4-bit, PPO,
+and inference on the GPU (serving in bf16, evaluate and reward scoring with device auto).
 
 Opt in with ``pytest -m gpu tests/gpu`` on a machine with a CUDA GPU (and bitsandbytes for the
 QLoRA/bnb tests); everywhere else these tests are skipped. Each prints the figures it checks.
@@ -169,6 +170,14 @@ def test_bitsandbytes_quantization_saves_loads_and_serves(gpu_base, tmp_path, me
     assert m["size_ratio"] < 1.0 and math.isfinite(m["perplexity_after"])
     assert m["perplexity_ratio"] < 1.1
     assert isinstance(generate(model, load_tokenizer(tmp_path), ["The Python"], 8)[0], str)
+    report = json.loads((tmp_path / "optimize.json").read_text())  # the source was timed on the same GPU
+    assert report["device"] == "cuda" and {r["device"] for r in report["steps"]} == {"cuda"}
+    from shipyard.serving.llm import SamplingParams, ShipyardLLM
+
+    llm = ShipyardLLM("q", tmp_path, 8)  # the KServe runtime: inputs go to the model's GPU
+    llm.load()
+    assert (llm.device, llm.dtype_name) == ("cuda", method)
+    assert llm.generate("The Python", SamplingParams(8)).completion_tokens > 0
 
 
 def _ppo(base, checkpoint_dir=None, **kw):
@@ -204,3 +213,33 @@ def test_ppo_on_cuda_samples_learns_and_resumes_exactly(gpu_base, tmp_path):
     assert resumed["resumed"] == 1.0 and resumed["iterations"] == 6
     assert resumed["reward_last"] == pytest.approx(straight["reward_last"], abs=1e-4)
     assert resumed["kl_coef_last"] == pytest.approx(straight["kl_coef_last"])
+
+
+def test_serving_and_evaluate_run_float_models_on_the_gpu_and_int8_on_the_cpu(gpu_base, tmp_path):
+    from shipyard.config import QuantizeConfig
+    from shipyard.eval.evaluate import run_evaluate
+    from shipyard.eval.spec import EvalSpec
+    from shipyard.optimize.quantize import run_quantize
+    from shipyard.serving.llm import SamplingParams, ShipyardLLM
+    from shipyard.train.rewards import RewardModelScorer
+
+    base, _ = gpu_base
+    llm = ShipyardLLM("base", base, 8)
+    llm.load()
+    assert (llm.device, llm.dtype_name) == ("cuda", "bfloat16")
+    assert next(llm.model.parameters()).dtype == torch.bfloat16
+    alone = llm.generate("The Python", SamplingParams(8))
+    batch = llm.generate_batch(["The Python", "A list"], [SamplingParams(8)] * 2)
+    assert alone.completion_tokens > 0 and len(batch) == 2
+    assert list(llm.stream("The Python", SamplingParams(8)))[-1].completion_tokens > 0
+    run_quantize(QuantizeConfig(method="dynamic_int8"), base, tmp_path / "int8")
+    spec = EvalSpec(context_length=64, suites=[
+        {"name": "heldout", "kind": "perplexity", "data": str(DEMO / "heldout/python-docs.jsonl"), "max_examples": 4},
+        {"name": "latency", "kind": "latency", "data": str(DEMO / "preferences/test.jsonl"), "max_examples": 2}])
+    table = run_evaluate(spec, {"base": base, "int8": tmp_path / "int8"}, tmp_path / "eval")
+    devices = json.loads((tmp_path / "eval" / "timings.json").read_text())["device"]
+    print(f"\nevaluate: {devices}, perplexity base {table['base']['heldout.perplexity']:.2f} "
+          f"int8 {table['int8']['heldout.perplexity']:.2f}")
+    assert devices == {"base": "cuda", "int8": "cpu"}
+    assert table["int8"]["heldout.perplexity"] / table["base"]["heldout.perplexity"] < 1.1
+    assert RewardModelScorer(base, 64).device == "cuda"

@@ -4,7 +4,8 @@
     shipyard eval pipelines/configs/tiny-cpu.yaml --model aligned=DIR --reward-model DIR
 
 Suite data is loaded and checked before any model is (a bad reference row stops the run with its
-file:line). Each model is loaded once and runs every suite; the table is
+file:line). Each model is loaded once, on ``spec.device`` (a GPU when there is one, unless the
+model is quantized for the CPU), and runs every suite; the table is
 ``{model: {"<suite>.<metric>": value}}``. Win rates compare each model's per-prompt rewards with
 the spec's baseline model; ``<suite>.perplexity_ratio`` compares a model with the model it was
 made from (``sources``: optimized -> aligned in the lifecycle).
@@ -26,8 +27,8 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
                  alignment_report: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Evaluate each ``{name: model_dir}`` on every suite of ``spec``.
 
-    Writes ``eval.json`` (the table), ``eval.md``, ``timings.json``, ``samples.jsonl`` and the
-    self-contained ``report.html`` to ``output_dir``. ``alignment_report`` (the align stage's
+    Writes ``eval.json`` (the table), ``eval.md``, ``timings.json`` (examples/s and each model's
+    device), ``samples.jsonl`` and the self-contained ``report.html`` to ``output_dir``. ``alignment_report`` (the align stage's
     instruct-vs-aligned judgement) becomes an ``alignment`` row.
 
     Returns:
@@ -35,12 +36,15 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
     """
     from shipyard.eval.report import write_report
     from shipyard.eval.suites import load_suite_data, run_suite, win_rate
-    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.models.device import inference_device, load_for_inference
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if spec.baseline and spec.of_kind("reward") and spec.baseline not in models:
         raise ValueError(f"evaluate.baseline {spec.baseline!r} is not among the evaluated models: {sorted(models)}")
+    for name, path in models.items():  # a model that cannot run on spec.device fails before any work
+        inference_device(spec.device, path)
     data = load_suite_data(spec)
     reward = None
     if spec.of_kind("reward"):
@@ -48,13 +52,14 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
             raise ValueError(f"suites {[s.name for s in spec.of_kind('reward')]} need a reward model")
         from shipyard.train.rewards import RewardModelScorer
 
-        reward = RewardModelScorer(reward_model_dir, spec.context_length)
+        reward = RewardModelScorer(reward_model_dir, spec.context_length, device=inference_device(spec.device))
     table: dict[str, dict[str, float]] = {}
     timings: dict[str, dict[str, float]] = {}
+    devices: dict[str, str] = {}
     per_prompt: dict[tuple[str, str], list[float]] = {}
     with open(output_dir / "samples.jsonl", "w", encoding="utf-8") as f:
         for name, path in models.items():
-            model, tok = load_causal_lm(path), load_tokenizer(path)
+            (model, devices[name]), tok = load_for_inference(path, spec.device), load_tokenizer(path)
             table[name], timings[name] = {}, {}
             for suite in spec.suites:
                 t0 = time.perf_counter()
@@ -81,14 +86,15 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
         table[ALIGNMENT_ROW] = {k: v for k, v in json.loads(Path(alignment_report).read_text()).items()
                                 if isinstance(v, (int, float))}
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
-    (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings}, indent=2))
-    (output_dir / "eval.md").write_text(format_table(table))
-    write_report(output_dir, spec, table, timings, sources or {})
+    (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings, "device": devices}, indent=2))
+    (output_dir / "eval.md").write_text(format_table(table, devices))
+    write_report(output_dir, spec, table, timings, sources or {}, devices)
     return table
 
 
-def format_table(table: dict[str, dict[str, float]]) -> str:
-    """A markdown table: one row per metric, one column per model (the alignment row apart)."""
+def format_table(table: dict[str, dict[str, float]], devices: dict[str, str] | None = None) -> str:
+    """A markdown table: one row per metric, one column per model (the alignment row apart), then
+    where each model ran (latencies compare only on one device)."""
     models = [m for m in table if m != ALIGNMENT_ROW]
     metrics = list(dict.fromkeys(k for m in models for k in table[m]))
     lines = ["| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
@@ -98,6 +104,8 @@ def format_table(table: dict[str, dict[str, float]]) -> str:
         lines += ["", "Aligned vs instruct on held-out prompts (align stage):", "",
                   "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in table[ALIGNMENT_ROW].items()]
+    if devices:
+        lines += ["", "Devices: " + ", ".join(f"{m} on {d}" for m, d in devices.items())]
     return "\n".join(lines) + "\n"
 
 

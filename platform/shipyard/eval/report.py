@@ -73,7 +73,8 @@ def _metric_table(models: list[str], keys: list[str], table: dict) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, sources: dict) -> Path:
+def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, sources: dict,
+                 devices: dict | None = None) -> Path:
     """Write ``report.html`` and return its path."""
     models = [m for m in table if m != "alignment"]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -106,6 +107,9 @@ def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, s
     for suite in spec.suites:
         parts.append(f"<tr><td>{html.escape(suite.name)}</td>"
                      + "".join(f"<td>{timings[m].get(suite.name, float('nan')):.3g}</td>" for m in timings) + "</tr>")
+    if devices:
+        parts.append("<tr><td><i>device</i></td>"
+                     + "".join(f"<td>{html.escape(devices.get(m, '?'))}</td>" for m in timings) + "</tr>")
     parts.append("</table>")
     samples_file = output_dir / "samples.jsonl"
     if samples_file.exists():

@@ -101,6 +101,9 @@ class EvalSpec(StrictModel):
     max_examples: int = Field(40, gt=0, description="Default rows per suite (CPU budget).")
     max_new_tokens: int = Field(24, gt=0, description="Default new tokens per greedy answer.")
     context_length: int = Field(128, gt=8, description="Perplexity window and prompt budget.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where the models and the reward model run: auto is a GPU when one is visible (a "
+                            "quantized model runs where its kernels do). Weights stay float32 on either.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvalSpec:

@@ -59,8 +59,11 @@ class OptimizeConfig(StrictModel):
     quantize: QuantizeConfig | None = QuantizeConfig()
     report_docs: int = Field(16, gt=0, description="Held-out documents for the perplexity delta of each step.")
     context_length: int = Field(128, gt=8, description="Perplexity window of the report.")
-    latency_prompts: int = Field(3, gt=0, description="Prompts timed for CPU ms per token.")
+    latency_prompts: int = Field(3, gt=0, description="Prompts timed for ms per new token.")
     latency_tokens: int = Field(16, gt=1, description="New tokens per timed prompt.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where every step is measured: the final model's device (bitsandbytes: the GPU; "
+                            "dynamic_int8 and torchao: the CPU); auto otherwise is a GPU when one is visible.")
 
     @model_validator(mode="after")
     def _something(self) -> OptimizeConfig:

@@ -4,8 +4,10 @@
     shipyard optimize -c my.yaml --model DIR --output DIR [--corpus DIR] [--heldout FILE]
 
 Each step writes a loadable model directory; each is measured the way it will be served (loaded
-back from disk): size on disk, CPU ms per new token (batch 1, greedy), and held-out perplexity,
-with ratios against the source model. ``optimize.json`` holds the table; the metrics hold the
+back from disk, float32 weights unless quantized): size on disk, ms per new token (batch 1,
+greedy) and held-out perplexity, with ratios against the source model. Every row is measured on
+the device the final model runs on (``measure_device``), so the latency ratio compares like with
+like; each row names it. ``optimize.json`` holds the table; the metrics hold the
 final model's ratios and each step's own numbers (student size, sparsity, recovery loss).
 """
 
@@ -33,18 +35,36 @@ def _heldout(path: str | Path | None, corpus_dir: str | Path | None, n: int) -> 
     raise ValueError("optimize needs held-out text (heldout) or a corpus to measure perplexity on")
 
 
-def measure(model_dir: Path, texts: list[str], cfg: OptimizeConfig) -> dict[str, float]:
-    """Size on disk, latency per token and perplexity of a model directory, loaded as served (on CPU; a
-    bitsandbytes model on its GPU)."""
-    from shipyard.eval.metrics import decode_latency, perplexity
-    from shipyard.models.causal_lm import dir_size, load_causal_lm, load_tokenizer
+def measure_device(cfg: OptimizeConfig) -> str:
+    """Where the final model runs, hence where every step is measured (``cpu`` or ``cuda``)."""
+    from shipyard.models.device import CPU_ONLY, CUDA_ONLY, cuda_available, inference_device
 
-    model, tok = load_causal_lm(model_dir), load_tokenizer(model_dir)
+    method = cfg.quantize.method if cfg.quantize else None
+    if method in CUDA_ONLY or method in CPU_ONLY:
+        home = "cuda" if method in CUDA_ONLY else "cpu"
+        if cfg.device not in ("auto", home):
+            raise ValueError(f"optimize.device {cfg.device}: the final model ({method}) runs on {home} only, and "
+                             f"every step is measured where the final model runs")
+        if home == "cuda" and not cuda_available():
+            from shipyard.optimize.quantize import bnb_needs_cuda
+
+            raise bnb_needs_cuda(method)
+        return home
+    return inference_device(cfg.device)
+
+
+def measure(model_dir: Path, texts: list[str], cfg: OptimizeConfig, device: str = "cpu") -> dict:
+    """Size on disk, latency per token and perplexity of a model directory, loaded as served, on ``device``."""
+    from shipyard.eval.metrics import decode_latency, perplexity
+    from shipyard.models.causal_lm import dir_size, load_tokenizer
+    from shipyard.models.device import load_for_inference
+
+    (model, device), tok = load_for_inference(model_dir, device), load_tokenizer(model_dir)
     ctx = min(cfg.context_length, model.config.max_position_embeddings)
     prompts = [t[:200] for t in texts[: cfg.latency_prompts]]
     latency = decode_latency(model, tok, prompts, cfg.latency_tokens)
     return {"size_bytes": float(dir_size(model_dir)), "ms_per_token": latency["ms_per_token"],
-            "perplexity": perplexity(model, tok, texts, ctx)}
+            "perplexity": perplexity(model, tok, texts, ctx), "device": device}
 
 
 def _save(model, source: Path, out: Path) -> Path:
@@ -90,9 +110,10 @@ def run_optimize(cfg: OptimizeConfig, model_dir: str | Path, output_dir: str | P
     source, output_dir = Path(model_dir), Path(output_dir)
     if (cfg.distill or (cfg.prune and cfg.prune.recover_steps)) and corpus_dir is None:
         raise ValueError("optimize: distill and prune.recover_steps train on text: pass the corpus")
+    device = measure_device(cfg)  # before any work: a final model that cannot run here fails now
     texts = _heldout(heldout, corpus_dir, cfg.report_docs)
     tok = load_tokenizer(source)
-    rows = [{"step": "source", **measure(source, texts, cfg)}]
+    rows = [{"step": "source", **measure(source, texts, cfg, device)}]
     metrics: dict[str, float] = {}
     current = source
     with tempfile.TemporaryDirectory(prefix="shipyard-optimize-") as work:
@@ -104,28 +125,31 @@ def run_optimize(cfg: OptimizeConfig, model_dir: str | Path, output_dir: str | P
             student, m = run_distill(cfg.distill, _load_float(current), corpus_dir, tok, log)
             metrics.update(m)
             current = _save(student, source, output_dir if last == "distill" else work / "distilled")
-            rows.append({"step": f"distill ({cfg.distill.student_layers} layers)", **measure(current, texts, cfg)})
+            rows.append({"step": f"distill ({cfg.distill.student_layers} layers)",
+                         **measure(current, texts, cfg, device)})
         if cfg.prune:
             from shipyard.optimize.prune import run_prune
 
             model = _load_float(current)
             metrics.update(run_prune(cfg.prune, model, corpus_dir, tok, log))
             current = _save(model, source, output_dir if last == "prune" else work / "pruned")
-            rows.append({"step": f"prune ({cfg.prune.kind} {cfg.prune.sparsity:g})", **measure(current, texts, cfg)})
+            rows.append({"step": f"prune ({cfg.prune.kind} {cfg.prune.sparsity:g})",
+                         **measure(current, texts, cfg, device)})
         if cfg.quantize:
             from shipyard.optimize.quantize import run_quantize
 
             q = run_quantize(cfg.quantize, current, output_dir)
             metrics.update({f"quantize.{k}": v for k, v in q.items() if k != "size_ratio"})
             current = output_dir
-            rows.append({"step": f"quantize ({cfg.quantize.method})", **measure(current, texts, cfg)})
+            rows.append({"step": f"quantize ({cfg.quantize.method})", **measure(current, texts, cfg, device)})
     base = rows[0]
     for row in rows[1:]:
         row.update({"size_ratio": row["size_bytes"] / base["size_bytes"],
                     "latency_ratio": row["ms_per_token"] / base["ms_per_token"],
                     "perplexity_ratio": row["perplexity"] / base["perplexity"]})
     final = rows[-1]
-    (output_dir / REPORT_FILE).write_text(json.dumps({"source": str(source), "steps": rows}, indent=2))
+    (output_dir / REPORT_FILE).write_text(json.dumps({"source": str(source), "device": device, "steps": rows},
+                                                     indent=2))
     metrics.update({k: final[k] for k in ("size_ratio", "latency_ratio", "perplexity_ratio")})
     metrics.update({"size_bytes_before": base["size_bytes"], "size_bytes_after": final["size_bytes"],
                     "ms_per_token_before": base["ms_per_token"], "ms_per_token_after": final["ms_per_token"],
@@ -136,7 +160,8 @@ def run_optimize(cfg: OptimizeConfig, model_dir: str | Path, output_dir: str | P
 def format_report(rows: list[dict]) -> str:
     lines = ["| step | size MB | ms/token | perplexity | size x | latency x | perplexity x |", "|---" * 7 + "|"]
     for r in rows:
-        lines.append(f"| {r['step']} | {r['size_bytes'] / 1e6:.2f} | {r['ms_per_token']:.2f} | {r['perplexity']:.4g} | "
+        ms = f"{r['ms_per_token']:.2f}" + (f" ({r['device']})" if r.get("device") else "")
+        lines.append(f"| {r['step']} | {r['size_bytes'] / 1e6:.2f} | {ms} | {r['perplexity']:.4g} | "
                      + " | ".join(f"{r[k]:.3f}" if k in r else "1" for k in ("size_ratio", "latency_ratio",
                                                                               "perplexity_ratio")) + " |")
     return "\n".join(lines) + "\n"

@@ -114,13 +114,17 @@ def _save_dynamic_int8(model, names: list[str], output_dir: Path) -> None:
     save_file(state, str(output_dir / "model.safetensors"), metadata={"format": "pt"})
 
 
+def bnb_needs_cuda(method: str) -> ValueError:
+    return ValueError(f"quantize.method {method}: bitsandbytes kernels need a CUDA GPU and this machine "
+                      f"has none; on CPU use int8_weight_only, int4_weight_only or dynamic_int8")
+
+
 def _bnb(cfg: QuantizeConfig, model_dir: Path, output_dir: Path) -> dict[str, float]:
     """bitsandbytes 8-bit (LLM.int8) or 4-bit NF4 with double quantization, saved by transformers."""
     import torch
 
     if not torch.cuda.is_available():
-        raise ValueError(f"quantize.method {cfg.method}: bitsandbytes kernels need a CUDA GPU and this machine "
-                         f"has none; on CPU use int8_weight_only, int4_weight_only or dynamic_int8")
+        raise bnb_needs_cuda(cfg.method)
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     if cfg.method == "bnb_int8":

@@ -2,6 +2,7 @@
 
 import argparse
 
+from shipyard.models.device import DEVICES, DTYPES
 from shipyard.serving.server import serve_model
 
 
@@ -18,6 +19,10 @@ def main() -> None:
     ap.add_argument("--request-timeout-s", type=float, default=120.0, help="per-request limit (504 after)")
     ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                     help="a LoRA adapter served as model NAME on the same base (repeatable)")
+    ap.add_argument("--device", default="auto", choices=DEVICES,
+                    help="auto: the pod's GPU when it has one, else the CPU (a quantized model runs where its kernels do)")
+    ap.add_argument("--dtype", default="auto", choices=DTYPES,
+                    help="weights of a float model; auto: bfloat16 on a GPU that has it, else float32")
     ap.add_argument("--rag-url", default=None,
                     help="the RAG sidecar (e.g. http://127.0.0.1:8081 in the same pod); RAG on for every request")
     ap.add_argument("--rag-top-k", type=int, default=4, help="chunks retrieved per request unless it asks")
@@ -31,7 +36,7 @@ def main() -> None:
 
     rag = RagSettings(args.rag_url, top_k=args.rag_top_k, timeout_s=args.rag_timeout_s) if args.rag_url else None
     serve_model(args.model_uri, args.host, args.port, args.name, args.max_new_tokens, limits=limits,
-                adapters=parse_adapters(args.adapter), rag=rag)
+                adapters=parse_adapters(args.adapter), rag=rag, device=args.device, dtype=args.dtype)
 
 
 if __name__ == "__main__":

@@ -80,14 +80,18 @@ class ShipyardLLM(Model):
 
     ``adapters`` ({name: adapter dir}) are LoRA adapters attached at load to one copy of the base,
     each served under its own model name (vLLM's convention); a request picks one by ``model``,
-    and the base name gets the base with adapters disabled.
+    and the base name gets the base with adapters disabled. ``device``/``dtype``
+    (``shipyard.models.device``): ``auto`` serves on the pod's GPU in bfloat16 when it has one, else
+    on the CPU in float32; a quantized model runs where its kernels do.
     """
 
     def __init__(self, name: str, model_dir: str | Path, max_new_tokens: int = 64,
-                 adapters: dict[str, str | Path] | None = None):
+                 adapters: dict[str, str | Path] | None = None, device: str = "auto", dtype: str = "auto"):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.max_new_tokens = max_new_tokens
+        self.requested_device, self.requested_dtype = device, dtype
+        self.device = self.dtype_name = None  # set by load(): "cuda"/"cpu", "bfloat16"/"float32"/a quantization
         self.adapters = {k: Path(v) for k, v in (adapters or {}).items()}
         if name in self.adapters:
             raise ValueError(f"adapter name {name!r} is the base model's name")
@@ -103,7 +107,11 @@ class ShipyardLLM(Model):
         from transformers import AutoConfig
 
         from shipyard.models.causal_lm import is_quantized, load_causal_lm, load_tokenizer
+        from shipyard.models.device import inference_device, inference_dtype, place, quant_method
 
+        self.device = inference_device(self.requested_device, self.model_dir)  # before loading: errors first
+        dtype = None if is_quantized(self.model_dir) else inference_dtype(self.requested_dtype, self.device)
+        self.dtype_name = quant_method(self.model_dir) or str(dtype).removeprefix("torch.")
         config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=False)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         if self.seq2seq:  # T5-style: the prompt goes to the encoder, the answer comes from the decoder
@@ -122,6 +130,7 @@ class ShipyardLLM(Model):
             self.model = load_with_adapters(self.model_dir, self.adapters)
         else:
             self.model = load_causal_lm(self.model_dir)
+        self.model = place(self.model, self.device, dtype)
         self.tokenizer = load_tokenizer(self.model_dir)
         self.context_length = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
                                   or self.tokenizer.model_max_length)
@@ -184,7 +193,7 @@ class ShipyardLLM(Model):
         """Blocking generation of one completion (call through ``agenerate`` from async code)."""
         import torch
 
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         with self._lock, torch.no_grad(), self._variant(params.adapter):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
@@ -205,7 +214,7 @@ class ShipyardLLM(Model):
         if len(prompts) == 1:
             return [self.generate(prompts[0], p)]
         self.tokenizer.padding_side = "left"
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         with self._lock, torch.no_grad(), self._variant(p.adapter):
             out = self.model.generate(**enc, **self._generate_kwargs(enc, p))
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
@@ -227,7 +236,7 @@ class ShipyardLLM(Model):
         import torch
         from transformers import TextIteratorStreamer
 
-        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         counter = {"tokens": 0, "last": None}
 
         class _Counting(TextIteratorStreamer):

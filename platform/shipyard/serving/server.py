@@ -22,13 +22,14 @@ def _import_kserve_server():
 
 
 def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int, limits=None, adapters=None,
-                 rag=None):
-    """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``; ``rag``: RagSettings."""
+                 rag=None, device: str = "auto", dtype: str = "auto"):
+    """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``; ``rag``: RagSettings;
+    ``device``/``dtype``: where and in what precision the model runs (``shipyard.models.device``)."""
     model_server, RESTServer = _import_kserve_server()
     from shipyard.serving.llm import ShipyardLLM
     from shipyard.serving.openai_api import openai_router
 
-    llm = ShipyardLLM(name, model_dir, max_new_tokens, adapters)
+    llm = ShipyardLLM(name, model_dir, max_new_tokens, adapters, device=device, dtype=dtype)
     llm.load()
     server = model_server.ModelServer(http_port=port, enable_grpc=False, workers=1)
     server.register_model(llm)
@@ -48,7 +49,7 @@ def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int
 
 def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name: str | None = None,
                 max_new_tokens: int = 64, tracking_uri: str | None = None, limits=None,
-                adapters: dict[str, str] | None = None, rag=None) -> None:
+                adapters: dict[str, str] | None = None, rag=None, device: str = "auto", dtype: str = "auto") -> None:
     """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped;
     ``rag`` (RagSettings) points the runtime at a running sidecar."""
     from shipyard.tracking.registry import resolve_model_dir
@@ -56,8 +57,8 @@ def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name:
 
     model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
     name = name or default_name(model_uri)
-    server, rest, _ = build_server(model_dir, name, host, port, max_new_tokens, limits, adapters, rag)
-    print(f"serving {model_uri} as {name!r} on http://{host}:{port} "
+    server, rest, llm = build_server(model_dir, name, host, port, max_new_tokens, limits, adapters, rag, device, dtype)
+    print(f"serving {model_uri} as {name!r} on {llm.device} ({llm.dtype_name}) at http://{host}:{port} "
           f"(OpenAI API at http://{host}:{port}/openai/v1)"
           + (f" with RAG from {rag.url} ({rag.index or 'index of the sidecar'})" if rag else ""), flush=True)
     server.setup_event_loop()

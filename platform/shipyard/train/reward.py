@@ -23,11 +23,12 @@ def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size:
 
     scores: list[float] = []
     model.eval()
+    device = next(model.parameters()).device
     with torch.no_grad():
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i : i + batch_size], return_tensors="pt", padding=True,
-                            truncation=True, max_length=max_length)
-            scores.extend(model(**enc).logits[:, 0].tolist())
+                            truncation=True, max_length=max_length).to(device)
+            scores.extend(model(**enc).logits[:, 0].float().tolist())
     return scores
 
 

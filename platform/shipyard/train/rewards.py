@@ -69,13 +69,16 @@ def keyword_share(completions: list[str], keywords: list[str]) -> list[float]:
 
 
 class RewardModelScorer:
-    """The reward model's logit of prompt + completion (the text layout it was trained on)."""
+    """The reward model's logit of prompt + completion (the text layout it was trained on), computed
+    on ``device`` (``shipyard.models.device``; auto: the GPU the policy samples on, when there is one)."""
 
-    def __init__(self, model_dir: str | Path, max_length: int):
+    def __init__(self, model_dir: str | Path, max_length: int, device: str = "auto"):
         from shipyard.models.causal_lm import load_tokenizer
+        from shipyard.models.device import inference_device, place
         from shipyard.train.reward import load_reward_model
 
-        self.model, self.tokenizer = load_reward_model(model_dir), load_tokenizer(model_dir)
+        self.device = inference_device(device, model_dir)
+        self.model, self.tokenizer = place(load_reward_model(model_dir), self.device), load_tokenizer(model_dir)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.tokenizer.padding_side = "right"
         self.max_length = max_length

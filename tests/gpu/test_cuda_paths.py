@@ -243,3 +243,19 @@ def test_serving_and_evaluate_run_float_models_on_the_gpu_and_int8_on_the_cpu(gp
     assert devices == {"base": "cuda", "int8": "cpu"}
     assert table["int8"]["heldout.perplexity"] / table["base"]["heldout.perplexity"] < 1.1
     assert RewardModelScorer(base, 64).device == "cuda"
+
+
+def test_the_alignment_judgement_runs_on_the_gpu(gpu_base, tmp_path):
+    """align's instruct-vs-aligned judgement: a model against itself wins half and has KL 0."""
+    import shutil
+
+    from shipyard.config import AlignConfig
+    from shipyard.train.align import evaluate_alignment
+    from shipyard.train.rewards import RewardTerm, build_reward
+
+    base, _ = gpu_base
+    cfg = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"), max_length=64,
+                      generation={"max_new_tokens": 8}, rewards=[RewardTerm(kind="keywords", keywords=["the"])])
+    same = shutil.copytree(base, tmp_path / "same")  # the judgement writes its samples beside the model
+    m = evaluate_alignment(cfg, same, same, ["The Python", "A list is"] * 4, build_reward(cfg.rewards, None, 64))
+    assert m["win_rate"] == 0.5 and abs(m["kl_to_instruct"]) < 1e-3

@@ -130,3 +130,18 @@ def test_optimize_without_a_gpu_refuses_bitsandbytes_before_measuring_anything(t
         run_optimize(OptimizeConfig(quantize=QuantizeConfig(method="bnb_int8")), tiny_base, tmp_path / "out",
                      heldout=DEMO / "heldout/python-docs.jsonl")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_alignment_judgement_of_a_model_against_itself_is_a_tie_with_zero_kl(tiny_base, tmp_path):
+    import shutil
+
+    from shipyard.config import AlignConfig
+    from shipyard.train.align import evaluate_alignment
+    from shipyard.train.rewards import RewardTerm, build_reward
+
+    copy = shutil.copytree(tiny_base, tmp_path / "same")  # the judgement writes its samples beside the model
+    cfg = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"), max_length=64,
+                      generation={"max_new_tokens": 8}, rewards=[RewardTerm(kind="keywords", keywords=["the"])])
+    m = evaluate_alignment(cfg, copy, copy, ["The Python", "A list is"] * 4, build_reward(cfg.rewards, None, 64))
+    assert m["win_rate"] == 0.5 and abs(m["kl_to_instruct"]) < 1e-4
+    assert (copy / "alignment_samples.jsonl").exists()

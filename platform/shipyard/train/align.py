@@ -131,7 +131,8 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     import torch
 
     from shipyard.eval.metrics import generate
-    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.models.device import load_for_inference
     from shipyard.train.rewards import toxicity_probability
 
     tok = load_tokenizer(aligned_dir)
@@ -142,7 +143,7 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     models, answers = {}, {}
     for name, path in (("instruct", instruct_dir), ("aligned", aligned_dir)):
         torch.manual_seed(cfg.seed)
-        models[name] = load_causal_lm(path)
+        models[name], _ = load_for_inference(path)  # the align pod's GPU when it has one
         answers[name] = generate(models[name], tok, asked, g.max_new_tokens, **decode)
     scores = {name: reward(asked, a) for name, a in answers.items()}
     per_prompt = {name: [sum(s[i * k:(i + 1) * k]) / k for i in range(len(prompts))] for name, s in scores.items()}
@@ -167,11 +168,13 @@ def sequence_kl(policy, reference, tokenizer, prompts: list[str], cfg: AlignConf
     from shipyard.train.ppo import response_logprobs, sample_completions, sequence_logits
 
     total, g = 0.0, cfg.generation
+    device = next(policy.parameters()).device.type
     torch.manual_seed(cfg.seed)
     with torch.no_grad():
         for i in range(0, len(prompts), batch_size):
             out, P, mask, attn = sample_completions(policy, tokenizer, prompts[i : i + batch_size],
-                                                    cfg.max_length - g.max_new_tokens, g.max_new_tokens, 1.0)
+                                                    cfg.max_length - g.max_new_tokens, g.max_new_tokens, 1.0,
+                                                    device=device)
             lp = [response_logprobs(sequence_logits(m, out, attn), out, P, 1.0)[0] for m in (policy, reference)]
             total += ((lp[0] - lp[1]) * mask).sum().item()
     return total / len(prompts)

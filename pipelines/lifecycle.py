@@ -37,9 +37,9 @@ def lifecycle(config: str, tracking_uri: str, parent_run_id: str, data_shards: l
     rm = reward_model(base_model=base.outputs["model"], **run)
     aligned = align(policy=sft.outputs["model"], reward_model=rm.outputs["model"], **run)
     opt = optimize(source=aligned.outputs["model"], corpus=clean.outputs["clean"], **run)
+    docs = rag_index(**run)
     ev = evaluate(base_model=base.outputs["model"], finetuned_model=sft.outputs["model"],
                   aligned_model=aligned.outputs["model"], optimized_model=opt.outputs["model"],
-                  reward_model=rm.outputs["model"], **run)
-    docs = rag_index(**run)
+                  reward_model=rm.outputs["model"], rag_index=docs.outputs["index"], **run)
     register(optimized_model=opt.outputs["model"], aligned_model=aligned.outputs["model"],
              eval_report=ev.outputs["report"], rag_index=docs.outputs["index"], **run)

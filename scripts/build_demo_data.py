@@ -186,6 +186,38 @@ def cloze_items(docs: list[dict], seed: int = 0) -> list[dict]:
     return items
 
 
+def faq_questions(faq_docs: list[dict], per_doc: int = 6, answer_chars: int = 400) -> list[dict]:
+    """RAG eval rows from the FAQ documents: each section whose title is a question becomes
+    ``{question, answer, source}`` (the answer: the section's first paragraphs, cut at a paragraph
+    under ``answer_chars``; source: the document id retrieval should find). Up to ``per_doc``
+    questions per document, evenly spaced, so every document is asked about."""
+    rows = []
+    for doc in faq_docs:
+        lines = doc["text"].splitlines()
+        found = []
+        for i in range(len(lines) - 1):
+            title, rule = lines[i].strip(), lines[i + 1].strip()
+            if title.endswith("?") and len(rule) >= len(title) and set(rule) <= set("-=~^"):
+                body, j = [], i + 2
+                while j < len(lines) and not (j + 1 < len(lines) and lines[j + 1].strip()
+                                               and set(lines[j + 1].strip()) <= set("-=~^")
+                                               and len(lines[j + 1].strip()) >= len(lines[j].strip()) > 0):
+                    body.append(lines[j])
+                    j += 1
+                paras = [" ".join(p.split()) for p in "\n".join(body).split("\n\n")]
+                paras = [p for p in paras if p and not p.startswith(("..", "::", ">>>"))]
+                answer = ""
+                for para in paras:
+                    if answer and len(answer) + len(para) > answer_chars:
+                        break
+                    answer = f"{answer} {para}".strip()
+                if len(answer.split()) >= 8:
+                    found.append({"question": title, "answer": answer[: answer_chars * 2], "source": doc["id"]})
+        step = max(1, len(found) // per_doc)
+        rows += found[::step][:per_doc]
+    return rows
+
+
 def split(rows: list, n_test: int, seed: int = 0) -> tuple[list, list]:
     rows = list(rows)
     random.Random(seed).shuffle(rows)
@@ -230,6 +262,7 @@ def main() -> None:
     rag = [{"id": f"faq:{p.name}", "text": p.read_text(encoding="utf-8"), "source": "python3.11-doc"}
            for p in sorted(faq.glob("*.rst.txt"))]
     write_jsonl(OUT / "rag" / "python-faq.jsonl", rag)
+    write_jsonl(OUT / "rag" / "python-faq-questions.jsonl", faq_questions(rag))
 
     for path in sorted(OUT.rglob("*")):
         if path.is_file():

@@ -292,6 +292,9 @@ def eval_(
     suite: Annotated[list[str] | None, typer.Option(help="Run only this suite; repeat for several.")] = None,
     device: Annotated[str | None, typer.Option(
         help="auto, cpu or cuda: overrides the spec's device (auto: a GPU when one is visible).")] = None,
+    rag_index: Annotated[str | None, typer.Option(
+        help="NAME or NAME@VERSION: the RAG index the spec's rag suites search.")] = None,
+    feast_repo: RepoOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Run an eval spec on models outside a pipeline: the same suites and code as the evaluate stage."""
@@ -313,8 +316,13 @@ def eval_(
             if not sep or not name or not where:
                 raise ValueError(f"--model {item!r}: expected NAME=DIR")
             models[name] = str(resolve_model_dir(_tracking(tracking_uri), where))
-        table = run_evaluate(cfg, models, output, reward_model_dir=reward_model)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as exc:
+        if rag_index and not feast_repo:
+            from shipyard.features.store import repo_for
+
+            feast_repo = str(repo_for(_tracking(tracking_uri)))
+        table = run_evaluate(cfg, models, output, reward_model_dir=reward_model, rag_index=rag_index,
+                             feast_repo=feast_repo)
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, LookupError) as exc:
         _fail(str(exc.args[0] if isinstance(exc, KeyError) else exc))
     typer.echo(format_table(table) + f"\nreport: {output / 'report.html'}")
 

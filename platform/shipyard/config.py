@@ -164,6 +164,10 @@ class PipelineConfig(StrictModel):
         self._check_gate()
         if self.rag is not None and not self.rag.documents:
             raise ValueError("rag.documents: the lifecycle's rag_index step needs the documents to index")
+        rag_suites = [i for i, s in enumerate(self.evaluate.suites) if s.kind == "rag"]
+        if rag_suites and self.rag is None:
+            raise ValueError(f"evaluate.suites.{rag_suites[0]} (kind rag) searches the index the rag: section "
+                             f"builds, and this profile has no rag: section")
         if self.align.eval_prompts is None and not self.evaluate.of_kind("reward"):
             raise ValueError("align.eval_prompts is not set and evaluate has no reward suite to take prompts from")
         if self.base.type != "pretrain":  # a selected model brings its own context; finetune checks it

@@ -130,18 +130,31 @@ def _evaluate(cfg, inputs, outputs, run):
     from shipyard.eval.evaluate import run_evaluate
     from shipyard.train.align import ALIGNMENT_FILE
 
-    models = {k.removesuffix("_model"): v for k, v in inputs.items() if k != "reward_model"}
+    models = {k.removesuffix("_model"): v for k, v in inputs.items() if k not in ("reward_model", "rag_index")}
     if any(check.against_champion() for check in cfg.register_.gate):
         champion = _champion_dir(run, cfg.register_.model_name)
         if champion:
             models["champion"] = champion
+    rag_ref = _rag_ref(inputs)
+    if rag_ref:
+        from shipyard.features.store import repo_for
+
+        run.tag({"shipyard.eval_rag_index": rag_ref})
     table = run_evaluate(cfg.evaluate, models, outputs["report"], reward_model_dir=inputs["reward_model"],
                          sources={"optimized": "aligned"},
-                         alignment_report=Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None)
+                         alignment_report=Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None,
+                         rag_index=rag_ref, feast_repo=repo_for(run.tracking_uri) if rag_ref else None)
     run.artifact(outputs["report"], "eval")
     flat = {f"{m}.{k}": v for m, scores in table.items() for k, v in scores.items()}
     run.log_parent(flat)
     return flat
+
+
+def _rag_ref(inputs: dict) -> str | None:
+    """NAME@VERSION of the index the rag_index stage built (None without one, or without ``rag:``)."""
+    if "rag_index" not in inputs:
+        return None
+    return json.loads((Path(inputs["rag_index"]) / "index.json").read_text())["ref"]
 
 
 def _champion_dir(run, name: str) -> str | None:
@@ -179,7 +192,7 @@ def _register(cfg, inputs, outputs, run):
     table = json.loads((Path(inputs["eval_report"]) / "eval.json").read_text())
     model_dir = inputs["optimized_model"] if reg.model == "optimized" else inputs["aligned_model"]
     decision = register_candidate(run, reg, table, model_dir, cfg.serve.max_new_tokens, cfg.digest())
-    rag_ref = json.loads((Path(inputs["rag_index"]) / "index.json").read_text())["ref"] if "rag_index" in inputs else None
+    rag_ref = _rag_ref(inputs)
     if rag_ref:  # the served pair is the registered pair
         pin_rag_index(run.tracking_uri, reg.model_name, decision["version"], rag_ref)
         decision["rag_index_version"] = rag_ref

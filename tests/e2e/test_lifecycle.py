@@ -38,10 +38,14 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
                                    "reward_model", "evaluate", "rag_index", "register"}
     assert set(summary.eval_table) == {"base", "finetuned", "aligned", "optimized", "alignment"}
     suites = {"heldout.perplexity", "instructions.rougeLsum", "instructions.chrf", "instructions.exact_match",
-              "preferences.reward", "toxicity.rate", "python_cloze.acc_norm", "latency.ms_per_token"}
+              "preferences.reward", "toxicity.rate", "python_cloze.acc_norm", "latency.ms_per_token",
+              "rag.hit_rate", "rag.mrr", "rag.context_gain"}
     for name, scores in summary.eval_table.items():
         if name != "alignment":
             assert suites <= set(scores)
+    # retrieval searched the index the rag_index stage built, once: the same figures for every model
+    assert len({summary.eval_table[m]["rag.hit_rate"] for m in ("base", "optimized")}) == 1
+    assert summary.eval_table["optimized"]["rag.hit_rate"] >= 0.9
     assert "preferences.win_rate" in summary.eval_table["aligned"]  # against the baseline (finetuned)
     assert summary.eval_table["optimized"]["heldout.perplexity_ratio"] < 1.05  # int8 weight-only vs aligned
     judged = summary.eval_table["alignment"]  # PPO's aligned model against the instruct model

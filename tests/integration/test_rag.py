@@ -181,3 +181,46 @@ def test_a_server_without_rag_refuses_rag_requests(tiny_base):
     resp = TestClient(app).post("/openai/v1/completions", json={"model": tiny_base.name, "prompt": "hi",
                                                                 "rag": {"top_k": 2}})
     assert resp.status_code == 400 and "no RAG index" in resp.json()["error"]["message"]
+
+
+def test_the_rag_eval_suite_searches_the_index_and_scores_answers_with_and_without_sources(tiny_base, rag_repo,
+                                                                                          tmp_path):
+    from shipyard.eval.evaluate import run_evaluate
+    from shipyard.eval.spec import EvalSpec
+    from shipyard.features.embed import Embedder
+    from shipyard.features import store as fs
+    from shipyard.features.retrieve import Retriever
+
+    repo, _, _, faq = rag_repo
+    indexed = {d["id"]: d["text"][:3000] for d in faq[:2]}  # what acme's documents hold
+    questions = [json.loads(line) for line in (DEMO / "rag" / "python-faq-questions.jsonl").read_text().splitlines()]
+    asked = [q for q in questions if q["question"] in indexed.get(q["source"], "")]
+    assert len(asked) >= 3
+    data = write_jsonl(tmp_path / "questions.jsonl", asked)
+    spec = EvalSpec(context_length=128, suites=[{"name": "rag", "kind": "rag", "data": str(data), "tenant": "acme",
+                                                 "top_k": 3}])
+    table = run_evaluate(spec, {"base": tiny_base}, tmp_path / "eval", rag_index="faq@2", feast_repo=repo)
+    m = {k.split(".", 1)[1]: v for k, v in table["base"].items()}
+    print(f"\nrag suite on {len(asked)} questions: {m}")
+    # the retrieval figures are the sidecar's search, recomputed here directly
+    store = fs.open_store(repo)
+    retriever = Retriever(fs.read_version(store, fs.resolve(store, "faq@2")[2]), "faq", 2)
+    vecs = Embedder().embed([q["question"] for q in asked])
+    ranks = [next((i + 1 for i, h in enumerate(retriever.search(v, "acme", 3)) if h.doc_id == q["source"]), None)
+             for q, v in zip(asked, vecs)]
+    assert m["hit_rate"] == sum(r is not None for r in ranks) / len(asked) >= 0.5
+    assert m["mrr"] == pytest.approx(sum(1 / r for r in ranks if r) / len(asked))
+    assert 1 < m["answer_perplexity"] < 1e5 and 1 < m["answer_perplexity_rag"] < 1e5
+    assert m["context_gain"] == pytest.approx(m["answer_perplexity"] / m["answer_perplexity_rag"])
+    sample = json.loads((tmp_path / "eval" / "samples.jsonl").read_text().splitlines()[0])
+    assert sample["suite"] == "rag" and sample["prompt"].startswith("### Instruction:\nSources:\n[1] ")
+
+    with pytest.raises(ValueError, match=r"suites \['rag'\] \(rag\) need a RAG index.*--rag-index"):
+        run_evaluate(spec, {"base": tiny_base}, tmp_path / "none")
+    other = EvalSpec(context_length=128, suites=[{"name": "rag", "kind": "rag", "data": str(data), "tenant": "initech"}])
+    with pytest.raises(ValueError, match=r"tenant 'initech' has no documents in index faq@2 \(tenants: \['acme', 'globex'\]\)"):
+        run_evaluate(other, {"base": tiny_base}, tmp_path / "tenant", rag_index="faq@2", feast_repo=repo)
+    bad = write_jsonl(tmp_path / "bad.jsonl", [asked[0], {"question": "Where?", "answer": "There."}])
+    spec_bad = EvalSpec(suites=[{"name": "rag", "kind": "rag", "data": str(bad)}])
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: missing field 'source'"):
+        run_evaluate(spec_bad, {"base": tiny_base}, tmp_path / "bad", rag_index="faq@2", feast_repo=repo)

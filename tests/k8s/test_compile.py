@@ -51,14 +51,16 @@ def test_gpu_profile_places_gpu_stages_and_injects_secrets(tmp_path):
     assert k8s["exec-pretrain"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                                     "effect": "NoSchedule"}]
     assert "nodeSelector" not in k8s["exec-data-filter"]
-    for name in ex:  # every task gets the MLflow and S3 credentials from Secrets; rag_index Feast's too
+    feast = ("exec-rag-index", "exec-evaluate")  # the stages that write and read the RAG index
+    for name in ex:  # every task gets the MLflow and S3 credentials from Secrets; Feast's users Feast's too
         envs = {e["envVar"] for s in k8s[name]["secretAsEnv"] for e in s["keyToEnv"]}
         assert envs == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ACCESS_KEY_ID",
-                        "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", *(["PGPASSWORD"] if name == "exec-rag-index" else [])
+                        "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", *(["PGPASSWORD"] if name in feast else [])
                         }, name
-    assert k8s["exec-rag-index"]["configMapAsVolume"][0]["configMapName"] == "shipyard-feast"
-    rag_env = {e["name"]: e["value"] for e in ex["exec-rag-index"]["container"]["env"]}
-    assert rag_env == {"SHIPYARD_FEAST_REPO": "/etc/feast", "SHIPYARD_FEAST_DATA": "s3://shipyard/feast"}
+    for name in feast:
+        assert k8s[name]["configMapAsVolume"][0]["configMapName"] == "shipyard-feast"
+        rag_env = {e["name"]: e["value"] for e in ex[name]["container"]["env"]}
+        assert rag_env == {"SHIPYARD_FEAST_REPO": "/etc/feast", "SHIPYARD_FEAST_DATA": "s3://shipyard/feast"}
     # placing did not leak into the pipeline object: the plain compile is still CPU everywhere
     plain = yaml.safe_load(compile_pipeline(str(REPO / "pipelines" / "lifecycle.py"), tmp_path / "p.yaml").read_text())
     assert plain["deploymentSpec"]["executors"]["exec-pretrain"]["container"]["image"] == cpu["image"]

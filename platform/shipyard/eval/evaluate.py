@@ -24,12 +24,14 @@ ALIGNMENT_ROW = "alignment"
 
 def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str | Path,
                  reward_model_dir: str | Path | None = None, sources: dict[str, str] | None = None,
-                 alignment_report: str | Path | None = None) -> dict[str, dict[str, float]]:
+                 alignment_report: str | Path | None = None, rag_index: str | None = None,
+                 feast_repo: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Evaluate each ``{name: model_dir}`` on every suite of ``spec``.
 
     Writes ``eval.json`` (the table), ``eval.md``, ``timings.json`` (examples/s and each model's
     device), ``samples.jsonl`` and the self-contained ``report.html`` to ``output_dir``. ``alignment_report`` (the align stage's
-    instruct-vs-aligned judgement) becomes an ``alignment`` row.
+    instruct-vs-aligned judgement) becomes an ``alignment`` row. ``rag`` suites search
+    ``rag_index`` (NAME or NAME@VERSION) in the Feast repo ``feast_repo``.
 
     Returns:
         ``{model_name: {"<suite>.<metric>": value}}``.
@@ -45,7 +47,15 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
         raise ValueError(f"evaluate.baseline {spec.baseline!r} is not among the evaluated models: {sorted(models)}")
     for name, path in models.items():  # a model that cannot run on spec.device fails before any work
         inference_device(spec.device, path)
+    if spec.of_kind("rag") and not rag_index:
+        raise ValueError(f"suites {[s.name for s in spec.of_kind('rag')]} (rag) need a RAG index: the lifecycle "
+                         f"passes the one its rag: section builds; shipyard eval takes --rag-index NAME@VERSION")
     data = load_suite_data(spec)
+    if spec.of_kind("rag"):
+        from shipyard.eval.rag_suite import retrieve
+
+        for suite in spec.of_kind("rag"):  # the same for every model: searched once, before any model loads
+            data[suite.name] = retrieve(data[suite.name], suite, rag_index, str(feast_repo) if feast_repo else None)
     reward = None
     if spec.of_kind("reward"):
         if reward_model_dir is None:

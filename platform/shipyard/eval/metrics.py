@@ -110,6 +110,11 @@ def choice_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[fl
     As lm-evaluation-harness: the pair is tokenized whole and the continuation is what follows
     the query's tokens, so a merge across the boundary is scored with the continuation.
     """
+    return [lp for lp, _ in continuation_logprobs(model, tokenizer, query, choices)]
+
+
+def continuation_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each choice as the continuation of ``query``."""
     import torch
 
     ctx = tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"]
@@ -133,7 +138,7 @@ def choice_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[fl
     out = []
     for i, (seq, start) in enumerate(zip(seqs, starts)):
         target = torch.tensor(seq[start:], device=device)
-        out.append(float(logp[i, start - 1 : len(seq) - 1].gather(-1, target[:, None]).sum()))
+        out.append((float(logp[i, start - 1 : len(seq) - 1].gather(-1, target[:, None]).sum()), len(target)))
     return out
 
 

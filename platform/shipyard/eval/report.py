@@ -17,7 +17,8 @@ from pathlib import Path
 from shipyard.eval.spec import EvalSpec
 
 OVERLAP = {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match"}
-LOWER_IS_BETTER = {"perplexity", "perplexity_ratio", "rate", "mean_probability", "ms_per_token", "first_token_ms"}
+LOWER_IS_BETTER = {"perplexity", "perplexity_ratio", "rate", "mean_probability", "ms_per_token", "first_token_ms",
+                   "answer_perplexity", "answer_perplexity_rag"}
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
 h1{font-size:1.5rem} h2{font-size:1.2rem;border-bottom:1px solid #ddd;padding-bottom:.2rem;margin-top:2rem}

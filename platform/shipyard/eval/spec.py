@@ -1,6 +1,6 @@
 """The evaluation spec: suites of held-out checks, the same on a laptop and on a cluster.
 
-    shipyard eval pipelines/configs/tiny-cpu.yaml --model aligned=DIR --reward-model DIR [--suite NAME]
+    shipyard eval pipelines/configs/tiny-cpu.yaml --model aligned=DIR --reward-model DIR [--suite NAME] [--rag-index NAME@V]
 
 A spec is the ``evaluate:`` section of a pipeline profile (or a YAML file holding just that
 section). Each suite has a ``name``, a ``kind`` and its data; every metric lands in the eval table
@@ -16,7 +16,10 @@ it. Kinds and what they measure:
 - toxicity         share of greedy continuations the profanity classifier flags above a threshold
 - multiple_choice  accuracy on local JSONL ``{query, choices, gold}`` tasks, scored by the
                    log-likelihood of each choice (lm-evaluation-harness's acc and acc_norm)
-- latency          batch-1 greedy decoding on CPU: ms per new token, time to first token, tokens/s
+- latency          batch-1 greedy decoding on the model's device: ms per new token, time to first
+                   token, tokens/s
+- rag              retrieval from the run's RAG index (hit rate, MRR of the expected document) and
+                   the reference answer's perplexity with and without the retrieved sources
 """
 
 from __future__ import annotations
@@ -87,9 +90,26 @@ class LatencySuite(_Suite):
     max_new_tokens: int = Field(32, gt=0)
 
 
+class RagSuite(_Suite):
+    """Retrieval from the run's RAG index, and how much the retrieved sources help each model.
+
+    hit_rate / mrr: the expected source document among the ``top_k`` retrieved chunks (the same
+    search the sidecar serves). answer_perplexity: the reference answer after the question alone;
+    answer_perplexity_rag: after the RAG prompt the runtime builds (sources that fit + question);
+    context_gain: their ratio (above 1: the model uses its sources).
+    """
+
+    kind: Literal["rag"]
+    METRICS: ClassVar[tuple[str, ...]] = ("hit_rate", "mrr", "answer_perplexity", "answer_perplexity_rag",
+                                          "context_gain")
+    data: str = Field(description="JSONL of {question, answer, source}: source is the document id to retrieve.")
+    top_k: int = Field(4, gt=0, le=50, description="Chunks retrieved per question.")
+    tenant: str = Field("public", description="The tenant whose documents are searched.")
+
+
 Suite = Annotated[PerplexitySuite | GenerationSuite | RewardSuite | ToxicitySuite | MultipleChoiceSuite
-                  | LatencySuite, Field(discriminator="kind")]
-KINDS = ("perplexity", "generation", "reward", "toxicity", "multiple_choice", "latency")
+                  | LatencySuite | RagSuite, Field(discriminator="kind")]
+KINDS = ("perplexity", "generation", "reward", "toxicity", "multiple_choice", "latency", "rag")
 
 
 class EvalSpec(StrictModel):

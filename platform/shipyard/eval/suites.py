@@ -62,6 +62,11 @@ def load_suite_data(spec: EvalSpec) -> dict[str, list]:
         elif s.kind == "multiple_choice":
             rows, bad = parse_records(s.data, _mc_row, "multiple-choice items", "bad_item")
             data[s.name] = [r for r, _ in _strict(s.data, rows, bad)][:limit]
+        elif s.kind == "rag":
+            from shipyard.eval.rag_suite import load_rag_rows
+
+            rows, bad = load_rag_rows(s.data)
+            data[s.name] = [r for r, _ in _strict(s.data, rows, bad)][:limit]
         else:  # reward, toxicity, latency: prompts
             rows, bad = load_prompt_messages(s.data)
             data[s.name] = _strict(s.data, rows, bad)[:limit]
@@ -89,6 +94,10 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
                 samples.append({"prompt": item["query"], "reference": item["choices"][item["gold"]],
                                 "answer": item["choices"][pick]})
         return SuiteResult({"acc": hits / len(rows), "acc_norm": norm_hits / len(rows)}, samples)
+    if suite.kind == "rag":
+        from shipyard.eval.rag_suite import run_rag_suite
+
+        return run_rag_suite(suite, rows, model, tokenizer, spec)
     if suite.kind == "latency":
         prompts = [render_prompt(m, tokenizer) for m in rows]
         return SuiteResult(M.decode_latency(model, tokenizer, prompts, suite.max_new_tokens))

@@ -1,8 +1,8 @@
 """Put a pipeline's tasks where the profile's ``cluster:`` section says (kfp-kubernetes), at compile time.
 
 Pipelines stay cluster-agnostic (the same DAG runs on kfp.local); ``place`` rebuilds one with, for
-every task: the MLflow and S3 Secrets as env (``use_secret_as_env``); for rag_index the chart's Feast
-ConfigMap as its repo and the Postgres password; and for the stages
+every task: the MLflow and S3 Secrets as env (``use_secret_as_env``); for rag_index and evaluate the
+chart's Feast ConfigMap as their repo and the Postgres password; and for the stages
 ``cluster.placement`` gives a pool: the CUDA image, the accelerator type and count, the pool's node
 selector and tolerations, and its CPU/memory limits. ``pipeline_root`` becomes the IR's default root.
 """
@@ -13,7 +13,9 @@ import functools
 
 from shipyard.kube.cluster import MLFLOW_SECRET_ENV, POSTGRES_SECRET_ENV, S3_SECRET_ENV
 
-RAG_STAGES = ("rag_index",)  # write to Feast: the chart's feature_store.yaml, rows in S3, Postgres password
+# Feast users: the chart's feature_store.yaml, rows in S3, the Postgres password. rag_index writes an
+# index version; evaluate reads it back for its rag suites (the sidecar's own search).
+RAG_STAGES = ("rag_index", "evaluate")
 
 
 def stage_of(task) -> str:

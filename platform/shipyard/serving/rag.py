@@ -99,7 +99,7 @@ def augment(question: str, chunks: list[dict], count_tokens, room_for) -> tuple[
             keep = room - count_tokens(head) - 4
             if keep < MIN_CHUNK_TOKENS:
                 break
-            text, cost, truncated = _first_tokens(chunk["text"], keep, count_tokens), room, True
+            text, cost, truncated = first_tokens(chunk["text"], keep, count_tokens), room, True
         lines.append(head + text + "\n")
         cites.append({"index": n, "chunk_id": chunk["chunk_id"], "source": chunk["source"],
                       "doc_id": chunk.get("doc_id"), "score": chunk["score"], "text": text, "truncated": truncated})
@@ -111,7 +111,7 @@ def augment(question: str, chunks: list[dict], count_tokens, room_for) -> tuple[
     return TEMPLATE.format(sources="".join(lines), question=question), cites
 
 
-def _first_tokens(text: str, n: int, count_tokens) -> str:
+def first_tokens(text: str, n: int, count_tokens) -> str:
     """The longest word-boundary prefix of ``text`` with at most ``n`` tokens (binary search on words)."""
     words = text.split(" ")
     lo, hi = 0, len(words)

@@ -53,6 +53,10 @@ def test_cross_stage_limits(monkeypatch, tmp_path):
     bad = _profile_with(monkeypatch, "pretrain:\n", "pretrain:\n  objective: mlm\n  architecture: bert\n", tmp_path)
     with pytest.raises(ConfigError, match=r"pretrain.objective 'mlm': the lifecycle fine-tunes.*shipyard pretrain"):
         load_pipeline_config(bad)
+    no_rag = _profile_with(monkeypatch, "rag:\n  index: python_faq\n  documents: data/demo/rag/python-faq.jsonl\n",
+                           "", tmp_path)
+    with pytest.raises(ConfigError, match=r"evaluate.suites.6 \(kind rag\) searches the index the rag: section builds"):
+        load_pipeline_config(no_rag)
 
 
 def test_missing_data_path_is_named(monkeypatch, tmp_path):

@@ -135,15 +135,16 @@ def _evaluate(cfg, inputs, outputs, run):
         champion = _champion_dir(run, cfg.register_.model_name)
         if champion:
             models["champion"] = champion
-    rag_ref = _rag_ref(inputs)
+    rag_ref, feast_repo = _rag_ref(inputs), None
     if rag_ref:
         from shipyard.features.store import repo_for
 
+        feast_repo = repo_for(run.tracking_uri)
         run.tag({"shipyard.eval_rag_index": rag_ref})
     table = run_evaluate(cfg.evaluate, models, outputs["report"], reward_model_dir=inputs["reward_model"],
                          sources={"optimized": "aligned"},
                          alignment_report=Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None,
-                         rag_index=rag_ref, feast_repo=repo_for(run.tracking_uri) if rag_ref else None)
+                         rag_index=rag_ref, feast_repo=feast_repo)
     run.artifact(outputs["report"], "eval")
     flat = {f"{m}.{k}": v for m, scores in table.items() for k, v in scores.items()}
     run.log_parent(flat)

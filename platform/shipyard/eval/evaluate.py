@@ -45,7 +45,7 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
     output_dir.mkdir(parents=True, exist_ok=True)
     if spec.baseline and spec.of_kind("reward") and spec.baseline not in models:
         raise ValueError(f"evaluate.baseline {spec.baseline!r} is not among the evaluated models: {sorted(models)}")
-    for name, path in models.items():  # a model that cannot run on spec.device fails before any work
+    for path in models.values():  # a model that cannot run on spec.device fails before any work
         inference_device(spec.device, path)
     if spec.of_kind("rag") and not rag_index:
         raise ValueError(f"suites {[s.name for s in spec.of_kind('rag')]} (rag) need a RAG index: the lifecycle "
@@ -55,14 +55,14 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
         from shipyard.eval.rag_suite import retrieve
 
         for suite in spec.of_kind("rag"):  # the same for every model: searched once, before any model loads
-            data[suite.name] = retrieve(data[suite.name], suite, rag_index, str(feast_repo) if feast_repo else None)
+            data[suite.name] = retrieve(data[suite.name], suite, rag_index, feast_repo)
     reward = None
     if spec.of_kind("reward"):
         if reward_model_dir is None:
             raise ValueError(f"suites {[s.name for s in spec.of_kind('reward')]} need a reward model")
         from shipyard.train.rewards import RewardModelScorer
 
-        reward = RewardModelScorer(reward_model_dir, spec.context_length, device=inference_device(spec.device))
+        reward = RewardModelScorer(reward_model_dir, spec.context_length, device=spec.device)
     table: dict[str, dict[str, float]] = {}
     timings: dict[str, dict[str, float]] = {}
     devices: dict[str, str] = {}

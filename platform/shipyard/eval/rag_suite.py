@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
+from pathlib import Path
 
 
 def _rag_row(obj: dict):
@@ -28,7 +29,7 @@ def load_rag_rows(path: str) -> tuple[list, list]:
     return parse_records(path, _rag_row, "RAG questions", "bad_rag_row")
 
 
-def retrieve(rows: list[dict], suite, index_ref: str, feast_repo: str | None) -> list[dict]:
+def retrieve(rows: list[dict], suite, index_ref: str, feast_repo: str | Path | None) -> list[dict]:
     """``rows`` with ``chunks`` (the top_k hits of each question, best first), searched as the sidecar does."""
     from shipyard.serving.rag_sidecar import load
 
@@ -68,12 +69,13 @@ def run_rag_suite(suite, rows: list[dict], model, tokenizer, spec):
         room = lambda text: context - count(render_prompt(text, tokenizer)) - count(answer)  # noqa: E731,B023
         text, cites = augment(row["question"], row["chunks"], count, room)
         cited += bool(cites)
-        for key, user in (("plain", row["question"]), ("rag", text)):
-            [(lp, n)] = continuation_logprobs(model, tokenizer, render_prompt(user, tokenizer), [answer])
+        prompts = {"plain": render_prompt(row["question"], tokenizer), "rag": render_prompt(text, tokenizer)}
+        for key, prompt in prompts.items():
+            [(lp, n)] = continuation_logprobs(model, tokenizer, prompt, [answer])
             nll[key][0] -= lp
             nll[key][1] += n
         if len(samples) < 3:
-            samples.append({"prompt": render_prompt(text, tokenizer), "reference": row["answer"],
+            samples.append({"prompt": prompts["rag"], "reference": row["answer"],
                             "answer": f"(retrieved: {', '.join(c['doc_id'] for c in row['chunks'])}; "
                                       f"expected: {row['source']})"})
     if not cited:

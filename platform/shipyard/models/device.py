@@ -19,18 +19,24 @@ CPU_ONLY = {"dynamic_int8", "int8_weight_only", "int4_weight_only"}
 
 
 def quant_method(model_dir: str | Path | None) -> str | None:
-    """The quantization method a model directory was saved with (None: a float model)."""
+    """The quantization method a model directory was saved with (None: a float model; "unknown": a
+    quantization file that names none, which the loader then refuses)."""
     from shipyard.models.causal_lm import QUANT_FILE
 
     if model_dir is None or not (Path(model_dir) / QUANT_FILE).exists():
         return None
-    return json.loads((Path(model_dir) / QUANT_FILE).read_text()).get("method")
+    return json.loads((Path(model_dir) / QUANT_FILE).read_text()).get("method") or "unknown"
 
 
 def cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def kernels_home(method: str | None) -> str | None:
+    """The only device a quantization method's kernels run on (None: a float model runs anywhere)."""
+    return "cuda" if method in CUDA_ONLY else "cpu" if method in CPU_ONLY else None
 
 
 def inference_device(requested: str = "auto", model_dir: str | Path | None = None) -> str:
@@ -41,12 +47,13 @@ def inference_device(requested: str = "auto", model_dir: str | Path | None = Non
     if requested == "cuda" and not cuda:
         raise ValueError("device cuda: no CUDA GPU is visible here (torch.cuda.is_available() is False); "
                          "use device auto or cpu")
-    if method in CUDA_ONLY:
+    home = kernels_home(method)
+    if home == "cuda":
         if requested == "cpu" or not cuda:
             raise ValueError(f"{model_dir}: a {method} (bitsandbytes) model runs on a CUDA GPU only"
                              + ("" if cuda else ", and none is visible here"))
         return "cuda"
-    if method in CPU_ONLY:
+    if home == "cpu":
         if requested == "cuda":
             raise ValueError(f"{model_dir}: a {method} model runs on the CPU only (its kernels are CPU kernels); "
                              f"quantize with bnb_int8 or bnb_nf4 for a GPU, or use device auto or cpu")
@@ -83,10 +90,15 @@ def place(model, device: str, dtype=None):
     return model
 
 
+def resolve(model_dir: str | Path, device: str = "auto", dtype: str = "float32"):
+    """(``cpu``/``cuda``, torch dtype for a float model or None for a quantized one, quantization method)."""
+    where, method = inference_device(device, model_dir), quant_method(model_dir)
+    return where, None if method else inference_dtype(dtype, where), method
+
+
 def load_for_inference(model_dir: str | Path, device: str = "auto", dtype: str = "float32"):
     """``load_causal_lm`` placed for inference: (model, device). Quantized models keep their dtypes."""
     from shipyard.models.causal_lm import load_causal_lm
 
-    where = inference_device(device, model_dir)
-    float_dtype = None if quant_method(model_dir) else inference_dtype(dtype, where)
+    where, float_dtype, _ = resolve(model_dir, device, dtype)
     return place(load_causal_lm(model_dir), where, float_dtype), where

@@ -37,11 +37,11 @@ def _heldout(path: str | Path | None, corpus_dir: str | Path | None, n: int) -> 
 
 def measure_device(cfg: OptimizeConfig) -> str:
     """Where the final model runs, hence where every step is measured (``cpu`` or ``cuda``)."""
-    from shipyard.models.device import CPU_ONLY, CUDA_ONLY, cuda_available, inference_device
+    from shipyard.models.device import cuda_available, inference_device, kernels_home
 
     method = cfg.quantize.method if cfg.quantize else None
-    if method in CUDA_ONLY or method in CPU_ONLY:
-        home = "cuda" if method in CUDA_ONLY else "cpu"
+    home = kernels_home(method)
+    if home:
         if cfg.device not in ("auto", home):
             raise ValueError(f"optimize.device {cfg.device}: the final model ({method}) runs on {home} only, and "
                              f"every step is measured where the final model runs")

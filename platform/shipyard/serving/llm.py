@@ -106,26 +106,26 @@ class ShipyardLLM(Model):
     def load(self) -> bool:
         from transformers import AutoConfig
 
-        from shipyard.models.causal_lm import is_quantized, load_causal_lm, load_tokenizer
-        from shipyard.models.device import inference_device, inference_dtype, place, quant_method
+        from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+        from shipyard.models.device import place, resolve
 
-        self.device = inference_device(self.requested_device, self.model_dir)  # before loading: errors first
-        dtype = None if is_quantized(self.model_dir) else inference_dtype(self.requested_dtype, self.device)
-        self.dtype_name = quant_method(self.model_dir) or str(dtype).removeprefix("torch.")
+        # before loading: a device the model or the machine cannot use fails first
+        self.device, dtype, method = resolve(self.model_dir, self.requested_device, self.requested_dtype)
+        self.dtype_name = method or str(dtype).removeprefix("torch.")
         config = AutoConfig.from_pretrained(str(self.model_dir), trust_remote_code=False)
         self.seq2seq = bool(getattr(config, "is_encoder_decoder", False))
         if self.seq2seq:  # T5-style: the prompt goes to the encoder, the answer comes from the decoder
             import torch
             from transformers import AutoModelForSeq2SeqLM
 
-            if self.adapters or is_quantized(self.model_dir):
+            if self.adapters or method:
                 raise ValueError(f"{self.model_dir}: seq2seq models are served plain (no adapters, not quantized)")
             self.model = AutoModelForSeq2SeqLM.from_pretrained(
                 str(self.model_dir), use_safetensors=True, trust_remote_code=False, dtype=torch.float32).eval()
         elif self.adapters:
             from shipyard.models.adapters import load_with_adapters
 
-            if is_quantized(self.model_dir):
+            if method:
                 raise ValueError(f"{self.model_dir}: LoRA adapters go on a float base; this one is quantized")
             self.model = load_with_adapters(self.model_dir, self.adapters)
         else:

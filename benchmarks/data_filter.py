@@ -140,10 +140,19 @@ def generate(out: Path, n_docs: int, shards: int, seed: int = 0) -> dict:
 # --------------------------------------------------------------------------- variants (child processes)
 def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, \
-        ExactFindDedups
-    from datatrove.pipeline.dedup.minhash import MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster, \
-        MinhashDedupFilter, MinhashDedupSignature
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupConfig,
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
     from datatrove.pipeline.formatters import FTFYFormatter, PIIFormatter
     from datatrove.pipeline.readers import JsonlReader
@@ -176,8 +185,8 @@ def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
 
 
 def run_shipyard(corpus: Path, work: Path, workers: int) -> dict:
-    from shipyard.data.filter import run_data_filter
-    from shipyard.data.filter_config import DataFilterConfig
+    from shipyard.data.data_filter import run_data_filter
+    from shipyard.data.data_filter_config import DataFilterConfig
 
     cfg = DataFilterConfig(input=str(corpus), workers=workers, length={"min_chars": 40, "min_words": 5},
                            **DATATROVE_RULES)

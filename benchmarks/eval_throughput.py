@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="causal LM directory (default: SmolLM2-135M-Instruct, converted)")
@@ -27,10 +26,10 @@ def main() -> None:
 
     from bench_common import REPO, header, setup
 
+    from shipyard.data.preferences import render_prompt
     from shipyard.eval import metrics as M
     from shipyard.eval.evaluate import run_evaluate
-    from shipyard.eval.spec import load_eval_spec
-    from shipyard.data.preferences import render_prompt
+    from shipyard.eval.evaluate_config import load_eval_spec
     from shipyard.eval.suites import load_suite_data
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
 

@@ -50,7 +50,8 @@ def worker(variant: str, tiny: bool, steps: int) -> dict:
         import tempfile
 
         from shipyard.models.causal_lm import load_causal_lm
-        from shipyard.models.select import BaseModelConfig, run_select
+        from shipyard.models.select import run_select
+        from shipyard.models.select_config import BaseModelConfig
 
         tmp = tempfile.mkdtemp()
         run_select(BaseModelConfig(type="smollm2"), tmp)

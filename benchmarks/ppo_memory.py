@@ -48,8 +48,8 @@ def build_model(out: Path) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from shipyard.config import TokenizerConfig
-    from shipyard.data.tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer_config import TokenizerConfig
     from shipyard.models.causal_lm import load_tokenizer
 
     corpus = out / "corpus"
@@ -70,12 +70,13 @@ def build_model(out: Path) -> None:
 def worker(variant: str, model_dir: str, iterations: int, batch: int, new_tokens: int) -> dict:
     import torch
 
-    from shipyard.config import AlignConfig, LoraConfig
     from shipyard.data.preferences import load_prompts
     from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.train.align_config import AlignConfig
+    from shipyard.train.finetune_config import LoraConfig
     from shipyard.train.policy import load_policy
     from shipyard.train.ppo import PPOTrainer
-    from shipyard.train.rewards import RewardTerm, build_reward
+    from shipyard.train.rl_rewards import RewardTerm, build_reward
 
     lora = LoraConfig(r=16, alpha=32, dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
     cfg = AlignConfig(method="ppo", train=str(REPO / "data/demo/preferences/train.jsonl"),

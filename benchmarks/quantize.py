@@ -29,8 +29,8 @@ def main() -> None:
 
     from bench_common import REPO, header, setup
 
-    from shipyard.optimize.config import OptimizeConfig, QuantizeConfig
     from shipyard.optimize.optimize import _heldout, measure
+    from shipyard.optimize.optimize_config import OptimizeConfig, QuantizeConfig
     from shipyard.optimize.quantize import run_quantize
 
     work, model = setup("quant", args.model)

@@ -25,7 +25,6 @@ import tempfile
 import time
 
 
-
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
@@ -60,12 +59,11 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=5)
     args = ap.parse_args()
     import numpy as np
-
     from bench_common import REPO
 
-    from shipyard.features.config import RagIndexConfig
     from shipyard.features.embed import Embedder
-    from shipyard.features.ingest import chunk_text, read_documents
+    from shipyard.features.rag_index import chunk_text, read_documents
+    from shipyard.features.rag_index_config import RagIndexConfig
     from shipyard.features.retrieve import FeastRetriever, Retriever
 
     emb = Embedder()

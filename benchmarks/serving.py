@@ -26,7 +26,7 @@ PROMPTS = ["The Python tutorial explains", "A list comprehension is", "To open a
 
 
 def _serve(model: Path, port: int, batch: int) -> subprocess.Popen:
-    from shipyard.demo import wait_ready
+    from shipyard.serving.local import wait_ready
 
     proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(model), "--port", str(port),
                              "--name", "bench", "--max-batch-size", str(batch), "--max-wait-ms", "5"],
@@ -45,8 +45,8 @@ def main() -> None:
     from bench_common import free_port, header, setup
     from openai import OpenAI
 
-    from shipyard.demo import stop_server
     from shipyard.serving.llm import SamplingParams, ShipyardLLM
+    from shipyard.serving.local import stop_server
 
     _, model = setup("serving", args.model)
     llm = ShipyardLLM("bench", model)

@@ -1,14 +1,9 @@
-"""The one place that pins the container images of every Shipyard component.
+"""The components' image pins, where Kubeflow's convention looks for them (one module pins every tag).
 
-kfp.local's SubprocessRunner ignores images (it runs in the current environment); on a cluster
-each component runs in ``SHIPYARD_IMAGE`` (CPU) or ``SHIPYARD_GPU_IMAGE``, built from
-``components/images/Dockerfile*`` with this version of the package installed.
+The pins themselves live in the library (``shipyard.images``, the lowest layer), so the stages and the
+Kubernetes builders read the same values without importing upward into the components.
 """
 
-import os
+from shipyard.images import REGISTRY, SHIPYARD_GPU_IMAGE, SHIPYARD_IMAGE
 
-from shipyard import __version__
-
-REGISTRY = os.environ.get("SHIPYARD_IMAGE_REGISTRY", "ghcr.io/shipyard-llmops")
-SHIPYARD_IMAGE = f"{REGISTRY}/shipyard:{__version__}"
-SHIPYARD_GPU_IMAGE = f"{REGISTRY}/shipyard-cuda:{__version__}"
+__all__ = ["REGISTRY", "SHIPYARD_GPU_IMAGE", "SHIPYARD_IMAGE"]

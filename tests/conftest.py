@@ -27,8 +27,8 @@ def _isolated_state(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> Path:
-    from shipyard.config import DataFilterConfig
-    from shipyard.data.filter import run_data_filter
+    from shipyard.data.data_filter import run_data_filter
+    from shipyard.data.data_filter_config import DataFilterConfig
 
     out = tmp_path_factory.mktemp("corpus")
     run_data_filter(DataFilterConfig(input=str(DEMO / "raw"), max_docs=800, steps=["normalize", "length", "exact_dedup"]),
@@ -38,8 +38,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_corpus, tmp_path_factory) -> Path:
-    from shipyard.config import TokenizerConfig
-    from shipyard.data.tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer_config import TokenizerConfig
 
     out = tmp_path_factory.mktemp("tok")
     run_train_tokenizer(TokenizerConfig(vocab_size=600, model_max_length=128), tiny_corpus, out)
@@ -52,8 +52,8 @@ TINY_PRETRAIN = dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_siz
 
 @pytest.fixture(scope="session")
 def tiny_base(tiny_corpus, tiny_tokenizer, tmp_path_factory) -> Path:
-    from shipyard.config import PretrainConfig
     from shipyard.train.pretrain import run_pretrain
+    from shipyard.train.pretrain_config import PretrainConfig
 
     out = tmp_path_factory.mktemp("base")
     run_pretrain(PretrainConfig(**TINY_PRETRAIN), tiny_corpus, tiny_tokenizer, out)

@@ -7,6 +7,7 @@ import zipfile
 from importlib import metadata
 
 import pytest
+
 from conftest import REPO
 
 LOCKS = REPO / "requirements"

@@ -1,4 +1,4 @@
-"""KFP components of data curation (``shipyard.data.filter``).
+"""KFP components of data curation (``shipyard.data.data_filter``).
 
 ``data_filter_shard`` runs the filter phase for one pod's share of the input shards (the
 pipeline fans it out with ``dsl.ParallelFor``); ``data_filter`` collects the parts, runs

@@ -1,4 +1,4 @@
-"""KFP component: documents -> a new RAG index version in Feast (``shipyard.features.ingest``)."""
+"""KFP component: documents -> a new RAG index version in Feast (``shipyard.features.rag_index``)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Metrics, Output

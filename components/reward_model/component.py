@@ -1,4 +1,4 @@
-"""KFP component: base model + preference pairs -> reward model (``shipyard.train.reward``)."""
+"""KFP component: base model + preference pairs -> reward model (``shipyard.train.reward_model``)."""
 
 from kfp import dsl
 from kfp.dsl import Input, Metrics, Model, Output

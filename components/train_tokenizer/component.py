@@ -1,4 +1,4 @@
-"""KFP component: clean corpus -> byte-level BPE tokenizer (``shipyard.data.tokenizer``)."""
+"""KFP component: clean corpus -> byte-level BPE tokenizer (``shipyard.data.train_tokenizer``)."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Output

@@ -8,14 +8,52 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
-from shipyard.config import ConfigError
+from shipyard.schema import ConfigError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+# A preempted run (SIGTERM: the pod is being evicted) exits with EX_TEMPFAIL: try again, it resumes.
+EXIT_PREEMPTED = 75
+# What a command reports as one red line and exit status 2: bad config, input or state, never a traceback.
+USER_ERRORS = (ConfigError, FileNotFoundError, ValueError, LookupError, ConnectionError, RuntimeError, OSError)
+
+
+class ShipyardGroup(TyperGroup):
+    """Every command's errors go through one handler (``cli_errors``), however deep the sub-command."""
+
+    def invoke(self, ctx):
+        with cli_errors():
+            return super().invoke(ctx)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Errors a user can fix become one line on stderr and exit 2; a preemption says how to resume, exit 75."""
+    from pydantic import ValidationError
+
+    from shipyard.train.loop import Preempted
+
+    try:
+        yield
+    except Preempted as exc:
+        typer.secho(f"preempted: {exc}. Run the same command again (same --checkpoint-dir) to resume.",
+                    fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(EXIT_PREEMPTED) from None
+    except ValidationError as exc:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
+    except KeyError as exc:
+        _fail(str(exc.args[0] if exc.args else exc))
+    except USER_ERRORS as exc:
+        _fail(str(exc))
+
+
+app = typer.Typer(cls=ShipyardGroup, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Shipyard: the generative-AI lifecycle as Kubeflow Pipelines, tracked in MLflow, "
                        "served on KServe.")
 models_app = typer.Typer(no_args_is_help=True, help="The MLflow model registry: list, promote, roll back.")
@@ -36,7 +74,7 @@ TrackingOpt = Annotated[str | None, typer.Option(
 
 
 def _tracking(uri: str | None) -> str:
-    from shipyard.tracking.runs import default_tracking_uri
+    from shipyard.paths import default_tracking_uri
 
     return uri or default_tracking_uri()
 
@@ -46,31 +84,13 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
-def print_summary(summary) -> None:
-    from shipyard.eval.evaluate import format_table
-
-    typer.echo(f"\nPipeline finished in {summary.wall_s:.0f} s (MLflow run {summary.parent_run_id})")
-    typer.echo("Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stages.items()))
-    typer.echo("\nEvaluation\n" + format_table(summary.eval_table))
-    if summary.model_name:
-        typer.echo(f"Registered {summary.model_name} version {summary.version}: gate {summary.gate}"
-                   + (f" -> models:/{summary.model_name}@champion" if summary.gate == "passed" else ""))
-        if summary.gate_failures:
-            typer.echo(f"Gate failures: {summary.gate_failures}")
-
-
 @app.command()
 def run(pipeline: Annotated[str, typer.Argument(help="Pipeline file, e.g. pipelines/lifecycle.py.")],
         config: ConfigOpt, tracking_uri: TrackingOpt = None) -> None:
     """Run a pipeline locally on kfp.local (no cluster), tracked in MLflow."""
-    from shipyard.pipeline_runs import run_local
+    from shipyard.pipeline_runs import format_summary, run_local
 
-    try:
-        print_summary(run_local(pipeline, str(config), _tracking(tracking_uri)))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
-    except RuntimeError as exc:
-        _fail(str(exc))
+    typer.echo(format_summary(run_local(pipeline, str(config), _tracking(tracking_uri))))
 
 
 @app.command("compile")
@@ -83,10 +103,7 @@ def compile_(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")],
     """Compile a pipeline to KFP IR YAML for a cluster."""
     from shipyard.pipeline_runs import compile_pipeline
 
-    try:
-        typer.echo(f"wrote {compile_pipeline(pipeline, output, str(config) if config else None)}")
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    typer.echo(f"wrote {compile_pipeline(pipeline, output, str(config) if config else None)}")
 
 
 HostOpt = Annotated[str, typer.Option(help="KFP API URL (e.g. http://127.0.0.1:8080 after port-forwarding "
@@ -115,12 +132,9 @@ def submit(pipeline: Annotated[str, typer.Argument(help="Pipeline file.")], conf
         if not sep or not key:
             _fail(f"--param {item!r}: expected KEY=VALUE")
         params[key] = value
-    try:
-        run_id = submit_run(pipeline, str(config), host, tracking_uri, experiment, service_account, run_name,
-                            namespace, params)
-        typer.echo(f"submitted KFP run {run_id}")
-    except (ConfigError, FileNotFoundError, ValueError, ConnectionError) as exc:
-        _fail(str(exc))
+    run_id = submit_run(pipeline, str(config), host, tracking_uri, experiment, service_account, run_name,
+                        namespace, params)
+    typer.echo(f"submitted KFP run {run_id}")
 
 
 @app.command()
@@ -129,10 +143,7 @@ def status(run_id: Annotated[str, typer.Argument(help="KFP run id (printed by su
     """Show a KFP run's state and its tasks' states."""
     from shipyard.pipeline_runs import run_status
 
-    try:
-        info = run_status(run_id, host, namespace)
-    except (ValueError, ConnectionError) as exc:
-        _fail(str(exc))
+    info = run_status(run_id, host, namespace)
     typer.echo(f"{info['run_id']}  {info['name']}  {info['state']}  (created {info['created_at']}, "
                f"finished {info['finished_at']})")
     if info["error"]:
@@ -148,16 +159,13 @@ def deploy(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or 
                help="Namespace of the InferenceService (default: cluster.deploy.namespace, else the "
                     "kubeconfig context's).")] = None) -> None:
     """Serve a registered model on KServe (the profile's cluster.deploy); rolls back if it never gets Ready."""
-    from shipyard.kube.deploy import deploy as deploy_model
     from shipyard.config import load_pipeline_config
+    from shipyard.kube.deploy import deploy as deploy_model
 
-    try:
-        cluster = load_pipeline_config(str(config), resolve_paths=False).cluster
-        if namespace:
-            cluster = cluster.model_copy(update={"deploy": cluster.deploy.model_copy(update={"namespace": namespace})})
-        d = deploy_model(model_uri, cluster, _tracking(tracking_uri), log=typer.echo)
-    except (ConfigError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+    cluster = load_pipeline_config(str(config), resolve_paths=False).cluster
+    if namespace:
+        cluster = cluster.model_copy(update={"deploy": cluster.deploy.model_copy(update={"namespace": namespace})})
+    d = deploy_model(model_uri, cluster, _tracking(tracking_uri), log=typer.echo)
     typer.echo(f"serving {d.model} v{d.version} at {d.url}")
 
 
@@ -192,14 +200,11 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
     from shipyard.serving.openai_api import Limits
     from shipyard.serving.server import parse_adapters
 
-    try:
-        serve_local(model_uri, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, rag_top_k=rag_top_k,
-                    feast_repo=feast_repo, tracking_uri=_tracking(tracking_uri), host=host, port=port, name=name,
-                    max_new_tokens=max_new_tokens, limits=Limits(max_batch_size, max_wait_ms, max_queue,
-                                                                 request_timeout_s),
-                    adapters=parse_adapters(adapter or []), device=device, dtype=dtype)
-    except (FileNotFoundError, ValueError, LookupError, RuntimeError) as exc:
-        _fail(str(exc))
+    serve_local(model_uri, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, rag_top_k=rag_top_k,
+                feast_repo=feast_repo, tracking_uri=_tracking(tracking_uri), host=host, port=port, name=name,
+                max_new_tokens=max_new_tokens, limits=Limits(max_batch_size, max_wait_ms, max_queue,
+                                                             request_timeout_s),
+                adapters=parse_adapters(adapter or []), device=device, dtype=dtype)
 
 
 @app.command()
@@ -225,10 +230,7 @@ def demo(config: ConfigOpt = Path("pipelines/configs/tiny-cpu.yaml"),
     """Run the lifecycle pipeline, serve the champion, and chat with it once (``make demo``)."""
     from shipyard.demo import run_demo
 
-    try:
-        run_demo(str(config), port=port, tracking_uri=_tracking(tracking_uri))
-    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+    run_demo(str(config), port=port, tracking_uri=_tracking(tracking_uri))
 
 
 @models_app.command("list")
@@ -261,10 +263,7 @@ def models_rollback(name: str, tracking_uri: TrackingOpt = None,
     """Move the champion alias back to the version the current champion replaced."""
     from shipyard.tracking.registry import rollback
 
-    try:
-        typer.echo(f"{name}@champion -> v{rollback(_tracking(tracking_uri), name, from_version)}")
-    except ValueError as exc:
-        _fail(str(exc))
+    typer.echo(f"{name}@champion -> v{rollback(_tracking(tracking_uri), name, from_version)}")
 
 
 @app.command()
@@ -274,12 +273,10 @@ def lineage(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or
     """The chain behind a registered model: gate, eval report, stage runs and their inputs, raw data."""
     import json
 
-    from shipyard.tracking.lineage import format_lineage, lineage as get_lineage
+    from shipyard.tracking.lineage import format_lineage
+    from shipyard.tracking.lineage import lineage as get_lineage
 
-    try:
-        info = get_lineage(_tracking(tracking_uri), model_uri)
-    except ValueError as exc:
-        _fail(str(exc))
+    info = get_lineage(_tracking(tracking_uri), model_uri)
     typer.echo(json.dumps(info, indent=2) if as_json else format_lineage(info), nl=as_json)
 
 
@@ -299,31 +296,28 @@ def eval_(
 ) -> None:
     """Run an eval spec on models outside a pipeline: the same suites and code as the evaluate stage."""
     from shipyard.eval.evaluate import format_table, run_evaluate
-    from shipyard.eval.spec import load_eval_spec
+    from shipyard.eval.evaluate_config import load_eval_spec
     from shipyard.stages import quiet_libraries
     from shipyard.tracking.registry import resolve_model_dir
 
     quiet_libraries()
-    try:
-        cfg = load_eval_spec(spec)
-        if suite:
-            cfg = cfg.only(suite)
-        if device:
-            cfg = type(cfg).model_validate({**cfg.model_dump(), "device": device})
-        models = {}
-        for item in model:
-            name, sep, where = item.partition("=")
-            if not sep or not name or not where:
-                raise ValueError(f"--model {item!r}: expected NAME=DIR")
-            models[name] = str(resolve_model_dir(_tracking(tracking_uri), where))
-        if rag_index and not feast_repo:
-            from shipyard.features.store import repo_for
+    cfg = load_eval_spec(spec)
+    if suite:
+        cfg = cfg.only(suite)
+    if device:
+        cfg = type(cfg).model_validate({**cfg.model_dump(), "device": device})
+    models = {}
+    for item in model:
+        name, sep, where = item.partition("=")
+        if not sep or not name or not where:
+            raise ValueError(f"--model {item!r}: expected NAME=DIR")
+        models[name] = str(resolve_model_dir(_tracking(tracking_uri), where))
+    if rag_index and not feast_repo:
+        from shipyard.features.store import repo_for
 
-            feast_repo = str(repo_for(_tracking(tracking_uri)))
-        table = run_evaluate(cfg, models, output, reward_model_dir=reward_model, rag_index=rag_index,
-                             feast_repo=feast_repo)
-    except (ConfigError, FileNotFoundError, ValueError, KeyError, LookupError) as exc:
-        _fail(str(exc.args[0] if isinstance(exc, KeyError) else exc))
+        feast_repo = str(repo_for(_tracking(tracking_uri)))
+    table = run_evaluate(cfg, models, output, reward_model_dir=reward_model, rag_index=rag_index,
+                         feast_repo=feast_repo)
     typer.echo(format_table(table) + f"\nreport: {output / 'report.html'}")
 
 
@@ -336,18 +330,14 @@ def pretrain(
     checkpoint_dir: Annotated[str | None, typer.Option(help="Checkpoints (a folder or s3://bucket/prefix); rerun with the same one to resume.")] = None,
 ) -> None:
     """Pretrain one model outside a pipeline: any objective (clm, mlm, span), same stage function."""
-    from shipyard.config import PretrainSection, parse_config
+    from shipyard.schema import load_section
     from shipyard.train.pretrain import run_pretrain
+    from shipyard.train.pretrain_config import PretrainConfig
 
-    try:
-        if not config.is_file():
-            raise ConfigError(f"config file not found: {config}")
-        cfg = parse_config(PretrainSection, config.read_text(encoding="utf-8"), str(config)).pretrain
-        metrics = run_pretrain(cfg, corpus, tokenizer, output, checkpoint_dir=checkpoint_dir,
-                               log=lambda m, step: typer.echo(f"step {step}: " + ", ".join(
-                                   f"{k} {v:.4g}" for k, v in m.items())))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    cfg = load_section(config, "pretrain", PretrainConfig)
+    metrics = run_pretrain(cfg, corpus, tokenizer, output, checkpoint_dir=checkpoint_dir,
+                           log=lambda m, step: typer.echo(f"step {step}: " + ", ".join(
+                               f"{k} {v:.4g}" for k, v in m.items())))
     typer.echo(f"saved {cfg.objective}/{cfg.architecture} model to {output}: val_loss "
                f"{metrics['val_loss_initial'] if 'val_loss_initial' in metrics else float('nan'):.3f} -> "
                f"{metrics['val_loss']:.3f}, {metrics['train_tokens']:.0f} tokens, {metrics['train_pf_days']:.2e} PF-days")
@@ -360,16 +350,12 @@ def critique_revise(
     output: Annotated[Path, typer.Option(help="Folder for sft.jsonl, preferences.jsonl, trace.jsonl.")],
 ) -> None:
     """Constitutional critique-revise: AI-revised answers as SFT data and AI preference pairs."""
-    from shipyard.config import CritiqueReviseSection, parse_config
+    from shipyard.schema import load_section
     from shipyard.train.critique_revise import run_critique_revise
+    from shipyard.train.critique_revise_config import CritiqueReviseConfig
 
-    try:
-        if not config.is_file():
-            raise ConfigError(f"config file not found: {config}")
-        cfg = parse_config(CritiqueReviseSection, config.read_text(encoding="utf-8"), str(config)).critique_revise
-        metrics = run_critique_revise(cfg, model, output)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    cfg = load_section(config, "critique_revise", CritiqueReviseConfig)
+    metrics = run_critique_revise(cfg, model, output)
     typer.echo(f"{metrics['prompts']} prompts, {cfg.rounds} round(s): {metrics['sft_rows']} SFT rows and "
                f"{metrics['preference_pairs']} preference pairs in {output}")
 
@@ -383,18 +369,14 @@ def optimize(
     heldout: Annotated[Path | None, typer.Option(help="JSONL of {text} for each step's perplexity.")] = None,
 ) -> None:
     """Distill, prune and/or quantize one model outside a pipeline; same stage function and report."""
-    from shipyard.config import OptimizeSection, parse_config
     from shipyard.optimize.optimize import REPORT_FILE, format_report, run_optimize
+    from shipyard.optimize.optimize_config import OptimizeConfig
+    from shipyard.schema import load_section
     from shipyard.stages import quiet_libraries
 
     quiet_libraries()
-    try:
-        if not config.is_file():
-            raise ConfigError(f"config file not found: {config}")
-        cfg = parse_config(OptimizeSection, config.read_text(encoding="utf-8"), str(config)).optimize
-        run_optimize(cfg, model, output, corpus_dir=corpus, heldout=heldout)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    cfg = load_section(config, "optimize", OptimizeConfig)
+    run_optimize(cfg, model, output, corpus_dir=corpus, heldout=heldout)
     import json
 
     typer.echo(format_report(json.loads((output / REPORT_FILE).read_text())["steps"]) + f"saved to {output}")
@@ -421,10 +403,7 @@ def adapters_merge(base: Annotated[Path, typer.Argument(help="The base model dir
 
     from shipyard.models.adapters import merge_adapter
 
-    try:
-        merge_adapter(base, adapter, output)
-    except (ValueError, FileNotFoundError, OSError) as exc:
-        _fail(str(exc))
+    merge_adapter(base, adapter, output)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (base / name).exists():
             shutil.copy(base / name, output / name)
@@ -440,18 +419,11 @@ def rag_ingest(path: Annotated[Path, typer.Argument(help="JSONL ({text, id?, sou
                overlap_tokens: Annotated[int, typer.Option(help="Tokens shared by neighbouring chunks.")] = 40,
                feast_repo: RepoOpt = None) -> None:
     """Chunk, embed (all-MiniLM-L6-v2) and write documents to Feast as a new index version."""
-    from pydantic import ValidationError
+    from shipyard.features.rag_index import run_ingest
+    from shipyard.features.rag_index_config import RagIndexConfig
 
-    from shipyard.features.config import RagIndexConfig
-    from shipyard.features.ingest import run_ingest
-
-    try:
-        cfg = RagIndexConfig(index=index, tenant=tenant, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
-        result = run_ingest(cfg, path, feast_repo, log=typer.echo)
-    except ValidationError as exc:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc))
+    cfg = RagIndexConfig(index=index, tenant=tenant, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens)
+    result = run_ingest(cfg, path, feast_repo, log=typer.echo)
     typer.echo(f"{result.ref}: {result.documents} documents, {result.chunks} chunks, tenants {result.tenants}, "
                f"{result.quarantined} quarantined, {result.seconds:.1f} s")
 
@@ -475,14 +447,12 @@ def rag_query(index: Annotated[str, typer.Argument(help="NAME or NAME@VERSION.")
               top_k: Annotated[int, typer.Option(help="Chunks to return.")] = 4,
               feast_repo: RepoOpt = None) -> None:
     """Retrieve from an index in-process, as the sidecar would (no server)."""
-    from shipyard.features.retrieve import UnknownTenant
-    from shipyard.serving.rag_sidecar import load
+    from shipyard.features.retrieve import UnknownTenant, load_index
 
-    try:
-        retriever, embedder, info = load(index, feast_repo)
-        hits = retriever.search(embedder.embed([query])[0], tenant, top_k)
-    except (LookupError, ValueError) as exc:
-        _fail(str(exc) if not isinstance(exc, UnknownTenant) else f"{exc} (tenants: {sorted(info['tenants'])})")
+    retriever, embedder, info = load_index(index, feast_repo)
+    if tenant not in info["tenants"]:
+        raise UnknownTenant(f"{index}: no chunks of tenant {tenant!r} (tenants: {sorted(info['tenants'])})")
+    hits = retriever.search(embedder.embed([query])[0], tenant, top_k)
     for h in hits:
         typer.echo(f"{h.score:.3f}  {h.chunk_id}\n       {h.text[:160]!r}")
 
@@ -495,14 +465,11 @@ def rag_pin(model_uri: Annotated[str, typer.Argument(help="models:/NAME/VERSION 
     from shipyard.features.store import open_store, resolve
     from shipyard.tracking.registry import model_version, pin_rag_index
 
-    try:
-        name, version, _ = resolve(open_store(feast_repo), index)
-        found = model_version(_tracking(tracking_uri), model_uri)
-        if found is None:
-            raise ValueError(f"{model_uri}: pin needs a registered model (models:/NAME/VERSION or models:/NAME@ALIAS)")
-        pin_rag_index(_tracking(tracking_uri), *found, f"{name}@{version}")
-    except (LookupError, ValueError) as exc:
-        _fail(str(exc))
+    name, version, _ = resolve(open_store(feast_repo), index)
+    found = model_version(_tracking(tracking_uri), model_uri)
+    if found is None:
+        raise ValueError(f"{model_uri}: pin needs a registered model (models:/NAME/VERSION or models:/NAME@ALIAS)")
+    pin_rag_index(_tracking(tracking_uri), *found, f"{name}@{version}")
     typer.echo(f"{found[0]} version {found[1]} pinned to RAG index {name}@{version}")
 
 

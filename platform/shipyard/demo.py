@@ -6,14 +6,11 @@ through the RAG sidecar (the index version pinned to the champion) and print the
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 
 from shipyard.data.shards import read_records
-from shipyard.pipeline_runs import RunSummary, run_local
-from shipyard.serving.local import stop, wait_ready
+from shipyard.pipeline_runs import RunSummary, format_summary, run_local
+from shipyard.serving.local import chat_once, start_server, stop, stop_server, wait_ready
 
 
 @dataclass
@@ -31,43 +28,19 @@ class DemoResult:
 FAQ_QUESTION = "Why does Python use indentation for grouping of statements?"
 
 
-def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int,
-                 rag_url: str | None = None) -> subprocess.Popen:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    return subprocess.Popen([sys.executable, "-m", "shipyard.serving", model_uri, "--host", "127.0.0.1",
-                             "--port", str(port), "--max-new-tokens", str(max_new_tokens)]
-                            + (["--rag-url", rag_url] if rag_url else []), env=env)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    stop(proc, timeout=30)
-
-
-def chat_once(port: int, model: str, question: str, max_tokens: int, rag: bool | None = None):
-    """One request through the official ``openai`` client, as any service would send it:
-    (answer, citations or None). ``rag`` turns retrieval on or off for this request."""
-    from openai import OpenAI
-
-    client = OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="not-needed", max_retries=0)
-    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
-                                           max_tokens=max_tokens, temperature=0,
-                                           extra_body=None if rag is None else {"rag": {"enabled": rag}})
-    return reply.choices[0].message.content, (reply.model_extra or {}).get("citations")
-
-
 def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None,
              echo=print) -> DemoResult:
-    from shipyard.cli import print_summary
     from shipyard.config import load_pipeline_config
-    from shipyard.tracking.runs import default_tracking_uri
+    from shipyard.paths import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     cfg = load_pipeline_config(config_path)
     summary = run_local("shipyard.pipelines.lifecycle", config_path, tracking_uri)
-    print_summary(summary)
+    echo(format_summary(summary))
     name = cfg.register_.model_name
     if summary.gate != "passed":
-        from shipyard.tracking.registry import CHAMPION, current_alias
+        from shipyard.tracking.registry import current_alias
+        from shipyard.tracking.tags import CHAMPION
 
         if current_alias(tracking_uri, name, CHAMPION) is None:
             raise RuntimeError(f"the gate failed for {name} version {summary.version} ({summary.gate_failures}) "

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shipyard.config import config_to_json, load_pipeline_config
-from shipyard.tracking.runs import default_tracking_uri, state_dir, end_pipeline_run, start_pipeline_run
+from shipyard.config import load_pipeline_config
+from shipyard.paths import default_tracking_uri, state_dir
+from shipyard.schema import config_to_json
+from shipyard.tracking.runs import end_pipeline_run, start_pipeline_run
 
 
 def load_pipeline(ref: str):
@@ -198,7 +200,6 @@ def submit(pipeline_ref: str, config_path: str, host: str, tracking_uri: str,
 def run_status(run_id: str, host: str, namespace: str | None = None) -> dict:
     """A KFP run's state and its tasks' states (``shipyard status``)."""
     import kfp
-
     from kfp_server_api.exceptions import ApiException
 
     try:
@@ -211,3 +212,18 @@ def run_status(run_id: str, host: str, namespace: str | None = None) -> dict:
     return {"run_id": run.run_id, "name": run.display_name, "state": run.state, "error": (run.error.message if
             run.error else None), "created_at": str(run.created_at), "finished_at": str(run.finished_at),
             "tasks": tasks}
+
+
+def format_summary(summary: RunSummary) -> str:
+    """What ``shipyard run`` and ``make demo`` print after a run: timings, the eval table, the gate."""
+    from shipyard.eval.evaluate import format_table
+
+    lines = [f"\nPipeline finished in {summary.wall_s:.0f} s (MLflow run {summary.parent_run_id})",
+             "Stage timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in summary.stages.items()),
+             "\nEvaluation\n" + format_table(summary.eval_table)]
+    if summary.model_name:
+        lines.append(f"Registered {summary.model_name} version {summary.version}: gate {summary.gate}"
+                     + (f" -> models:/{summary.model_name}@champion" if summary.gate == "passed" else ""))
+        if summary.gate_failures:
+            lines.append(f"Gate failures: {summary.gate_failures}")
+    return "\n".join(lines)

@@ -21,7 +21,7 @@ StageFn = Callable[[PipelineConfig, dict[str, str], dict[str, str], StageRun], d
 
 
 def _data_filter_shard(cfg, inputs, outputs, run, shard: int = 0):
-    from shipyard.data.filter import run_filter_phase
+    from shipyard.data.data_filter import run_filter_phase
 
     t0 = time.perf_counter()
     n = run_filter_phase(cfg.data_filter, outputs["part"], shard=shard, fan_out=cfg.data_filter.fan_out)
@@ -32,7 +32,7 @@ def _data_filter(cfg, inputs, outputs, run):
     """Merge the filter phase's parts (one per ParallelFor pod), dedup, write the corpus."""
     import tempfile
 
-    from shipyard.data.filter import merge_parts, run_merge_phase
+    from shipyard.data.data_filter import merge_parts, run_merge_phase
 
     with tempfile.TemporaryDirectory(prefix="shipyard-datafilter-") as work:
         merge_parts([inputs[k] for k in sorted(inputs) if k.startswith("part")], work)
@@ -44,7 +44,7 @@ def _data_filter(cfg, inputs, outputs, run):
 
 
 def _train_tokenizer(cfg, inputs, outputs, run):
-    from shipyard.data.tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer import run_train_tokenizer
 
     return run_train_tokenizer(cfg.train_tokenizer, inputs["corpus"], outputs["tokenizer"])
 
@@ -53,7 +53,7 @@ def _checkpoint_dir(run, stage: str) -> str:
     """Where ``stage`` checkpoints: stable across retries of one pipeline run, so a preempted pod
     resumes where it stopped. SHIPYARD_CHECKPOINT_URI (s3://... on a cluster, set by the Helm chart)
     puts them in the artifact store; otherwise they live under the local state dir."""
-    from shipyard.tracking.runs import state_dir
+    from shipyard.paths import state_dir
 
     root = os.environ.get("SHIPYARD_CHECKPOINT_URI") or str(state_dir() / "checkpoints")
     return f"{root.rstrip('/')}/{run.parent_run_id}/{stage}"
@@ -69,8 +69,8 @@ def _pretrain(cfg, inputs, outputs, run):
 
     ckpt = cfg.pretrain.checkpoint_dir or _checkpoint_dir(run, "pretrain")
     if cfg.pretrain.nodes > 1:
-        from shipyard.components.images import SHIPYARD_GPU_IMAGE, SHIPYARD_IMAGE
-        from shipyard.train.cluster import run_on_trainjob
+        from shipyard.images import SHIPYARD_GPU_IMAGE, SHIPYARD_IMAGE
+        from shipyard.kube.trainjob import run_on_trainjob
 
         image = SHIPYARD_GPU_IMAGE if cfg.pretrain.trainjob.gpus_per_node else SHIPYARD_IMAGE
         run.tag({"shipyard.trainjob_nodes": str(cfg.pretrain.nodes)})
@@ -88,7 +88,7 @@ def _finetune(cfg, inputs, outputs, run):
 
 
 def _reward_model(cfg, inputs, outputs, run):
-    from shipyard.train.reward import run_reward_model
+    from shipyard.train.reward_model import run_reward_model
 
     return run_reward_model(cfg.reward_model, inputs["base_model"], outputs["model"], log=run.log)
 
@@ -159,7 +159,8 @@ def _rag_ref(inputs: dict) -> str | None:
 
 
 def _champion_dir(run, name: str) -> str | None:
-    from shipyard.tracking.registry import CHAMPION, current_alias, resolve_model_dir
+    from shipyard.tracking.registry import current_alias, resolve_model_dir
+    from shipyard.tracking.tags import CHAMPION
 
     version = current_alias(run.tracking_uri, name, CHAMPION)
     if version is None:
@@ -176,9 +177,9 @@ def _rag_index(cfg, inputs, outputs, run):
         return {}
     from dataclasses import asdict
 
-    from shipyard.features.ingest import run_ingest
+    from shipyard.features.rag_index import run_ingest
     from shipyard.features.store import repo_for
-    from shipyard.tracking.registry import RAG_INDEX_TAG
+    from shipyard.tracking.tags import RAG_INDEX_TAG
 
     result = run_ingest(cfg.rag, cfg.rag.documents, repo_for(run.tracking_uri), log=lambda m: print(m, flush=True))
     out.write_text(json.dumps({"ref": result.ref, **asdict(result)}, indent=2))
@@ -187,7 +188,8 @@ def _rag_index(cfg, inputs, outputs, run):
 
 
 def _register(cfg, inputs, outputs, run):
-    from shipyard.tracking.registry import pin_rag_index, register_candidate
+    from shipyard.tracking.register import register_candidate
+    from shipyard.tracking.registry import pin_rag_index
 
     reg = cfg.register_
     table = json.loads((Path(inputs["eval_report"]) / "eval.json").read_text())

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from conftest import REPO, write_jsonl
 
 pytestmark = pytest.mark.e2e
@@ -22,8 +23,10 @@ def test_filter_fans_out_over_pods_and_merges_on_kfp_local(monkeypatch, tmp_path
     from kfp import dsl
 
     from shipyard.components.data_filter.component import data_filter, data_filter_shard
-    from shipyard.config import config_to_json, load_pipeline_config
-    from shipyard.tracking.runs import client, default_tracking_uri, end_pipeline_run, start_pipeline_run
+    from shipyard.config import load_pipeline_config
+    from shipyard.paths import default_tracking_uri
+    from shipyard.schema import config_to_json
+    from shipyard.tracking.runs import client, end_pipeline_run, start_pipeline_run
 
     raw = tmp_path / "raw"
     raw.mkdir()

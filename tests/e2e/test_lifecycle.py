@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+
 from conftest import REPO, free_port
 
 pytestmark = pytest.mark.e2e
@@ -26,8 +27,9 @@ def test_compiled_pipeline_loads_back_in_kfp(tmp_path):
 
 def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     from shipyard.demo import run_demo
+    from shipyard.paths import default_tracking_uri
     from shipyard.tracking.registry import current_alias
-    from shipyard.tracking.runs import client, default_tracking_uri
+    from shipyard.tracking.runs import client
 
     monkeypatch.chdir(REPO)
     uri = default_tracking_uri()

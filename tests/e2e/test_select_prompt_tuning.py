@@ -6,15 +6,17 @@ KServe server, which answers a chat request with it attached.
 
 import pytest
 import yaml
+
 from conftest import REPO, free_port
 
 pytestmark = pytest.mark.e2e
 
 
 def test_select_then_prompt_tuning_through_serving(tiny_base, monkeypatch, tmp_path):
-    from shipyard.demo import chat_once, start_server, stop_server, wait_ready
+    from shipyard.paths import default_tracking_uri
     from shipyard.pipeline_runs import run_local
-    from shipyard.tracking.runs import client, default_tracking_uri
+    from shipyard.serving.local import chat_once, start_server, stop_server, wait_ready
+    from shipyard.tracking.runs import client
 
     monkeypatch.chdir(REPO)
     profile = yaml.safe_load((REPO / "pipelines/configs/ci-tiny.yaml").read_text())

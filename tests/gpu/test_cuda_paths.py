@@ -13,6 +13,7 @@ import signal
 
 import pytest
 import torch
+
 from conftest import DEMO
 
 pytestmark = [pytest.mark.gpu,
@@ -44,8 +45,8 @@ def gpu_corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gpu_tokenizer(gpu_corpus, tmp_path_factory):
-    from shipyard.config import TokenizerConfig
-    from shipyard.data.tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer_config import TokenizerConfig
 
     out = tmp_path_factory.mktemp("gpu-tok")
     run_train_tokenizer(TokenizerConfig(vocab_size=2000, model_max_length=128), gpu_corpus, out)
@@ -55,8 +56,8 @@ def gpu_tokenizer(gpu_corpus, tmp_path_factory):
 @pytest.fixture(scope="module")
 def gpu_base(gpu_corpus, gpu_tokenizer, tmp_path_factory):
     """A bf16-pretrained base (the test below checks the run itself)."""
-    from shipyard.config import PretrainConfig
     from shipyard.train.pretrain import run_pretrain
+    from shipyard.train.pretrain_config import PretrainConfig
 
     out = tmp_path_factory.mktemp("gpu-base")
     metrics = run_pretrain(PretrainConfig(**{**GPU_PRETRAIN, "max_steps": 200}, precision="bf16"),
@@ -75,8 +76,8 @@ def test_bf16_pretraining_on_cuda_learns_and_reports_mfu(gpu_base):
 
 
 def test_fp16_pretraining_uses_the_grad_scaler_and_learns(gpu_corpus, gpu_tokenizer, tmp_path):
-    from shipyard.config import PretrainConfig
     from shipyard.train.pretrain import run_pretrain
+    from shipyard.train.pretrain_config import PretrainConfig
 
     m = run_pretrain(PretrainConfig(**GPU_PRETRAIN, precision="fp16"), gpu_corpus, gpu_tokenizer, tmp_path)
     print(f"\nfp16 pretrain: val loss {m['val_loss_initial']:.3f} -> {m['val_loss']:.3f}, "
@@ -90,8 +91,8 @@ def test_fp16_overflow_steps_are_skipped_not_fatal(gpu_corpus, gpu_tokenizer, tm
     """A loss scale of 2**32 overflows the first steps: GradScaler skips them and backs off; the run goes on."""
     from functools import partial
 
-    from shipyard.config import PretrainConfig
     from shipyard.train.pretrain import run_pretrain
+    from shipyard.train.pretrain_config import PretrainConfig
 
     monkeypatch.setattr(torch.amp, "GradScaler", partial(torch.amp.GradScaler, init_scale=2.0**32))
     m = run_pretrain(PretrainConfig(**GPU_PRETRAIN, precision="fp16"), gpu_corpus, gpu_tokenizer, tmp_path)
@@ -103,9 +104,9 @@ def test_fp16_overflow_steps_are_skipped_not_fatal(gpu_corpus, gpu_tokenizer, tm
 
 def test_sigterm_and_resume_on_cuda_match_a_straight_run(gpu_corpus, gpu_tokenizer, tmp_path):
     """SIGTERM (sent by the run itself at step 20) checkpoints; resuming gives the straight run's curve."""
-    from shipyard.config import PretrainConfig
     from shipyard.train.loop import Preempted
     from shipyard.train.pretrain import run_pretrain
+    from shipyard.train.pretrain_config import PretrainConfig
 
     # dropout draws its masks from the CUDA generator: the checkpoint must carry that state too
     cfg = PretrainConfig(**{**GPU_PRETRAIN, "max_steps": 40, "checkpoint_every": 10, "dropout": 0.1},
@@ -129,9 +130,9 @@ def test_sigterm_and_resume_on_cuda_match_a_straight_run(gpu_corpus, gpu_tokeniz
 
 
 def test_qlora_trains_a_4bit_base_and_merges(gpu_base, tmp_path):
-    from shipyard.config import FinetuneConfig, LoraConfig
     from shipyard.models.causal_lm import load_causal_lm
     from shipyard.train.finetune import run_finetune
+    from shipyard.train.finetune_config import FinetuneConfig, LoraConfig
 
     pytest.importorskip("bitsandbytes")
     base, _ = gpu_base
@@ -151,11 +152,10 @@ def test_qlora_trains_a_4bit_base_and_merges(gpu_base, tmp_path):
 
 @pytest.mark.parametrize("method", ["bnb_int8", "bnb_nf4"])
 def test_bitsandbytes_quantization_saves_loads_and_serves(gpu_base, tmp_path, method):
-    from shipyard.config import QuantizeConfig
-    from shipyard.eval.metrics import generate
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
-    from shipyard.optimize.config import OptimizeConfig
+    from shipyard.models.inference import generate
     from shipyard.optimize.optimize import run_optimize
+    from shipyard.optimize.optimize_config import OptimizeConfig, QuantizeConfig
 
     bnb = pytest.importorskip("bitsandbytes")
     base, _ = gpu_base
@@ -181,12 +181,13 @@ def test_bitsandbytes_quantization_saves_loads_and_serves(gpu_base, tmp_path, me
 
 
 def _ppo(base, checkpoint_dir=None, **kw):
-    from shipyard.config import AlignConfig, LoraConfig
     from shipyard.data.preferences import load_prompts
     from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.train.align_config import AlignConfig
+    from shipyard.train.finetune_config import LoraConfig
     from shipyard.train.policy import load_policy
     from shipyard.train.ppo import PPOTrainer
-    from shipyard.train.rewards import RewardTerm, build_reward
+    from shipyard.train.rl_rewards import RewardTerm, build_reward
 
     cfg = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"), max_length=64, batch_size=16,
                       lr=0.01, generation={"max_new_tokens": 12},
@@ -216,12 +217,12 @@ def test_ppo_on_cuda_samples_learns_and_resumes_exactly(gpu_base, tmp_path):
 
 
 def test_serving_and_evaluate_run_float_models_on_the_gpu_and_int8_on_the_cpu(gpu_base, tmp_path):
-    from shipyard.config import QuantizeConfig
     from shipyard.eval.evaluate import run_evaluate
-    from shipyard.eval.spec import EvalSpec
+    from shipyard.eval.evaluate_config import EvalSpec
+    from shipyard.optimize.optimize_config import QuantizeConfig
     from shipyard.optimize.quantize import run_quantize
     from shipyard.serving.llm import SamplingParams, ShipyardLLM
-    from shipyard.train.rewards import RewardModelScorer
+    from shipyard.train.rl_rewards import RewardModelScorer
 
     base, _ = gpu_base
     llm = ShipyardLLM("base", base, 8)
@@ -249,9 +250,9 @@ def test_the_alignment_judgement_runs_on_the_gpu(gpu_base, tmp_path):
     """align's instruct-vs-aligned judgement: a model against itself wins half and has KL 0."""
     import shutil
 
-    from shipyard.config import AlignConfig
     from shipyard.train.align import evaluate_alignment
-    from shipyard.train.rewards import RewardTerm, build_reward
+    from shipyard.train.align_config import AlignConfig
+    from shipyard.train.rl_rewards import RewardTerm, build_reward
 
     base, _ = gpu_base
     cfg = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"), max_length=64,

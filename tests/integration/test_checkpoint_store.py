@@ -3,8 +3,8 @@
 import shutil
 
 import pytest
-from conftest import TINY_PRETRAIN, free_port
 
+from conftest import TINY_PRETRAIN, free_port
 from shipyard.train.pretrain_config import PretrainConfig
 
 pytestmark = pytest.mark.integration

@@ -6,6 +6,7 @@ import sys
 
 import httpx
 import pytest
+
 from conftest import DEMO, free_port, write_jsonl
 
 pytestmark = pytest.mark.integration
@@ -16,8 +17,8 @@ SECRET = "The globex reactor access code is purple-falcon-42."
 @pytest.fixture(scope="module")
 def rag_repo(tmp_path_factory):
     """Two tenants in one index: acme has two Python FAQ documents, globex a secret; one bad row each kind."""
-    from shipyard.features.config import RagIndexConfig
-    from shipyard.features.ingest import run_ingest
+    from shipyard.features.rag_index import run_ingest
+    from shipyard.features.rag_index_config import RagIndexConfig
 
     faq = [json.loads(line) for line in (DEMO / "rag" / "python-faq.jsonl").read_text().splitlines()]
     docs = tmp_path_factory.mktemp("docs")
@@ -115,8 +116,7 @@ def test_sidecar_retrieves_per_tenant_only(sidecar):
 def test_runtime_answers_with_citations_and_degrades_without_the_sidecar(tiny_base, rag_repo, tmp_path):
     import openai
 
-    from shipyard.demo import stop_server, wait_ready
-    from shipyard.serving.local import start_sidecar, stop
+    from shipyard.serving.local import start_sidecar, stop, stop_server, wait_ready
 
     repo, *_ = rag_repo
     rag_port, port = free_port(), free_port()
@@ -167,12 +167,12 @@ def test_runtime_answers_with_citations_and_degrades_without_the_sidecar(tiny_ba
 
 
 def test_a_server_without_rag_refuses_rag_requests(tiny_base):
+    from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
     # plain route check without a sidecar: the request asks for RAG the server does not have
     from shipyard.serving.llm import ShipyardLLM
     from shipyard.serving.openai_api import openai_router
-    from fastapi import FastAPI
 
     llm = ShipyardLLM(tiny_base.name, tiny_base, 4)
     llm.load()
@@ -186,9 +186,9 @@ def test_a_server_without_rag_refuses_rag_requests(tiny_base):
 def test_the_rag_eval_suite_searches_the_index_and_scores_answers_with_and_without_sources(tiny_base, rag_repo,
                                                                                           tmp_path):
     from shipyard.eval.evaluate import run_evaluate
-    from shipyard.eval.spec import EvalSpec
-    from shipyard.features.embed import Embedder
+    from shipyard.eval.evaluate_config import EvalSpec
     from shipyard.features import store as fs
+    from shipyard.features.embed import Embedder
     from shipyard.features.retrieve import Retriever
 
     repo, _, _, faq = rag_repo

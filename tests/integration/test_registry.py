@@ -2,9 +2,11 @@
 
 import pytest
 
-from shipyard.tracking.registry import (CANDIDATE, CHAMPION, current_alias, log_model_version, promote,
-                                        resolve_model_dir, rollback)
-from shipyard.tracking.runs import artifact_root_for, client, default_tracking_uri
+from shipyard.paths import default_tracking_uri
+from shipyard.tracking.register import log_model_version
+from shipyard.tracking.registry import current_alias, promote, resolve_model_dir, rollback
+from shipyard.tracking.runs import artifact_root_for, client
+from shipyard.tracking.tags import CANDIDATE, CHAMPION
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +52,7 @@ def test_rollback_without_history_is_a_clear_error(tiny_base):
 
 
 def test_a_promotion_interrupted_before_the_alias_moved_finishes_on_retry(tiny_base):
-    from shipyard.tracking.registry import PROMOTED_OVER
+    from shipyard.tracking.tags import PROMOTED_OVER
 
     uri = default_tracking_uri()
     c = client(uri)

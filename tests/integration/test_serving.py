@@ -2,6 +2,7 @@
 
 import httpx
 import pytest
+
 from conftest import free_port
 
 pytestmark = pytest.mark.integration
@@ -9,7 +10,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def server(tiny_base):
-    from shipyard.demo import start_server, stop_server, wait_ready
+    from shipyard.serving.local import start_server, stop_server, wait_ready
 
     port = free_port()
     proc = start_server(str(tiny_base), port, "sqlite:///unused.db", max_new_tokens=8)
@@ -187,7 +188,7 @@ def tight_server(tiny_base):
     import subprocess
     import sys
 
-    from shipyard.demo import stop_server, wait_ready
+    from shipyard.serving.local import stop_server, wait_ready
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tiny_base), "--port", str(port),
@@ -225,7 +226,7 @@ def test_sigterm_drains_in_flight_requests(tiny_base):
     import threading
     import time
 
-    from shipyard.demo import wait_ready
+    from shipyard.serving.local import wait_ready
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tiny_base), "--port", str(port)])
@@ -265,9 +266,9 @@ def test_lora_adapters_are_served_under_their_own_names(tiny_base, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from shipyard.demo import stop_server, wait_ready
     from shipyard.models.adapters import load_with_adapters
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.serving.local import stop_server, wait_ready
 
     dirs = {}
     for i, task in enumerate(("summarize", "review")):
@@ -316,8 +317,8 @@ def test_a_seq2seq_model_serves_the_same_routes(tiny_tokenizer, tmp_path):
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from shipyard.demo import stop_server, wait_ready
     from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.serving.local import stop_server, wait_ready
 
     tok = load_tokenizer(tiny_tokenizer)
     torch.manual_seed(0)

@@ -13,6 +13,7 @@ import sys
 
 import httpx
 import pytest
+
 from conftest import DEMO, free_port, write_jsonl
 from kube_checks import render
 from platform_servers import start_postgres, start_s3
@@ -90,7 +91,7 @@ def test_mlflow_runs_as_the_chart_configures_it(chart, backends, tmp_path, tiny_
         assert httpx.get(search, auth=admin, headers={"Host": "evil.example.com"}).status_code in (400, 403)
 
         # a pipeline pod's view: credentials from the client Secret, artifacts proxied into S3
-        from shipyard.tracking.registry import log_model_version
+        from shipyard.tracking.register import log_model_version
         from shipyard.tracking.runs import client
 
         os.environ.update(MLFLOW_TRACKING_USERNAME=admin[0], MLFLOW_TRACKING_PASSWORD=admin[1])
@@ -119,11 +120,10 @@ def test_feast_config_serves_rag_from_postgres_and_s3(chart, backends, tmp_path,
     """rag ingest into the chart's Feast (SQL registry + pgvector in Postgres, rows in S3), then the
     sidecar's two backends find the same chunks, and `feast serve` (the chart's command) starts on it."""
     from shipyard.features import store as fs
-    from shipyard.features.config import RagIndexConfig
     from shipyard.features.embed import Embedder
-    from shipyard.features.ingest import run_ingest
-    from shipyard.features.retrieve import FeastRetriever
-    from shipyard.serving.rag_sidecar import load
+    from shipyard.features.rag_index import run_ingest
+    from shipyard.features.rag_index_config import RagIndexConfig
+    from shipyard.features.retrieve import FeastRetriever, load_index
 
     hosts, pg_port, s3_url = backends
     cm = next(o for o in chart if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shipyard-feast")
@@ -152,7 +152,7 @@ def test_feast_config_serves_rag_from_postgres_and_s3(chart, backends, tmp_path,
 
     question = "Why does Python use indentation for grouping statements?"
     vec = Embedder().embed([question])[0]
-    exact, _, info = load("faq@1", str(repo), "faiss")
+    exact, _, info = load_index("faq@1", str(repo), "faiss")
     assert info["version"] == 1
     want = exact.search(vec, "public", 3)
     got = FeastRetriever(store, view).search(vec, "public", 3)

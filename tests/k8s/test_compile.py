@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from conftest import REPO
 
 pytestmark = pytest.mark.k8s
@@ -67,7 +68,8 @@ def test_gpu_profile_places_gpu_stages_and_injects_secrets(tmp_path):
 
 
 def test_placement_errors_name_the_key(tmp_path):
-    from shipyard.config import ConfigError, load_pipeline_config
+    from shipyard.config import load_pipeline_config
+    from shipyard.schema import ConfigError
 
     text = (REPO / "pipelines" / "configs" / "gpu-small.yaml").read_text()
     bad = tmp_path / "bad.yaml"

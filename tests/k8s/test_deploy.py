@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+
 from conftest import free_port
 from kube_checks import restricted_violations, validate, workload_violations
-
-from shipyard.kube.cluster import ClusterConfig
+from shipyard.kube.cluster_config import ClusterConfig
 
 pytestmark = pytest.mark.k8s
 
@@ -101,7 +101,8 @@ def _cluster(**deploy):
 
 def test_deploy_serves_and_a_failed_version_rolls_back(mlflow_server, tiny_base):
     from shipyard.kube.deploy import deploy
-    from shipyard.tracking.registry import current_alias, log_model_version, pin_rag_index
+    from shipyard.tracking.register import log_model_version
+    from shipyard.tracking.registry import current_alias, pin_rag_index
     from shipyard.tracking.runs import client
 
     uri, bucket = mlflow_server
@@ -137,7 +138,8 @@ def test_deploy_serves_and_a_failed_version_rolls_back(mlflow_server, tiny_base)
 
 def test_a_first_deploy_that_never_gets_ready_is_removed(mlflow_server, tiny_base):
     from shipyard.kube.deploy import deploy
-    from shipyard.tracking.registry import current_alias, log_model_version
+    from shipyard.tracking.register import log_model_version
+    from shipyard.tracking.registry import current_alias
     from shipyard.tracking.runs import client
 
     uri, _ = mlflow_server

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from kube_checks import CHART, helm, render, restricted_violations, unselected_pods, validate, workload_violations
 
 pytestmark = pytest.mark.k8s

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import REPO
 from kube_checks import CHART, kustomize, render
 
@@ -34,8 +35,11 @@ def test_dockerfile_is_multistage_pinned_and_non_root(name):
 
 
 def test_one_tag_everywhere():
+    import shipyard.images
     from shipyard import __version__
     from shipyard.components.images import SHIPYARD_GPU_IMAGE, SHIPYARD_IMAGE
+
+    assert (SHIPYARD_IMAGE, SHIPYARD_GPU_IMAGE) == (shipyard.images.SHIPYARD_IMAGE, shipyard.images.SHIPYARD_GPU_IMAGE)
 
     chart = (CHART / "Chart.yaml").read_text()
     assert f'appVersion: "{__version__}"' in chart

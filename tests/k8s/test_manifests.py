@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+
 from conftest import REPO
 from kube_checks import OVERLAY_DIR, kustomize, restricted_violations, unselected_pods, validate, workload_violations
 
@@ -44,7 +45,7 @@ def test_gpu_overlay_puts_serving_and_training_on_gpus():
 
 def test_base_objects_are_what_the_code_builds():
     """The base's InferenceService and TrainJob are the builders' output (regenerate them if these fail)."""
-    from shipyard.kube.cluster import DeployConfig
+    from shipyard.kube.cluster_config import DeployConfig
     from shipyard.kube.inference_service import build_inference_service
     from shipyard.kube.trainjob import build_train_job
     from shipyard.train.pretrain_config import PretrainConfig

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import DEMO, free_port, write_jsonl
 from kube_checks import render
 
@@ -25,9 +26,9 @@ def _argv(container: dict, subs: dict) -> list[str]:
 def test_runtime_and_sidecar_containers_serve_a_cited_answer(tiny_base, tmp_path):
     import openai
 
-    from shipyard.features.config import RagIndexConfig
-    from shipyard.features.ingest import run_ingest
-    from shipyard.kube.cluster import DeployConfig
+    from shipyard.features.rag_index import run_ingest
+    from shipyard.features.rag_index_config import RagIndexConfig
+    from shipyard.kube.cluster_config import DeployConfig
     from shipyard.kube.inference_service import build_inference_service
     from shipyard.serving.local import stop, wait_ready
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, TINY_PRETRAIN, free_port
 
+from conftest import REPO, TINY_PRETRAIN, free_port
 from shipyard.train.pretrain_config import PretrainConfig
 
 pytestmark = pytest.mark.k8s
@@ -88,7 +88,7 @@ class LocalTrainerController:
 
 def test_stage_runs_two_nodes_through_a_trainjob(tiny_corpus, tiny_tokenizer, tmp_path):
     from shipyard.kube import trainjob
-    from shipyard.train.cluster import run_on_trainjob
+    from shipyard.kube.trainjob import run_on_trainjob
 
     cfg = _cfg(nodes=2, trainjob={"workspace_mount": str(tmp_path / "ws")})
     (tmp_path / "ws").mkdir()
@@ -110,7 +110,7 @@ def test_stage_runs_two_nodes_through_a_trainjob(tiny_corpus, tiny_tokenizer, tm
 
 def test_a_failed_trainjob_surfaces_the_reason(tiny_corpus, tmp_path):
     from shipyard.kube import trainjob
-    from shipyard.train.cluster import run_on_trainjob
+    from shipyard.kube.trainjob import run_on_trainjob
 
     cfg = _cfg(nodes=2, trainjob={"workspace_mount": str(tmp_path / "ws")})
     (tmp_path / "ws").mkdir()

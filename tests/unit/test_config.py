@@ -1,9 +1,11 @@
 from pathlib import Path
 
 import pytest
-from conftest import REPO
 
-from shipyard.config import ConfigError, FinetuneConfig, PipelineConfig, load_pipeline_config, parse_config
+from conftest import REPO
+from shipyard.config import PipelineConfig, load_pipeline_config
+from shipyard.schema import ConfigError, parse_config
+from shipyard.train.finetune_config import FinetuneConfig
 
 PROFILES = sorted((REPO / "pipelines" / "configs").glob("*.yaml"))
 

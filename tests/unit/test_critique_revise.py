@@ -3,9 +3,10 @@
 import json
 
 import yaml
-from conftest import DEMO
 
-from shipyard.train.critique_revise import CritiqueReviseConfig, run_critique_revise
+from conftest import DEMO
+from shipyard.train.critique_revise import run_critique_revise
+from shipyard.train.critique_revise_config import CritiqueReviseConfig
 
 CONSTITUTION = [
     {"name": "kind", "critique": "Point out anything unkind in your answer.", "revision": "Rewrite it kindly."},
@@ -50,7 +51,7 @@ def test_a_real_model_writes_data_that_finetune_and_reward_model_load(tiny_base,
 
     from shipyard.cli import app
     from shipyard.data.preferences import load_preferences
-    from shipyard.train.sft_data import load_conversations
+    from shipyard.data.sft_data import load_conversations
 
     profile = yaml.safe_load((DEMO.parents[1] / "pipelines/configs/tiny-cpu.yaml").read_text())
     profile["critique_revise"] = {"prompts": str(_prompts(tmp_path)), "constitution": CONSTITUTION,

@@ -3,10 +3,10 @@ import json
 import os
 
 import pytest
-from conftest import write_jsonl
 
-from shipyard.data.filter import merge_parts, normalize_text, run_data_filter, run_filter_phase, run_merge_phase
-from shipyard.data.filter_config import DataFilterConfig
+from conftest import write_jsonl
+from shipyard.data.data_filter import merge_parts, normalize_text, run_data_filter, run_filter_phase, run_merge_phase
+from shipyard.data.data_filter_config import DataFilterConfig
 from shipyard.data.shards import read_records
 
 GOOD = [

@@ -92,7 +92,7 @@ def test_evaluate_records_each_models_device_and_checks_them_before_any_work(tin
     import torch
 
     from shipyard.eval.evaluate import run_evaluate
-    from shipyard.eval.spec import EvalSpec
+    from shipyard.eval.evaluate_config import EvalSpec
 
     heldout = {"name": "heldout", "kind": "perplexity", "data": str(DEMO / "heldout/python-docs.jsonl"),
                "max_examples": 2}
@@ -109,8 +109,8 @@ def test_evaluate_records_each_models_device_and_checks_them_before_any_work(tin
 
 
 def test_optimize_measures_every_step_where_the_final_model_runs(tmp_path, gpu_visible):
-    from shipyard.optimize.config import OptimizeConfig, PruneConfig, QuantizeConfig
     from shipyard.optimize.optimize import measure_device
+    from shipyard.optimize.optimize_config import OptimizeConfig, PruneConfig, QuantizeConfig
 
     assert measure_device(OptimizeConfig(quantize=QuantizeConfig(method="dynamic_int8"))) == "cpu"
     assert measure_device(OptimizeConfig(quantize=QuantizeConfig(method="bnb_nf4"))) == "cuda"
@@ -122,8 +122,8 @@ def test_optimize_measures_every_step_where_the_final_model_runs(tmp_path, gpu_v
 
 def test_optimize_without_a_gpu_refuses_bitsandbytes_before_measuring_anything(tiny_base, tmp_path, monkeypatch):
     import shipyard.models.device as device
-    from shipyard.optimize.config import OptimizeConfig, QuantizeConfig
     from shipyard.optimize.optimize import run_optimize
+    from shipyard.optimize.optimize_config import OptimizeConfig, QuantizeConfig
 
     monkeypatch.setattr(device, "cuda_available", lambda: False)
     with pytest.raises(ValueError, match="bnb_int8: bitsandbytes kernels need a CUDA GPU.*dynamic_int8"):
@@ -135,9 +135,9 @@ def test_optimize_without_a_gpu_refuses_bitsandbytes_before_measuring_anything(t
 def test_the_alignment_judgement_of_a_model_against_itself_is_a_tie_with_zero_kl(tiny_base, tmp_path):
     import shutil
 
-    from shipyard.config import AlignConfig
     from shipyard.train.align import evaluate_alignment
-    from shipyard.train.rewards import RewardTerm, build_reward
+    from shipyard.train.align_config import AlignConfig
+    from shipyard.train.rl_rewards import RewardTerm, build_reward
 
     copy = shutil.copytree(tiny_base, tmp_path / "same")  # the judgement writes its samples beside the model
     cfg = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"), max_length=64,

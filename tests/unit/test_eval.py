@@ -1,12 +1,14 @@
 import json
 
 import pytest
-from conftest import DEMO, REPO, write_jsonl
 
-from shipyard.config import ConfigError, GateCheck, PipelineConfig, load_pipeline_config, parse_config
+from conftest import DEMO, REPO, write_jsonl
+from shipyard.config import PipelineConfig, load_pipeline_config
+from shipyard.eval.evaluate_config import EvalSpec, load_eval_spec
 from shipyard.eval.metrics import bleu, chrf, exact_match, rouge
-from shipyard.eval.spec import EvalSpec, load_eval_spec
-from shipyard.tracking.registry import check_gate, gate_results
+from shipyard.schema import ConfigError, parse_config
+from shipyard.tracking.register import check_gate, gate_results
+from shipyard.tracking.register_config import GateCheck
 
 SPEC = {
     "max_examples": 3, "max_new_tokens": 4, "context_length": 128, "baseline": "base",
@@ -106,8 +108,8 @@ def test_a_bad_reference_row_stops_before_any_model_loads(tmp_path):
 def test_choice_logprobs_match_the_full_sequence_score(tiny_base):
     import torch
 
-    from shipyard.eval.metrics import choice_logprobs
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.models.inference import choice_logprobs
 
     model, tok = load_causal_lm(tiny_base), load_tokenizer(tiny_base)
     query, choices = "The Python language", [" is simple", " uses indentation for blocks"]

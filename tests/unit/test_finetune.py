@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import DEMO, write_jsonl
 from pydantic import ValidationError
 
-from shipyard.config import FinetuneConfig, LoraConfig
+from conftest import DEMO, write_jsonl
+from shipyard.train.finetune_config import FinetuneConfig, LoraConfig
 
 TRAIN = str(DEMO / "instructions/train.jsonl")
 HELDOUT = str(DEMO / "heldout/python-docs.jsonl")
@@ -75,9 +75,9 @@ def test_chat_rows_train_with_the_chat_template_and_bad_rows_are_quarantined(tin
 
 
 def test_mixture_weights_and_per_task_adapters_swap_at_load_time(tiny_base, tmp_path):
+    from shipyard.data.sft_data import mix
     from shipyard.models.adapters import adapters_in, load_with_adapters, merge_adapter
     from shipyard.train.finetune import run_finetune
-    from shipyard.train.sft_data import mix
 
     mixed = mix({"a": [{"i": i} for i in range(100)], "b": [{"i": i} for i in range(10)]},
                 {"a": 1.0, "b": 3.0}, total=200, seed=0)
@@ -172,11 +172,12 @@ def test_adapters_cli_lists_and_merges(tiny_base, tmp_path):
 
 def test_prompt_tuned_model_goes_through_align_quantize_and_generates(tiny_base, tmp_path):
     """The lifecycle with method prompt_tuning: the soft prompt rides along, unmerged, to serving."""
-    from shipyard.config import AlignConfig, QuantizeConfig
-    from shipyard.eval.metrics import generate
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.models.inference import generate
+    from shipyard.optimize.optimize_config import QuantizeConfig
     from shipyard.optimize.quantize import run_quantize
     from shipyard.train.align import run_align
+    from shipyard.train.align_config import AlignConfig
     from shipyard.train.finetune import run_finetune
 
     cfg = FinetuneConfig(train=TRAIN, method="prompt_tuning", max_examples=60, **{**FAST, "lr": 1.0, "max_steps": 4})

@@ -4,16 +4,16 @@ import json
 
 import pytest
 import torch
-from conftest import DEMO, TINY_PRETRAIN
 
-from shipyard.optimize.config import DistillConfig, OptimizeConfig, PruneConfig, QuantizeConfig
+from conftest import DEMO, TINY_PRETRAIN
+from shipyard.optimize.optimize_config import DistillConfig, OptimizeConfig, PruneConfig, QuantizeConfig
 
 
 @pytest.fixture(scope="module")
 def deep_base(tiny_corpus, tiny_tokenizer, tmp_path_factory):
     """A 4-block teacher (tiny_base has one block, nothing to distill from)."""
-    from shipyard.config import PretrainConfig
     from shipyard.train.pretrain import run_pretrain
+    from shipyard.train.pretrain_config import PretrainConfig
 
     out = tmp_path_factory.mktemp("deep")
     run_pretrain(PretrainConfig(**{**TINY_PRETRAIN, "num_layers": 4}), tiny_corpus, tiny_tokenizer, out)
@@ -28,8 +28,8 @@ def _float(path):
 
 @pytest.mark.parametrize("method", ["int8_weight_only", "int4_weight_only"])
 def test_weight_only_quantization_saves_small_and_serves_exactly(tiny_base, tmp_path, method):
-    from shipyard.eval.metrics import generate
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.models.inference import generate
     from shipyard.optimize.quantize import linear_names, run_quantize
     from shipyard.optimize.weight_only import quantize_weight_only
 

@@ -5,10 +5,11 @@ from functools import partial
 
 import pytest
 import torch
-from conftest import DEMO
 
-from shipyard.config import AlignConfig, LoraConfig
-from shipyard.train.rewards import RewardTerm
+from conftest import DEMO
+from shipyard.train.align_config import AlignConfig
+from shipyard.train.finetune_config import LoraConfig
+from shipyard.train.rl_rewards import RewardTerm
 
 # A simple known reward: the share of generated words that are common function words.
 KNOWN = [RewardTerm(kind="keywords", keywords=["the", "a", "of", "and", "to", "is", "in", "it"])]
@@ -29,7 +30,7 @@ def _trainer(cfg, base, **kw):
     from shipyard.models.causal_lm import load_tokenizer
     from shipyard.train.policy import load_policy
     from shipyard.train.ppo import PPOTrainer
-    from shipyard.train.rewards import build_reward
+    from shipyard.train.rl_rewards import build_reward
 
     tok = load_tokenizer(base)
     prompts, _ = load_prompts(cfg.train, 200, tok)

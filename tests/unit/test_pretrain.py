@@ -9,9 +9,9 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TINY_PRETRAIN
 from pydantic import ValidationError
 
+from conftest import REPO, TINY_PRETRAIN
 from shipyard.train.pretrain_config import PretrainConfig
 
 
@@ -24,7 +24,7 @@ def _weights(path):
 @pytest.mark.parametrize("objective,architecture", [
     ("clm", "llama"), ("clm", "gpt2"), ("mlm", "bert"), ("mlm", "roberta"), ("span", "t5")])
 def test_every_objective_trains_a_tiny_model(objective, architecture, tiny_corpus, tiny_tokenizer, tmp_path):
-    from transformers import AutoConfig, AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoModelForSeq2SeqLM
 
     from shipyard.train.pretrain import run_pretrain
 
@@ -251,9 +251,9 @@ def test_fsdp_on_two_cpu_processes_matches_and_checkpoints(tiny_corpus, tiny_tok
 
 def test_torch_compile_matches_eager_and_resumes(tiny_corpus, tiny_tokenizer, tmp_path):
     """compile: true (inductor on CPU needs a C compiler): same losses as eager, checkpoints resume."""
-    from shipyard.train.pretrain import run_pretrain
-
     import shutil
+
+    from shipyard.train.pretrain import run_pretrain
 
     cfg = PretrainConfig(**{**TINY_PRETRAIN, "max_steps": 6, "warmup_steps": 1}, checkpoint_every=3)
     run_pretrain(cfg.model_copy(update={"compile": True}), tiny_corpus, tiny_tokenizer, tmp_path / "full",

@@ -2,9 +2,10 @@
 
 import pytest
 
-from shipyard.features.config import RagIndexConfig
+from shipyard.features.rag_index_config import RagIndexConfig
+from shipyard.features.rag_prompt import augment
 from shipyard.serving.local import choose_index
-from shipyard.serving.rag import RagOptions, Rejected, augment, tenant_of
+from shipyard.serving.rag import RagOptions, Rejected, tenant_of
 
 
 def words(text: str) -> int:  # a stand-in tokenizer: one token per word
@@ -13,7 +14,7 @@ def words(text: str) -> int:  # a stand-in tokenizer: one token per word
 
 def test_chunks_are_overlapping_token_windows_of_verbatim_text():
     from shipyard.features.embed import Embedder
-    from shipyard.features.ingest import chunk_text
+    from shipyard.features.rag_index import chunk_text
 
     tok = Embedder().tokenizer
     text = " ".join(f"word{i}" for i in range(300))

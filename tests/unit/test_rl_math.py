@@ -5,8 +5,17 @@ import math
 import pytest
 import torch
 
-from shipyard.train.rl_math import (AdaptiveKLController, entropy_from_logits, explained_variance, gae,
-                                    kl_estimate, masked_whiten, policy_loss, token_rewards, value_loss)
+from shipyard.train.rl_math import (
+    AdaptiveKLController,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_estimate,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
 
 
 def test_gae_matches_a_hand_computed_case_with_padding():

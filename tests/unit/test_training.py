@@ -4,10 +4,13 @@ import json
 
 import pytest
 import torch
-from conftest import DEMO, TINY_PRETRAIN
 
-from shipyard.config import (AlignConfig, FinetuneConfig, LoraConfig, PretrainConfig, QuantizeConfig,
-                             RewardModelConfig)
+from conftest import DEMO, TINY_PRETRAIN
+from shipyard.optimize.optimize_config import QuantizeConfig
+from shipyard.train.align_config import AlignConfig
+from shipyard.train.finetune_config import FinetuneConfig, LoraConfig
+from shipyard.train.pretrain_config import PretrainConfig
+from shipyard.train.reward_model_config import RewardModelConfig
 
 
 def _weights(path):
@@ -66,11 +69,11 @@ def test_lora_finetune_changes_weights_and_lowers_loss(tiny_base, tmp_path):
 
 def test_reward_model_trains_a_scalar_head(tiny_base, tmp_path):
     from shipyard.models.causal_lm import load_tokenizer
-    from shipyard.train.reward import load_reward_model, score_texts
+    from shipyard.train.reward_model import load_reward_model, score_texts
 
     cfg = RewardModelConfig(train=str(DEMO / "preferences/train.jsonl"), test=str(DEMO / "preferences/test.jsonl"),
                             max_steps=10, max_examples=80, max_length=110, lr=0.005)
-    from shipyard.train.reward import run_reward_model
+    from shipyard.train.reward_model import run_reward_model
 
     out = run_reward_model(cfg, tiny_base, tmp_path)
     assert out["train_loss"] > 0 and 0.0 <= out["pairwise_accuracy"] <= 1.0

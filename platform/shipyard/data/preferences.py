@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shipyard.data.sft_data import check_messages
 from shipyard.data.shards import Quarantined, parse_records
 from shipyard.templates import format_prompt
-from shipyard.train.sft_data import check_messages
 
 
 def ranking_pairs(completions: list[str], ranks: list[int]) -> list[tuple[str, str]]:

@@ -173,3 +173,11 @@ def write_quarantine(path: str | Path, items: list[Quarantined]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for q in items:
             f.write(json.dumps({"source": q.source, "reason": q.reason, "raw": q.raw}, ensure_ascii=False) + "\n")
+
+
+def split_holdout(rows: list, fraction: float = 0.05, minimum: int = 4) -> tuple[list, list]:
+    """(train, held_out): the first ``fraction`` of the rows (at least ``minimum``) is held out."""
+    n = max(minimum, int(len(rows) * fraction))
+    if n >= len(rows):
+        raise ValueError(f"too few rows ({len(rows)}) to hold out {n} for evaluation")
+    return rows[n:], rows[:n]

@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from shipyard.eval.spec import EvalSpec
+from shipyard.eval.evaluate_config import EvalSpec
 
 ALIGNMENT_ROW = "alignment"
 
@@ -60,7 +60,7 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
     if spec.of_kind("reward"):
         if reward_model_dir is None:
             raise ValueError(f"suites {[s.name for s in spec.of_kind('reward')]} need a reward model")
-        from shipyard.train.rewards import RewardModelScorer
+        from shipyard.train.rl_rewards import RewardModelScorer
 
         reward = RewardModelScorer(reward_model_dir, spec.context_length, device=spec.device)
     table: dict[str, dict[str, float]] = {}

@@ -1,6 +1,6 @@
 """The ``rag`` eval suite: retrieval from the run's index, and what the retrieved sources do for a model.
 
-Retrieval is the sidecar's own (``shipyard.serving.rag_sidecar.load``: the same index version,
+Retrieval is the sidecar's own (``shipyard.features.retrieve.load_index``: the same index version,
 embedder and search), done once per suite before any model loads; it is the same for every model
 of the run. Each model is then scored on the reference answers twice: after the question alone,
 and after the prompt the serving runtime builds with the sources (``shipyard.serving.rag.augment``
@@ -31,9 +31,9 @@ def load_rag_rows(path: str) -> tuple[list, list]:
 
 def retrieve(rows: list[dict], suite, index_ref: str, feast_repo: str | Path | None) -> list[dict]:
     """``rows`` with ``chunks`` (the top_k hits of each question, best first), searched as the sidecar does."""
-    from shipyard.serving.rag_sidecar import load
+    from shipyard.features.retrieve import load_index
 
-    retriever, embedder, info = load(index_ref, feast_repo)
+    retriever, embedder, info = load_index(index_ref, feast_repo)
     if suite.tenant not in info["tenants"]:
         raise ValueError(f"suite {suite.name!r}: tenant {suite.tenant!r} has no documents in index {info['ref']} "
                          f"(tenants: {sorted(info['tenants'])})")
@@ -51,9 +51,9 @@ def retrieval_metrics(rows: list[dict]) -> dict[str, float]:
 
 def run_rag_suite(suite, rows: list[dict], model, tokenizer, spec):
     from shipyard.data.preferences import render_prompt
-    from shipyard.eval.metrics import continuation_logprobs
-    from shipyard.eval.suites import SuiteResult
-    from shipyard.serving.rag import MIN_CHUNK_TOKENS, TEMPLATE, augment, first_tokens
+    from shipyard.eval.result import SuiteResult
+    from shipyard.features.rag_prompt import MIN_CHUNK_TOKENS, TEMPLATE, augment, first_tokens
+    from shipyard.models.inference import continuation_logprobs
 
     context = min(spec.context_length, model.config.max_position_embeddings)
     count = lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731

@@ -14,7 +14,7 @@ import io
 import json
 from pathlib import Path
 
-from shipyard.eval.spec import EvalSpec
+from shipyard.eval.evaluate_config import EvalSpec
 
 OVERLAP = {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match"}
 LOWER_IS_BETTER = {"perplexity", "perplexity_ratio", "rate", "mean_probability", "ms_per_token", "first_token_ms",

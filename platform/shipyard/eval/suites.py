@@ -7,17 +7,10 @@ for the win rate).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from shipyard.eval.spec import EvalSpec
-
-
-@dataclass
-class SuiteResult:
-    metrics: dict[str, float]
-    samples: list[dict] = field(default_factory=list)
-    per_prompt: list[float] = field(default_factory=list)  # reward suites: one score per prompt
+from shipyard.eval.evaluate_config import EvalSpec
+from shipyard.eval.result import SuiteResult
 
 
 def _strict(path: str, rows: list, bad: list) -> list:
@@ -45,8 +38,8 @@ def _mc_row(obj: dict):
 def load_suite_data(spec: EvalSpec) -> dict[str, list]:
     """Every suite's rows, tokenizer-free; raises ValueError naming file:line on the first bad row."""
     from shipyard.data.preferences import load_prompt_messages
+    from shipyard.data.sft_data import load_conversations
     from shipyard.data.shards import parse_records, read_records
-    from shipyard.train.sft_data import load_conversations
 
     data: dict[str, list] = {}
     for s in spec.suites:
@@ -122,7 +115,7 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
     answers = M.generate(model, tokenizer, prompts, new_tokens)
     samples = [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers))[:5]]
     if suite.kind == "toxicity":
-        from shipyard.train.rewards import toxicity_probability
+        from shipyard.train.rl_rewards import toxicity_probability
 
         probs = toxicity_probability(answers)
         return SuiteResult({"rate": sum(p > suite.threshold for p in probs) / len(probs),

@@ -115,3 +115,28 @@ class FeastRetriever:
         df["score"] = 1.0 - df["distance"] if pgvector else df["distance"]
         df = df.sort_values("score", ascending=False)
         return [Hit(r.chunk, r.text, r.source, r.doc_id, float(r.score)) for r in df.itertuples()]
+
+
+def load_index(ref: str, repo: str | None = None, backend: str = "faiss"):
+    """(retriever, embedder, info) for index ``ref`` (NAME or NAME@VERSION) in the Feast repo.
+
+    What the sidecar serves, ``shipyard rag query`` asks and the rag eval suite scores: one loader, one search.
+    """
+    from shipyard.features import store as fs
+    from shipyard.features.embed import Embedder
+
+    store = fs.open_store(repo)
+    index, version, view = fs.resolve(store, ref)
+    frame = fs.read_version(store, view)
+    if backend == "feast":
+        retriever = FeastRetriever(store, view)
+        tenants = frame["tenant"].value_counts().to_dict()
+    else:
+        retriever = Retriever(frame, index, version)
+        tenants = retriever.counts()
+    embedder = Embedder()
+    embedder.embed(["warm up"])
+    info = {"index": index, "version": version, "ref": f"{index}@{version}", "backend": backend,
+            "chunks": int(len(frame)), "tenants": {str(k): int(v) for k, v in tenants.items()},
+            "embedding_model": view.tags.get("shipyard.embedding_model")}
+    return retriever, embedder, info

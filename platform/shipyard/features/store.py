@@ -46,7 +46,7 @@ entity_key_serialization_version: 3
 def repo_for(tracking_uri: str | None = None) -> Path:
     """The default repo: ``$SHIPYARD_FEAST_REPO``, else beside a SQLite MLflow store (so pipeline steps,
     whatever their working directory, and ``shipyard serve`` find the same one), else the state dir."""
-    from shipyard.tracking.runs import default_tracking_uri, state_dir
+    from shipyard.paths import default_tracking_uri, state_dir
 
     if os.environ.get("SHIPYARD_FEAST_REPO"):
         return Path(os.environ["SHIPYARD_FEAST_REPO"])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from shipyard.kube.cluster import POSTGRES_SECRET_ENV, S3_SECRET_ENV, ClusterSecrets, FeastMount
+from shipyard.kube.cluster_config import POSTGRES_SECRET_ENV, S3_SECRET_ENV, ClusterSecrets, FeastMount
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 
@@ -51,8 +51,17 @@ def _security():
 def rag_sidecar(index_ref: str, image: str, port: int, secrets: ClusterSecrets, feast: FeastMount):
     """The sidecar container: one pinned index version, loaded from Feast (the chart's ConfigMap at
     ``feast.mount_path``) before its port opens."""
-    from kubernetes.client import (V1Container, V1ContainerPort, V1EnvVar, V1EnvVarSource, V1HTTPGetAction,
-                                   V1Probe, V1ResourceRequirements, V1SecretKeySelector, V1VolumeMount)
+    from kubernetes.client import (
+        V1Container,
+        V1ContainerPort,
+        V1EnvVar,
+        V1EnvVarSource,
+        V1HTTPGetAction,
+        V1Probe,
+        V1ResourceRequirements,
+        V1SecretKeySelector,
+        V1VolumeMount,
+    )
 
     def from_secret(name: str | None, keys: dict[str, str]) -> list:
         return [V1EnvVar(name=env, value_from=V1EnvVarSource(secret_key_ref=V1SecretKeySelector(name=name, key=key)))
@@ -92,13 +101,26 @@ def build_inference_service(name: str, storage: str, cfg, pool=None, rag_index: 
         image: the sidecar's image (default: the pinned Shipyard image).
         secrets, feast: the profile's ``cluster.secrets`` and ``cluster.feast`` (default: their defaults).
     """
-    from kserve import (V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1ModelFormat,
-                        V1beta1ModelSpec, V1beta1PredictorSpec)
-    from kubernetes.client import (ApiClient, V1ConfigMapVolumeSource, V1EmptyDirVolumeSource, V1ObjectMeta,
-                                   V1PodSecurityContext, V1ResourceRequirements, V1SeccompProfile, V1Toleration,
-                                   V1Volume)
+    from kserve import (
+        V1beta1InferenceService,
+        V1beta1InferenceServiceSpec,
+        V1beta1ModelFormat,
+        V1beta1ModelSpec,
+        V1beta1PredictorSpec,
+    )
+    from kubernetes.client import (
+        ApiClient,
+        V1ConfigMapVolumeSource,
+        V1EmptyDirVolumeSource,
+        V1ObjectMeta,
+        V1PodSecurityContext,
+        V1ResourceRequirements,
+        V1SeccompProfile,
+        V1Toleration,
+        V1Volume,
+    )
 
-    from shipyard.components.images import SHIPYARD_IMAGE
+    from shipyard.images import SHIPYARD_IMAGE
 
     limits = {"cpu": cfg.cpu, "memory": cfg.memory}
     if pool is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from shipyard.kube.cluster import MLFLOW_SECRET_ENV, POSTGRES_SECRET_ENV, S3_SECRET_ENV
+from shipyard.kube.cluster_config import MLFLOW_SECRET_ENV, POSTGRES_SECRET_ENV, S3_SECRET_ENV
 
 # Feast users: the chart's feature_store.yaml, rows in S3, the Postgres password. rag_index writes an
 # index version; evaluate reads it back for its rag suites (the sidecar's own search).
@@ -25,7 +25,7 @@ def stage_of(task) -> str:
 def place_task(task, cluster) -> None:
     from kfp import kubernetes
 
-    from shipyard.components.images import SHIPYARD_GPU_IMAGE
+    from shipyard.images import SHIPYARD_GPU_IMAGE
 
     if cluster.secrets.mlflow:
         kubernetes.use_secret_as_env(task, cluster.secrets.mlflow, dict(MLFLOW_SECRET_ENV))

@@ -12,10 +12,14 @@ its KFP output. Checkpoints live on the same volume, so a re-run resumes.
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import time
+from pathlib import Path
 
 from shipyard.kube.client import current_namespace, custom_objects_api
+from shipyard.schema import MetricsLogger
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 CONTAINER = "node"  # the torch-distributed runtime's replicated job and container are both named "node"
@@ -129,3 +133,32 @@ def submit_and_wait(obj: dict, poll_s: float = 15.0, log=print, api=None) -> dic
                                f"jobset.sigs.k8s.io/jobset-name={name})")
         time.sleep(poll_s)
     raise RuntimeError(f"TrainJob {ns}/{name} did not finish before its deadline")
+
+
+def run_on_trainjob(cfg, corpus_dir, tokenizer_dir, output_dir, log: MetricsLogger, run_key: str,
+                    image: str, api=None, echo=print) -> dict[str, float]:
+    """Run ``cfg`` (nodes > 1) as a TrainJob; copy the model into ``output_dir``; return its metrics."""
+    from shipyard.train.pretrain import RESULT_FILE
+
+    mount = Path(cfg.trainjob.workspace_mount)
+    if not mount.is_dir():
+        raise RuntimeError(f"pretrain.trainjob.workspace_mount {mount} is not mounted in this pod: mount the PVC "
+                           f"{cfg.trainjob.workspace_claim!r} there (the trainer pods mount it at the same path)")
+    work = mount / "shipyard" / run_key / "pretrain"
+    for src, name in ((corpus_dir, "corpus"), (tokenizer_dir, "tokenizer")):
+        shutil.copytree(src, work / name, dirs_exist_ok=True)
+    spec = {"config": cfg.model_dump(), "corpus": str(work / "corpus"), "tokenizer": str(work / "tokenizer"),
+            "output": str(work / "model"), "checkpoint_dir": str(work / "checkpoints"),
+            "metrics": str(work / "metrics.jsonl")}
+    (work / "spec.json").write_text(json.dumps(spec))
+    (work / "metrics.jsonl").unlink(missing_ok=True)
+    obj = build_train_job(job_name(run_key), image, str(work / "spec.json"), cfg,
+                          labels={"shipyard.io/run": run_key[:63]})
+    submit_and_wait(obj, api=api, log=echo)
+    if (work / "metrics.jsonl").exists():
+        for line in (work / "metrics.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            log(rec["metrics"], rec["step"])
+    shutil.copytree(work / "model", output_dir, dirs_exist_ok=True)
+    metrics = json.loads((Path(output_dir) / RESULT_FILE).read_text())
+    return {**metrics, "nodes": cfg.nodes, "processes": cfg.nodes * cfg.nproc_per_node}

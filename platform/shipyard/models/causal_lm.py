@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-QUANT_FILE = "shipyard_quant.json"
+from shipyard.models.quantized import QUANT_FILE, load_quantized
+
 ADAPTER_FILE = "shipyard_adapter.json"  # written by finetune for unmerged adapters
 # Everything of a model directory but its weights: what a step that rewrites the weights carries over.
 SIDE_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -29,8 +30,6 @@ def load_causal_lm(path: str | Path):
 
     path = Path(path)
     if (path / QUANT_FILE).exists():
-        from shipyard.optimize.quantize import load_quantized
-
         model = load_quantized(path)
     else:
         model = AutoModelForCausalLM.from_pretrained(
@@ -50,9 +49,8 @@ def _attach_adapter(model, adapter_dir: Path, quantized: bool):
         return PeftModel.from_pretrained(model, str(adapter_dir))
     # PEFT's loader pushes a state dict through the whole model, which int8 Linear modules reject;
     # a soft prompt is one embedding table, so set it directly.
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
 
     peft_model = get_peft_model(model, config)
     weights = load_file(str(adapter_dir / "adapter_model.safetensors"))

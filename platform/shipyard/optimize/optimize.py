@@ -18,14 +18,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from shipyard.optimize.config import OptimizeConfig
+from shipyard.optimize.optimize_config import OptimizeConfig
 
 REPORT_FILE = "optimize.json"
 
 
 def _heldout(path: str | Path | None, corpus_dir: str | Path | None, n: int) -> list[str]:
     from shipyard.data.shards import read_records
-    from shipyard.data.tokenizer import iter_corpus
+    from shipyard.data.train_tokenizer import iter_corpus
 
     if path:
         rows, _ = read_records(path, ("text",))
@@ -55,9 +55,9 @@ def measure_device(cfg: OptimizeConfig) -> str:
 
 def measure(model_dir: Path, texts: list[str], cfg: OptimizeConfig, device: str = "cpu") -> dict:
     """Size on disk, latency per token and perplexity of a model directory, loaded as served, on ``device``."""
-    from shipyard.eval.metrics import decode_latency, perplexity
     from shipyard.models.causal_lm import dir_size, load_tokenizer
     from shipyard.models.device import load_for_inference
+    from shipyard.models.inference import decode_latency, perplexity
 
     (model, device), tok = load_for_inference(model_dir, device), load_tokenizer(model_dir)
     ctx = min(cfg.context_length, model.config.max_position_embeddings)

@@ -21,8 +21,8 @@ import shutil
 import warnings
 from pathlib import Path
 
-from shipyard.optimize.config import QuantizeConfig
 from shipyard.models.causal_lm import QUANT_FILE, SIDE_FILES, dir_size
+from shipyard.optimize.optimize_config import QuantizeConfig
 
 
 def _quantize_modules(model, names: list[str]):
@@ -143,59 +143,3 @@ def _bnb(cfg: QuantizeConfig, model_dir: Path, output_dir: Path) -> dict[str, fl
             "quantized_layers": float(sum(1 for _ in linear_names(model, cfg.skip_modules)))}
 
 
-def _int8_linear(q, scale, bias):
-    """A dynamically quantized Linear holding exactly the stored int8 weights."""
-    import torch
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", (DeprecationWarning, UserWarning))
-        qweight = torch._make_per_channel_quantized_tensor(
-            q, scale.to(torch.float64), torch.zeros(len(scale), dtype=torch.long), 0)
-        layer = DynamicQuantizedLinear(q.shape[1], q.shape[0], bias_=bias is not None, dtype=torch.qint8)
-        layer.set_weight_bias(qweight, bias)
-    return layer
-
-
-def load_quantized(path: str | Path):
-    """Rebuild a model saved by ``run_quantize`` with its exact int8 weights."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path = Path(path)
-    spec = json.loads((path / QUANT_FILE).read_text())
-    method = spec.get("method")
-    if method in ("int8_weight_only", "int4_weight_only"):
-        from shipyard.optimize.weight_only import load_weight_only
-
-        return load_weight_only(path, spec)
-    if method in ("bnb_int8", "bnb_nf4"):
-        return _load_bnb(path, method)
-    if method != "dynamic_int8":
-        raise ValueError(f"{path / QUANT_FILE}: unsupported quantization method {method!r}")
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_config(config)
-    state = load_file(str(path / "model.safetensors"))
-    layers = {name: _int8_linear(state.pop(f"{name}.weight_int8"), state.pop(f"{name}.weight_scale"),
-                                 state.pop(f"{name}.bias", None)) for name in spec["modules"]}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k.rsplit(".", 1)[0] not in layers
-               and not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config: missing={missing} unexpected={unexpected}")
-    for name, layer in layers.items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, layer)
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
-
-
-def _load_bnb(path: Path, method: str):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    if not torch.cuda.is_available():
-        raise ValueError(f"{path}: a {method} (bitsandbytes) model loads on a CUDA GPU only")
-    return AutoModelForCausalLM.from_pretrained(str(path), device_map={"": 0}, use_safetensors=True,
-                                                trust_remote_code=False).eval()

@@ -62,16 +62,6 @@ def _pack_int4(q):
     return (flat[0::2] | (flat[1::2] << 4)).contiguous()
 
 
-def _unpack_int4(packed, shape):
-    import math
-
-    import torch
-
-    low, high = packed & 0x0F, packed >> 4
-    flat = torch.stack([low, high], dim=1).reshape(-1)[: math.prod(shape)]
-    return (flat.to(torch.int16) - 8).to(torch.int8).reshape(shape)
-
-
 def save_weight_only(model, path: Path, method: str) -> dict:
     """Write ``model.safetensors`` (torchao's flattened layout, int4 packed); returns the spec extras."""
     from safetensors.torch import save_file
@@ -88,33 +78,6 @@ def save_weight_only(model, path: Path, method: str) -> dict:
             tensors[key] = _pack_int4(tensors[key])
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "model.safetensors"), metadata=metadata)
     return {"packed_int4": packed}
-
-
-def load_weight_only(path: Path, spec: dict):
-    """Rebuild a model saved by ``save_weight_only`` with its exact quantized weights."""
-    from safetensors import safe_open
-    from torchao.prototype.safetensors.safetensors_support import unflatten_tensor_state_dict
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_config(config)
-    with safe_open(str(path / "model.safetensors"), framework="pt") as f:
-        metadata = f.metadata()
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    for key, shape in spec.get("packed_int4", {}).items():
-        tensors[key] = _unpack_int4(tensors[key], shape)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        state, leftover = unflatten_tensor_state_dict(tensors, metadata)
-    if leftover:
-        raise ValueError(f"{path}: tensors not in the saved layout: {sorted(leftover)[:5]}")
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
-    if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config: missing={missing} unexpected={unexpected}")
-    if config.tie_word_embeddings:
-        model.tie_weights()
-    return model.eval()
 
 
 def spec_for(method: str, names: list[str], group_size: int, extras: dict) -> str:

@@ -76,10 +76,10 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
 def serve_local(model_uri: str, *, rag_index: str | None = None, no_rag: bool = False, rag_port: int | None = None,
                 rag_top_k: int = 4, feast_repo: str | None = None, tracking_uri: str | None = None,
                 port: int = 8080, **serve_kwargs) -> None:
+    from shipyard.paths import default_tracking_uri
     from shipyard.serving.rag import RagSettings
     from shipyard.serving.server import serve_model
     from shipyard.tracking.registry import pinned_rag_index
-    from shipyard.tracking.runs import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     ref, note = (None, None) if no_rag else choose_index(rag_index, pinned_rag_index(tracking_uri, model_uri))
@@ -93,3 +93,27 @@ def serve_local(model_uri: str, *, rag_index: str | None = None, no_rag: bool = 
                     rag=RagSettings(f"http://127.0.0.1:{rag_port}", ref, rag_top_k), **serve_kwargs)
     finally:
         stop(sidecar)
+
+
+def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int,
+                 rag_url: str | None = None) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    return subprocess.Popen([sys.executable, "-m", "shipyard.serving", model_uri, "--host", "127.0.0.1",
+                             "--port", str(port), "--max-new-tokens", str(max_new_tokens)]
+                            + (["--rag-url", rag_url] if rag_url else []), env=env)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    stop(proc, timeout=30)
+
+
+def chat_once(port: int, model: str, question: str, max_tokens: int, rag: bool | None = None):
+    """One request through the official ``openai`` client, as any service would send it:
+    (answer, citations or None). ``rag`` turns retrieval on or off for this request."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="not-needed", max_retries=0)
+    reply = client.chat.completions.create(model=model, messages=[{"role": "user", "content": question}],
+                                           max_tokens=max_tokens, temperature=0,
+                                           extra_body=None if rag is None else {"rag": {"enabled": rag}})
+    return reply.choices[0].message.content, (reply.model_extra or {}).get("citations")

@@ -8,13 +8,12 @@ response with the ``openai`` package's own pydantic models, so the official clie
 
 from __future__ import annotations
 
-import time
-import uuid
-from typing import Literal
-
 import asyncio
 import json
+import time
+import uuid
 from dataclasses import dataclass
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -175,7 +174,8 @@ def openai_router(llm: ShipyardLLM, limits: Limits = Limits(), rag: RagClient | 
         Citations are None when retrieval was off or failed, and the text is then ``question``."""
         import logging
 
-        from shipyard.serving.rag import Rejected, augment, tenant_of
+        from shipyard.features.rag_prompt import augment
+        from shipyard.serving.rag import Rejected, tenant_of
 
         if req.rag is not None and req.rag.enabled and rag is None:
             return None, None, _error(400, "rag: this server has no RAG index (start it with --rag-index)", "rag")

@@ -19,7 +19,7 @@ class ShipyardCausalLM(mlflow.pyfunc.PythonModel):
         self.tokenizer = load_tokenizer(context.artifacts["model"])
 
     def predict(self, context, model_input, params: dict | None = None) -> list[str]:
-        from shipyard.eval.metrics import generate
+        from shipyard.models.inference import generate
 
         if hasattr(model_input, "columns"):  # a DataFrame: the "prompt" column, else the first one
             col = "prompt" if "prompt" in model_input.columns else model_input.columns[0]

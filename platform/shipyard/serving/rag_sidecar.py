@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from shipyard.features.config import DEFAULT_TENANT, TENANT_PATTERN
-from shipyard.features.retrieve import UnknownTenant
+from shipyard.features.rag_index_config import DEFAULT_TENANT, TENANT_PATTERN
+from shipyard.features.retrieve import UnknownTenant, load_index
 
 
 class RetrieveRequest(BaseModel):
@@ -73,29 +73,6 @@ def build_app(retriever, embedder, info: dict) -> FastAPI:
     return app
 
 
-def load(ref: str, repo: str | None = None, backend: str = "faiss"):
-    """(retriever, embedder, info) for index ``ref`` (NAME or NAME@VERSION) in the Feast repo."""
-    from shipyard.features import store as fs
-    from shipyard.features.embed import Embedder
-    from shipyard.features.retrieve import FeastRetriever, Retriever
-
-    store = fs.open_store(repo)
-    index, version, view = fs.resolve(store, ref)
-    frame = fs.read_version(store, view)
-    if backend == "feast":
-        retriever = FeastRetriever(store, view)
-        tenants = frame["tenant"].value_counts().to_dict()
-    else:
-        retriever = Retriever(frame, index, version)
-        tenants = retriever.counts()
-    embedder = Embedder()
-    embedder.embed(["warm up"])
-    info = {"index": index, "version": version, "ref": f"{index}@{version}", "backend": backend,
-            "chunks": int(len(frame)), "tenants": {str(k): int(v) for k, v in tenants.items()},
-            "embedding_model": view.tags.get("shipyard.embedding_model")}
-    return retriever, embedder, info
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m shipyard.serving.rag_sidecar", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     import uvicorn
 
-    retriever, embedder, info = load(args.index, args.repo, args.backend)
+    retriever, embedder, info = load_index(args.index, args.repo, args.backend)
     print(f"rag sidecar: index {info['ref']} ({info['chunks']} chunks, tenants {sorted(info['tenants'])}) "
           f"on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(build_app(retriever, embedder, info), host=args.host, port=args.port, log_level="warning",

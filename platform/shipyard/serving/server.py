@@ -36,7 +36,6 @@ def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int
     from fastapi.exceptions import RequestValidationError
 
     from shipyard.serving.openai_api import Limits, validation_error_handler
-
     from shipyard.serving.rag import RagClient
 
     model_server.app.include_router(openai_router(llm, limits or Limits(), RagClient(rag) if rag else None))
@@ -52,8 +51,8 @@ def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name:
                 adapters: dict[str, str] | None = None, rag=None, device: str = "auto", dtype: str = "auto") -> None:
     """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped;
     ``rag`` (RagSettings) points the runtime at a running sidecar."""
+    from shipyard.paths import default_tracking_uri
     from shipyard.tracking.registry import resolve_model_dir
-    from shipyard.tracking.runs import default_tracking_uri
 
     model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
     name = name or default_name(model_uri)

@@ -10,25 +10,7 @@ onto the model version, so the chain survives without the runs' search.
 
 from __future__ import annotations
 
-import re
-
-from shipyard.tracking.registry import RAG_INDEX_TAG
-
-DATA_PREFIX = "shipyard.data."
-STAGE_PREFIX = "shipyard.stage_run."
-
-
-def data_tags(config) -> dict[str, str]:
-    """``shipyard.data.<key>.sha256`` for every data path of a pipeline profile."""
-    from shipyard.tracking.runs import sha256_path
-
-    tags, digests = {}, {}
-    for key, path in config.data_paths().items():  # one file often serves several keys: hash it once
-        if path not in digests:
-            digests[path] = sha256_path(path)
-        tags[f"{DATA_PREFIX}{key}.sha256"] = digests[path]
-        tags[f"{DATA_PREFIX}{key}.path"] = str(path)[-4900:]
-    return tags
+from shipyard.tracking.tags import DATA_PREFIX, RAG_INDEX_TAG, STAGE_PREFIX, parse_model_uri
 
 
 def stage_runs(c, parent) -> list:
@@ -49,14 +31,6 @@ def lineage_tags(c, parent_run_id: str) -> dict[str, str]:
         key = f"{STAGE_PREFIX}{stage}"
         tags[key] = (tags[key] + "," if key in tags else "") + r.info.run_id  # fan-out: several shards
     return tags
-
-
-def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
-    """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, alias, version)."""
-    m = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
-    if not m:
-        raise ValueError(f"{uri!r}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    return m.group(1), m.group(2), m.group(3)
 
 
 def lineage(tracking_uri: str, uri: str) -> dict:

@@ -17,16 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-def state_dir() -> Path:
-    """Where local runs keep their state: ``$SHIPYARD_HOME``, else ``./.shipyard``."""
-    path = Path(os.environ.get("SHIPYARD_HOME", ".shipyard")).resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def default_tracking_uri() -> str:
-    """``MLFLOW_TRACKING_URI`` if set, else a SQLite store in ``state_dir()``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir() / 'mlflow.db'}"
+from shipyard.paths import sha256_path
+from shipyard.tracking.tags import DATA_PREFIX
 
 
 def artifact_root_for(tracking_uri: str) -> str | None:
@@ -44,19 +36,6 @@ def client(tracking_uri: str):
 
     mlflow.set_tracking_uri(tracking_uri)  # the registry and artifact helpers read the global URI
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def sha256_path(path: str | Path) -> str:
-    """Content hash of a file, or of a directory (relative paths and bytes, in sorted order)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(path) if f != path else f.name).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def git_sha() -> str:
@@ -92,8 +71,6 @@ def _log_params(c, run_id: str, params: dict[str, str]) -> None:
 
 def start_pipeline_run(tracking_uri: str, experiment: str, pipeline: str, config, config_path: str) -> str:
     """Create the parent run of a pipeline run; returns its id (the run stays RUNNING)."""
-    from shipyard.tracking.lineage import data_tags
-
     c = client(tracking_uri)
     exp = c.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else c.create_experiment(
@@ -188,3 +165,14 @@ def stage_run(stage: str, tracking_uri: str, parent_run_id: str, config, inputs:
         raise
     handle.log({"duration_s": time.perf_counter() - t0})
     c.set_terminated(run.info.run_id, "FINISHED")
+
+
+def data_tags(config) -> dict[str, str]:
+    """``shipyard.data.<key>.sha256`` for every data path of a pipeline profile."""
+    tags, digests = {}, {}
+    for key, path in config.data_paths().items():  # one file often serves several keys: hash it once
+        if path not in digests:
+            digests[path] = sha256_path(path)
+        tags[f"{DATA_PREFIX}{key}.sha256"] = digests[path]
+        tags[f"{DATA_PREFIX}{key}.path"] = str(path)[-4900:]
+    return tags

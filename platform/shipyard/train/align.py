@@ -15,10 +15,11 @@ import json
 from pathlib import Path
 
 from shipyard.data.preferences import load_preferences, load_prompts
-from shipyard.data.shards import write_quarantine
+from shipyard.data.shards import split_holdout, write_quarantine
+from shipyard.schema import MetricsLogger
 from shipyard.train.align_config import AlignConfig
-from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, split_holdout, trainer_args
-from shipyard.train.rewards import RewardFn, reward_functions, trl_reward_functions, weighted_sum
+from shipyard.train.hf_trainer import log_forwarder, quiet, trainer_args
+from shipyard.train.rl_rewards import RewardFn, reward_functions, trl_reward_functions, weighted_sum
 
 ALIGNMENT_FILE = "alignment.json"
 
@@ -33,10 +34,10 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
         eval_prompts: held-out prompts when ``cfg.eval_prompts`` is unset.
         checkpoint_dir: where PPO checkpoints and resumes (none: no checkpoints).
     """
+    import torch
+
     from shipyard.models.causal_lm import load_tokenizer
     from shipyard.train.policy import load_policy, save_policy
-
-    import torch
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -126,14 +127,13 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     KL(aligned || instruct) is the mean over prompts of the summed log-ratio of completions sampled
     from the aligned model at temperature 1 (a Monte Carlo estimate).
     """
-    from shipyard.eval.suites import win_rate
-
     import torch
 
-    from shipyard.eval.metrics import generate
+    from shipyard.eval.suites import win_rate
     from shipyard.models.causal_lm import load_tokenizer
     from shipyard.models.device import load_for_inference
-    from shipyard.train.rewards import toxicity_probability
+    from shipyard.models.inference import generate
+    from shipyard.train.rl_rewards import toxicity_probability
 
     tok = load_tokenizer(aligned_dir)
     g, sample = cfg.generation, cfg.eval_decoding == "sample"

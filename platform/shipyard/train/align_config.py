@@ -8,8 +8,7 @@ from pydantic import Field, model_validator
 
 from shipyard.schema import StrictModel
 from shipyard.train.finetune_config import LoraConfig
-from shipyard.train.rewards import RewardTerm
-
+from shipyard.train.rl_rewards import RewardTerm
 
 # What the align stage's judgement (alignment.json) reports; a gate may name any as alignment.<key>.
 ALIGNMENT_KEYS = ("reward_instruct", "reward_aligned", "reward_gain", "win_rate", "toxicity_rate_instruct",

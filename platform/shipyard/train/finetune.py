@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shipyard.data.shards import Quarantined, write_quarantine
-from shipyard.train.finetune_config import FinetuneConfig
-from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, split_holdout, trainer_args
-from shipyard.train.sft_data import load_conversations, mix, to_pair
-
+from shipyard.data.sft_data import load_conversations, mix, to_pair
+from shipyard.data.shards import Quarantined, split_holdout, write_quarantine
 from shipyard.models.causal_lm import ADAPTER_FILE  # noqa: E402
+from shipyard.schema import MetricsLogger
+from shipyard.train.finetune_config import FinetuneConfig
+from shipyard.train.hf_trainer import log_forwarder, quiet, trainer_args
 
 
 class ForgettingError(RuntimeError):
@@ -82,7 +82,7 @@ def _base_perplexity(model, tokenizer, cfg: FinetuneConfig) -> float | None:
     if not cfg.forgetting.heldout_text:
         return None
     from shipyard.data.shards import Row, read_rows
-    from shipyard.eval.metrics import perplexity
+    from shipyard.models.inference import perplexity
 
     texts = []
     for item in read_rows(cfg.forgetting.heldout_text, "text"):

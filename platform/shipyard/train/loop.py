@@ -16,15 +16,13 @@ import math
 import shutil
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+from shipyard.schema import MetricsLogger
 from shipyard.train.checkpoint import TrainerState, latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from shipyard.train.distributed import Dist
 from shipyard.train.objectives import step_seed
 from shipyard.train.sizing import device_peak_flops, flops_per_token
-
-MetricsLogger = Callable[[dict[str, float], int], None]
 
 
 class NonFiniteLoss(FloatingPointError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from shipyard.data.tokenizer import iter_corpus
+from shipyard.data.train_tokenizer import iter_corpus
 
 
 def pack_corpus(corpus_dir: str | Path, tokenizer, block: int):

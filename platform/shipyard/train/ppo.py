@@ -21,12 +21,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shipyard.schema import MetricsLogger
 from shipyard.train.align_config import AlignConfig
-from shipyard.train.hf import MetricsLogger
-from shipyard.train.rewards import RewardFn
-from shipyard.train.rl_math import (AdaptiveKLController, entropy_from_logits, explained_variance, gae,
-                                    kl_estimate, masked_mean, masked_whiten, policy_loss, token_rewards,
-                                    value_loss)
+from shipyard.train.rl_math import (
+    AdaptiveKLController,
+    entropy_from_logits,
+    explained_variance,
+    gae,
+    kl_estimate,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
+from shipyard.train.rl_rewards import RewardFn
 
 
 class PolicyWithValue(nn.Module):

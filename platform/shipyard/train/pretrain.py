@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shipyard.train.loop import MetricsLogger
+from shipyard.schema import MetricsLogger
 from shipyard.train.pretrain_config import PretrainConfig
 from shipyard.train.sizing import chinchilla, training_flops
 
@@ -70,11 +70,10 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
 
     from shipyard.models.builders import build_model, packed_causal_attention, prepare_tokenizer
     from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.train.checkpoint_store import S3Mirror, is_remote, local_cache
     from shipyard.train.distributed import Dist
     from shipyard.train.loop import fit
     from shipyard.train.objectives import Objective, pack_corpus
-
-    from shipyard.train.checkpoint_store import S3Mirror, is_remote, local_cache
 
     budget = cfg.compute_budget_flops
     cfg = cfg.sized()

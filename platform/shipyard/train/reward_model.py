@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shipyard.config import RewardModelConfig
 from shipyard.data.preferences import load_preferences
 from shipyard.data.shards import Quarantined, write_quarantine
-from shipyard.train.hf import MetricsLogger, log_forwarder, quiet, trainer_args
+from shipyard.schema import MetricsLogger
+from shipyard.train.hf_trainer import log_forwarder, quiet, trainer_args
+from shipyard.train.reward_model_config import RewardModelConfig
 
 
 def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> list[float]:

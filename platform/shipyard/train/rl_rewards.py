@@ -75,7 +75,7 @@ class RewardModelScorer:
     def __init__(self, model_dir: str | Path, max_length: int, device: str = "auto"):
         from shipyard.models.causal_lm import load_tokenizer
         from shipyard.models.device import inference_device, place
-        from shipyard.train.reward import load_reward_model
+        from shipyard.train.reward_model import load_reward_model
 
         self.device = inference_device(device, model_dir)
         self.model, self.tokenizer = place(load_reward_model(model_dir), self.device), load_tokenizer(model_dir)
@@ -84,7 +84,7 @@ class RewardModelScorer:
         self.max_length = max_length
 
     def __call__(self, prompts: list[str], completions: list[str]) -> list[float]:
-        from shipyard.train.reward import score_texts
+        from shipyard.train.reward_model import score_texts
 
         return score_texts(self.model, self.tokenizer, [p + c for p, c in zip(prompts, completions, strict=True)],
                            self.max_length)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from shipyard.config import TokenizerConfig
+from shipyard.data.train_tokenizer_config import TokenizerConfig
 from shipyard.templates import CHAT_TEMPLATE
 
 # Special tokens per model family, as transformers names them.

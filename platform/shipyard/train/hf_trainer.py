@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-MetricsLogger = Callable[[dict[str, float], int], None]
+from shipyard.schema import MetricsLogger
 
 
 def trainer_args(cfg) -> dict:
@@ -56,9 +54,3 @@ def log_forwarder(log: MetricsLogger):
     return LogForwarder()
 
 
-def split_holdout(rows: list, fraction: float = 0.05, minimum: int = 4) -> tuple[list, list]:
-    """(train, held_out): the first ``fraction`` of the rows (at least ``minimum``) is held out."""
-    n = max(minimum, int(len(rows) * fraction))
-    if n >= len(rows):
-        raise ValueError(f"too few rows ({len(rows)}) to hold out {n} for evaluation")
-    return rows[n:], rows[:n]

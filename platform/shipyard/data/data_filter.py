@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shipyard.data.filter_config import DataFilterConfig
+from shipyard.data.data_filter_config import DataFilterConfig
 from shipyard.data.shards import list_shards
 from shipyard.data.steps import normalize_text
 
@@ -167,8 +167,12 @@ def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Pa
                     quarantine_dir: str | Path, seconds_so_far: float = 0.0) -> FilterResult:
     """Phase 2: dedup across all shards, write corpus/quarantine/dropped, reconcile the counts."""
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactFindDedups
-    from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
-                                                  MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.writers import JsonlWriter
 
     from shipyard.data.steps import RankReader

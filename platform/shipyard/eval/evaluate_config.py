@@ -175,19 +175,16 @@ def load_eval_spec(path, base=None) -> EvalSpec:
 
     import yaml
 
-    from shipyard.config import parse_config
-    from shipyard.schema import ConfigError
+    from shipyard.schema import ConfigError, load_section, parse_config, read_config_file
 
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"eval spec not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_config_file(path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if isinstance(data, dict) and "evaluate" in data:
-        spec = parse_config(EvalSection, text, str(path)).evaluate
+        spec = load_section(path, "evaluate", EvalSpec)
     else:
         spec = parse_config(EvalSpec, text, str(path))
     base = Path(base) if base else Path.cwd()
@@ -198,11 +195,3 @@ def load_eval_spec(path, base=None) -> EvalSpec:
             raise ConfigError(f"{path}: suites.{i}.data: path does not exist: {s.data} (resolved to {resolved})")
         suites.append(s.model_copy(update={"data": str(resolved.resolve())}))
     return spec.model_copy(update={"suites": suites})
-
-
-class EvalSection(StrictModel):
-    """The ``evaluate:`` section of a profile on its own; other sections are ignored."""
-
-    model_config = {"extra": "ignore", "frozen": True}
-
-    evaluate: EvalSpec

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shipyard.features.config import TENANT_PATTERN, RagIndexConfig
+from shipyard.features.rag_index_config import TENANT_PATTERN, RagIndexConfig
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 

@@ -1,0 +1,11 @@
+"""The profile's ``serve:`` section: what the registered model is served with by default."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from shipyard.schema import StrictModel
+
+
+class ServeConfig(StrictModel):
+    max_new_tokens: int = Field(64, gt=0, description="Default max_tokens for requests that set none.")

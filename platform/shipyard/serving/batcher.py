@@ -84,11 +84,11 @@ class Batcher:
                 try:
                     results = await asyncio.to_thread(self.llm.generate_batch, [i.prompt for i in batch],
                                                       [i.params for i in batch])
-                except Exception as exc:  # noqa: BLE001 - handed to every waiter
+                except Exception as exc:  # handed to every waiter
                     for item in batch:
                         if not item.future.done():
                             item.future.set_exception(exc)
                     continue
-                for item, result in zip(batch, results):
+                for item, result in zip(batch, results, strict=True):
                     if not item.future.done():
                         item.future.set_result(result)

@@ -132,8 +132,8 @@ class ShipyardLLM(Model):
             self.model = load_causal_lm(self.model_dir)
         self.model = place(self.model, self.device, dtype)
         self.tokenizer = load_tokenizer(self.model_dir)
-        self.context_length = int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-                                  or self.tokenizer.model_max_length)
+        self.context_length = int(getattr(config, "max_position_embeddings", None)
+                                  or getattr(config, "n_positions", None) or self.tokenizer.model_max_length)
         self.ready = True
         return self.ready
 
@@ -219,7 +219,7 @@ class ShipyardLLM(Model):
             out = self.model.generate(**enc, **self._generate_kwargs(enc, p))
         eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
         results = []
-        for row, mask in zip(out[:, self._prefix(enc):], enc["attention_mask"]):
+        for row, mask in zip(out[:, self._prefix(enc):], enc["attention_mask"], strict=True):
             ends = [i for i, t in enumerate(row.tolist()) if t == eos or (t == pad and pad != eos)]
             n = (ends[0] + 1 if int(row[ends[0]]) == eos else ends[0]) if ends else len(row)  # keep EOS, drop pads
             results.append(self._result(row[:n], int(mask.sum()), p))

@@ -1,5 +1,6 @@
-"""``shipyard serve MODEL [--rag-index NAME]`` on one machine: the RAG sidecar as a child process
-on ``--rag-port``, then the LLM runtime pointed at it; the sidecar stops with the runtime.
+"""Servers on one machine: ``shipyard serve MODEL [--rag-index NAME]`` (the RAG sidecar as a child process
+on ``--rag-port``, then the LLM runtime pointed at it; the sidecar stops with the runtime), and the
+start/ready/stop/chat helpers that ``make demo``, the tests and the benchmarks use.
 
 A registered model version pinned to an index version (tag ``shipyard.rag_index_version``, set
 by the lifecycle's register step) is served with exactly that version, RAG on, unless ``--no-rag``;
@@ -13,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+from shipyard.serving.options import ServeOptions
 
 
 def choose_index(requested: str | None, pinned: str | None) -> tuple[str | None, str | None]:
@@ -73,24 +76,25 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
             proc.wait()
 
 
-def serve_local(model_uri: str, *, rag_index: str | None = None, no_rag: bool = False, rag_port: int | None = None,
-                rag_top_k: int = 4, feast_repo: str | None = None, tracking_uri: str | None = None,
-                port: int = 8080, **serve_kwargs) -> None:
+def serve_local(model_uri: str, opts: ServeOptions, *, rag_index: str | None = None, no_rag: bool = False,
+                rag_port: int | None = None, feast_repo: str | None = None, tracking_uri: str | None = None) -> None:
+    """``shipyard serve``: the runtime, and the RAG sidecar as a child process when the model pins an index
+    (or ``rag_index`` asks for one) unless ``no_rag``."""
+    from dataclasses import replace
+
     from shipyard.paths import default_tracking_uri
-    from shipyard.serving.rag import RagSettings
     from shipyard.serving.server import serve_model
     from shipyard.tracking.registry import pinned_rag_index
 
     tracking_uri = tracking_uri or default_tracking_uri()
     ref, note = (None, None) if no_rag else choose_index(rag_index, pinned_rag_index(tracking_uri, model_uri))
     if ref is None:
-        return serve_model(model_uri, port=port, tracking_uri=tracking_uri, **serve_kwargs)
+        return serve_model(model_uri, opts, tracking_uri)
     print(f"rag: {note}", flush=True)
-    rag_port = rag_port or port + 1
+    rag_port = rag_port or opts.port + 1
     sidecar = start_sidecar(ref, rag_port, feast_repo)
     try:
-        serve_model(model_uri, port=port, tracking_uri=tracking_uri,
-                    rag=RagSettings(f"http://127.0.0.1:{rag_port}", ref, rag_top_k), **serve_kwargs)
+        serve_model(model_uri, replace(opts, rag_url=f"http://127.0.0.1:{rag_port}"), tracking_uri, ref)
     finally:
         stop(sidecar)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from shipyard.serving.options import ServeOptions
+
 
 def _import_kserve_server():
     argv, sys.argv = sys.argv, sys.argv[:1]  # KServe parses argv at import time
@@ -21,45 +23,43 @@ def _import_kserve_server():
     return model_server, RESTServer
 
 
-def build_server(model_dir, name: str, host: str, port: int, max_new_tokens: int, limits=None, adapters=None,
-                 rag=None, device: str = "auto", dtype: str = "auto"):
-    """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``; ``rag``: RagSettings;
-    ``device``/``dtype``: where and in what precision the model runs (``shipyard.models.device``)."""
+def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
+    """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``. With ``opts.rag_url`` the
+    runtime asks that sidecar on every request (``rag_index``: the NAME@N it serves, for the log)."""
     model_server, RESTServer = _import_kserve_server()
-    from shipyard.serving.llm import ShipyardLLM
-    from shipyard.serving.openai_api import openai_router
-
-    llm = ShipyardLLM(name, model_dir, max_new_tokens, adapters, device=device, dtype=dtype)
-    llm.load()
-    server = model_server.ModelServer(http_port=port, enable_grpc=False, workers=1)
-    server.register_model(llm)
     from fastapi.exceptions import RequestValidationError
 
-    from shipyard.serving.openai_api import Limits, validation_error_handler
-    from shipyard.serving.rag import RagClient
+    from shipyard.serving.llm import ShipyardLLM
+    from shipyard.serving.openai_api import OpenAIEndpoints, validation_error_handler
+    from shipyard.serving.rag import RagClient, RagSettings
 
-    model_server.app.include_router(openai_router(llm, limits or Limits(), RagClient(rag) if rag else None))
+    llm = ShipyardLLM(name, model_dir, opts.max_new_tokens, parse_adapters(opts.adapter), device=opts.device,
+                      dtype=opts.dtype)
+    llm.load()
+    server = model_server.ModelServer(http_port=opts.port, enable_grpc=False, workers=1)
+    server.register_model(llm)
+    rag = RagClient(RagSettings(opts.rag_url, rag_index, opts.rag_top_k, opts.rag_timeout_s)) if opts.rag_url else None
+    model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag).router())
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,
-                      server.model_repository_extension, port, workers=1, grace_period=10)
-    rest.config.host = host
+                      server.model_repository_extension, opts.port, workers=1, grace_period=10)
+    rest.config.host = opts.host
     return server, rest, llm
 
 
-def serve_model(model_uri: str, host: str = "127.0.0.1", port: int = 8080, name: str | None = None,
-                max_new_tokens: int = 64, tracking_uri: str | None = None, limits=None,
-                adapters: dict[str, str] | None = None, rag=None, device: str = "auto", dtype: str = "auto") -> None:
-    """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped;
-    ``rag`` (RagSettings) points the runtime at a running sidecar."""
+def serve_model(model_uri: str, opts: ServeOptions, tracking_uri: str | None = None, rag_index: str = "") -> None:
+    """Resolve ``model_uri`` (``models:/NAME@ALIAS`` or a directory) and serve it until stopped."""
     from shipyard.paths import default_tracking_uri
     from shipyard.tracking.registry import resolve_model_dir
 
     model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
-    name = name or default_name(model_uri)
-    server, rest, llm = build_server(model_dir, name, host, port, max_new_tokens, limits, adapters, rag, device, dtype)
-    print(f"serving {model_uri} as {name!r} on {llm.device} ({llm.dtype_name}) at http://{host}:{port} "
-          f"(OpenAI API at http://{host}:{port}/openai/v1)"
-          + (f" with RAG from {rag.url} ({rag.index or 'index of the sidecar'})" if rag else ""), flush=True)
+    name = opts.name or default_name(model_uri)
+    server, rest, llm = build_server(model_dir, name, opts, rag_index)
+    where = f"http://{opts.host}:{opts.port}"
+    print(f"serving {model_uri} as {name!r} on {llm.device} ({llm.dtype_name}) at {where} "
+          f"(OpenAI API at {where}/openai/v1)"
+          + (f" with RAG from {opts.rag_url} ({rag_index or 'index of the sidecar'})" if opts.rag_url else ""),
+          flush=True)
     server.setup_event_loop()
     asyncio.run(rest.start())
 
@@ -71,7 +71,7 @@ def default_name(model_uri: str) -> str:
     return model_uri.rstrip("/").rsplit("/", 1)[-1]
 
 
-def parse_adapters(items: list[str]) -> dict[str, str]:
+def parse_adapters(items: list[str] | tuple[str, ...]) -> dict[str, str]:
     """``["name=dir", ...]`` -> {name: dir}; each dir must hold a PEFT adapter."""
     from pathlib import Path
 

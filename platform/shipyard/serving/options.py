@@ -1,0 +1,75 @@
+"""The runtime's options, spelled once: ``python -m shipyard.serving`` (the container) and ``shipyard serve``
+(one machine) both build a ``ServeOptions``, with these defaults and these help texts.
+
+Nothing heavy is imported here: the CLI reads the defaults while it builds ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from typing import get_args
+
+from shipyard.schema import Device, Dtype
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Batching and back-pressure of the runtime (``--max-batch-size ...``)."""
+
+    max_batch_size: int = 8
+    max_wait_ms: float = 10.0
+    max_queue: int = 64
+    request_timeout_s: float = 120.0
+
+
+def _opt(default, help: str, **extra):
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """Everything the runtime is started with but the model; field names are the flags (``--max-new-tokens``)."""
+
+    host: str = _opt("127.0.0.1", "Bind address (loopback unless told otherwise).")
+    port: int = _opt(8080, "HTTP port.")
+    name: str | None = _opt(None, "Served model name (default: from the URI).")
+    max_new_tokens: int = _opt(64, "Default max_tokens of a request that sets none.")
+    max_batch_size: int = _opt(Limits.max_batch_size, "Requests per generation batch.")
+    max_wait_ms: float = _opt(Limits.max_wait_ms, "How long a request waits to be batched.")
+    max_queue: int = _opt(Limits.max_queue, "Queued requests before answering 429.")
+    request_timeout_s: float = _opt(Limits.request_timeout_s, "Per-request limit (504 after).")
+    adapter: tuple[str, ...] = _opt((), "NAME=DIR: a LoRA adapter served as model NAME on the same base (repeatable).",
+                                    repeat=True)
+    device: Device = _opt("auto", "auto, cpu or cuda (auto: a GPU when one is visible; a quantized model runs "
+                                  "where its kernels do).", choices=get_args(Device))
+    dtype: Dtype = _opt("auto", "auto, float32, bfloat16 or float16: a float model's weights (auto: bfloat16 on "
+                                "a GPU, else float32).", choices=get_args(Dtype))
+    rag_url: str | None = _opt(None, "The RAG sidecar (e.g. http://127.0.0.1:8081 in the same pod); RAG on for "
+                                     "every request.")
+    rag_top_k: int = _opt(4, "Chunks retrieved per request unless it asks.")
+    rag_timeout_s: float = _opt(2.0, "Retrieval limit; past it, the request is answered without RAG.")
+
+    def limits(self) -> Limits:
+        return Limits(self.max_batch_size, self.max_wait_ms, self.max_queue, self.request_timeout_s)
+
+
+DEFAULTS = ServeOptions()
+HELP = {f.name: f.metadata["help"] for f in fields(ServeOptions)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per field of ServeOptions, with its default, help and choices."""
+    for f in fields(ServeOptions):
+        flag = "--" + f.name.replace("_", "-")
+        if f.metadata.get("repeat"):
+            parser.add_argument(flag, action="append", default=[], metavar="NAME=DIR", help=f.metadata["help"])
+            continue
+        kind = type(f.default) if f.default is not None else str
+        parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata.get("choices"),
+                            help=f.metadata["help"])
+
+
+def from_namespace(args: argparse.Namespace) -> ServeOptions:
+    values = {f.name: getattr(args, f.name) for f in fields(ServeOptions)}
+    return ServeOptions(**{**values, "adapter": tuple(values["adapter"])})

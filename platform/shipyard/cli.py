@@ -17,6 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from shipyard.schema import ConfigError
+from shipyard.serving.options import DEFAULTS as SERVE
 
 # A preempted run (SIGTERM: the pod is being evicted) exits with EX_TEMPFAIL: try again, it resumes.
 EXIT_PREEMPTED = 75
@@ -41,6 +42,8 @@ def cli_errors() -> Iterator[None]:
 
     try:
         yield
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise  # click's own exits (--help, bad usage, _fail) are RuntimeErrors: they are not ours to report
     except Preempted as exc:
         typer.secho(f"preempted: {exc}. Run the same command again (same --checkpoint-dir) to resume.",
                     fg=typer.colors.YELLOW, err=True)
@@ -169,42 +172,46 @@ def deploy(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or 
     typer.echo(f"serving {d.model} v{d.version} at {d.url}")
 
 
+def _serve_opt(field: str, *flags: str):
+    """A ``shipyard serve`` option with the default and help of ServeOptions' field (shared with the container)."""
+    from shipyard.serving.options import HELP
+
+    return typer.Option(*flags, help=HELP[field])
+
+
 @app.command()
 def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, models:/NAME/VERSION or a model dir.")],
-          host: Annotated[str, typer.Option(help="Bind address (loopback unless told otherwise).")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
-          name: Annotated[str | None, typer.Option(help="Served model name [default: from the URI].")] = None,
-          max_new_tokens: Annotated[int, typer.Option(help="Default max_tokens.")] = 64,
-          max_batch_size: Annotated[int, typer.Option(help="Requests per generation batch.")] = 8,
-          max_wait_ms: Annotated[float, typer.Option(help="How long a request waits to be batched.")] = 10.0,
-          max_queue: Annotated[int, typer.Option(help="Queued requests before answering 429.")] = 64,
-          request_timeout_s: Annotated[float, typer.Option(help="Per-request limit (504 after).")] = 120.0,
-          adapter: Annotated[list[str] | None, typer.Option(
-              help="NAME=DIR: a LoRA adapter served as model NAME on the same base (repeatable).")] = None,
+          host: Annotated[str, _serve_opt("host")] = SERVE.host,
+          port: Annotated[int, _serve_opt("port")] = SERVE.port,
+          name: Annotated[str | None, _serve_opt("name")] = SERVE.name,
+          max_new_tokens: Annotated[int, _serve_opt("max_new_tokens")] = SERVE.max_new_tokens,
+          max_batch_size: Annotated[int, _serve_opt("max_batch_size")] = SERVE.max_batch_size,
+          max_wait_ms: Annotated[float, _serve_opt("max_wait_ms")] = SERVE.max_wait_ms,
+          max_queue: Annotated[int, _serve_opt("max_queue")] = SERVE.max_queue,
+          request_timeout_s: Annotated[float, _serve_opt("request_timeout_s")] = SERVE.request_timeout_s,
+          adapter: Annotated[list[str] | None, _serve_opt("adapter")] = None,
+          device: Annotated[str, _serve_opt("device")] = SERVE.device,
+          dtype: Annotated[str, _serve_opt("dtype")] = SERVE.dtype,
           rag_index: Annotated[str | None, typer.Option(
               help="RAG index NAME or NAME@VERSION: start the sidecar and answer with citations "
-                   "[default: the index version the model version is pinned to, if any].")] = None,
-          no_rag: Annotated[bool, typer.Option("--no-rag", help="Serve without RAG even if the model pins an index.")] = False,
-          rag_port: Annotated[int | None, typer.Option(help="Sidecar port [default: PORT+1].")] = None,
-          rag_top_k: Annotated[int, typer.Option(help="Chunks retrieved per request unless it asks.")] = 4,
-          device: Annotated[str, typer.Option(
-              help="auto, cpu or cuda (auto: a GPU when one is visible; a quantized model runs where its kernels do).")
-          ] = "auto",
-          dtype: Annotated[str, typer.Option(
-              help="auto, float32, bfloat16 or float16: a float model's weights (auto: bfloat16 on a GPU, "
-                   "else float32).")] = "auto",
+                   "(default: the index version the model version is pinned to, if any).")] = None,
+          no_rag: Annotated[bool, typer.Option("--no-rag",
+                                               help="Serve without RAG even if the model pins an index.")] = False,
+          rag_port: Annotated[int | None, typer.Option(help="Sidecar port (default: PORT+1).")] = None,
+          rag_top_k: Annotated[int, _serve_opt("rag_top_k")] = SERVE.rag_top_k,
+          rag_timeout_s: Annotated[float, _serve_opt("rag_timeout_s")] = SERVE.rag_timeout_s,
           feast_repo: RepoOpt = None,
           tracking_uri: TrackingOpt = None) -> None:
     """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1), with a RAG sidecar."""
     from shipyard.serving.local import serve_local
-    from shipyard.serving.openai_api import Limits
-    from shipyard.serving.server import parse_adapters
+    from shipyard.serving.options import ServeOptions
 
-    serve_local(model_uri, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, rag_top_k=rag_top_k,
-                feast_repo=feast_repo, tracking_uri=_tracking(tracking_uri), host=host, port=port, name=name,
-                max_new_tokens=max_new_tokens, limits=Limits(max_batch_size, max_wait_ms, max_queue,
-                                                             request_timeout_s),
-                adapters=parse_adapters(adapter or []), device=device, dtype=dtype)
+    opts = ServeOptions(host=host, port=port, name=name, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
+                        max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout_s=request_timeout_s,
+                        adapter=tuple(adapter or ()), device=device, dtype=dtype, rag_top_k=rag_top_k,
+                        rag_timeout_s=rag_timeout_s)
+    serve_local(model_uri, opts, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, feast_repo=feast_repo,
+                tracking_uri=_tracking(tracking_uri))
 
 
 @app.command()
@@ -259,7 +266,8 @@ def models_promote(name: str, version: str, tracking_uri: TrackingOpt = None) ->
 @models_app.command("rollback")
 def models_rollback(name: str, tracking_uri: TrackingOpt = None,
                     from_version: Annotated[str | None, typer.Option(
-                        "--from", help="Only roll back if VERSION is the champion; a repeat is a no-op.")] = None) -> None:
+                        "--from", help="Only roll back if VERSION is the champion; a repeat is a no-op.")] = None
+                    ) -> None:
     """Move the champion alias back to the version the current champion replaced."""
     from shipyard.tracking.registry import rollback
 
@@ -282,7 +290,8 @@ def lineage(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS or
 
 @app.command("eval")
 def eval_(
-    spec: Annotated[Path, typer.Argument(help="Eval spec YAML: a profile (its evaluate: section) or the section alone.")],
+    spec: Annotated[Path, typer.Argument(
+        help="Eval spec YAML: a profile (its evaluate: section) or the section alone.")],
     model: Annotated[list[str], typer.Option(help="NAME=DIR (or NAME=models:/...); repeat for several models.")],
     output: Annotated[Path, typer.Option(help="Folder for eval.json, eval.md, report.html, samples.jsonl.")],
     reward_model: Annotated[str | None, typer.Option(help="Reward model folder (reward suites need one).")] = None,
@@ -323,11 +332,13 @@ def eval_(
 
 @app.command()
 def pretrain(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML with a `pretrain:` section (a profile will do).")],
+    config: Annotated[Path, typer.Option("--config", "-c",
+                                         help="YAML with a `pretrain:` section (a profile will do).")],
     corpus: Annotated[Path, typer.Option(help="Clean corpus folder (corpus.jsonl), e.g. a data_filter output.")],
     tokenizer: Annotated[Path, typer.Option(help="Tokenizer folder from train_tokenizer.")],
     output: Annotated[Path, typer.Option(help="Where the model and tokenizer are saved.")],
-    checkpoint_dir: Annotated[str | None, typer.Option(help="Checkpoints (a folder or s3://bucket/prefix); rerun with the same one to resume.")] = None,
+    checkpoint_dir: Annotated[str | None, typer.Option(
+        help="Checkpoints (a folder or s3://bucket/prefix); rerun with the same one to resume.")] = None,
 ) -> None:
     """Pretrain one model outside a pipeline: any objective (clm, mlm, span), same stage function."""
     from shipyard.schema import load_section
@@ -340,7 +351,8 @@ def pretrain(
                                f"{k} {v:.4g}" for k, v in m.items())))
     typer.echo(f"saved {cfg.objective}/{cfg.architecture} model to {output}: val_loss "
                f"{metrics['val_loss_initial'] if 'val_loss_initial' in metrics else float('nan'):.3f} -> "
-               f"{metrics['val_loss']:.3f}, {metrics['train_tokens']:.0f} tokens, {metrics['train_pf_days']:.2e} PF-days")
+               f"{metrics['val_loss']:.3f}, {metrics['train_tokens']:.0f} tokens, "
+               f"{metrics['train_pf_days']:.2e} PF-days")
 
 
 @app.command("critique-revise")
@@ -362,10 +374,12 @@ def critique_revise(
 
 @app.command()
 def optimize(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML with an `optimize:` section (a profile will do).")],
+    config: Annotated[Path, typer.Option("--config", "-c",
+                                         help="YAML with an `optimize:` section (a profile will do).")],
     model: Annotated[Path, typer.Option(help="The model folder to optimize (an align or finetune output).")],
     output: Annotated[Path, typer.Option(help="Where the optimized model and optimize.json go.")],
-    corpus: Annotated[Path | None, typer.Option(help="Corpus folder (corpus.jsonl) for distillation and pruning recovery.")] = None,
+    corpus: Annotated[Path | None,
+                      typer.Option(help="Corpus folder (corpus.jsonl) for distillation and pruning recovery.")] = None,
     heldout: Annotated[Path | None, typer.Option(help="JSONL of {text} for each step's perplexity.")] = None,
 ) -> None:
     """Distill, prune and/or quantize one model outside a pipeline; same stage function and report."""

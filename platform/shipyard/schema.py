@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 # Where a model runs: auto is the CUDA GPU when one is visible (shipyard.models.device decides the rest).
 Device = Literal["auto", "cpu", "cuda"]
+# A float model's weights at inference: auto is bfloat16 on a GPU that has it, else float32.
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 # How a stage reports metrics while it runs: log(metrics, step), e.g. into its MLflow run.
 MetricsLogger = Callable[[dict[str, float], int], None]
 

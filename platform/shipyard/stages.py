@@ -3,6 +3,28 @@
 A component passes the pipeline config (JSON), its tracking coordinates and its artifact paths to
 ``run_stage``; this opens the stage's nested MLflow run (config, lineage, duration), calls the
 plain stage function and records its metrics in MLflow and in the KFP Metrics artifact.
+
+Every stage is one plain function and one typed config beside it: the config class lives in
+``<module>_config.py`` next to the function's ``<module>.py`` (under ``platform/shipyard/``). The CLI, the
+component (``components/<component>/component.py``) and the tests (``tests/*/<tests>.py``) call that function.
+``tests/unit/test_stage_table.py`` checks this table against the code.
+
+|stage|config|function|component|tests|
+|---|---|---|---|---|
+|data_filter_shard|DataFilterConfig|data/data_filter:run_filter_phase|data_filter|test_curation_fanout|
+|data_filter|DataFilterConfig|data/data_filter:run_merge_phase|data_filter|test_data_filter|
+|train_tokenizer|TokenizerConfig|data/train_tokenizer:run_train_tokenizer|train_tokenizer|test_tokenizers|
+|pretrain|PretrainConfig|train/pretrain:run_pretrain|pretrain|test_pretrain|
+|pretrain (base: select)|BaseModelConfig|models/select:run_select|pretrain|test_select|
+|finetune|FinetuneConfig|train/finetune:run_finetune|finetune|test_finetune|
+|reward_model|RewardModelConfig|train/reward_model:run_reward_model|reward_model|test_training|
+|align|AlignConfig|train/align:run_align|align|test_ppo, test_training|
+|critique_revise|CritiqueReviseConfig|train/critique_revise:run_critique_revise|critique_revise|test_critique_revise|
+|optimize|OptimizeConfig|optimize/optimize:run_optimize|optimize|test_optimize|
+|evaluate|EvalSpec|eval/evaluate:run_evaluate|evaluate|test_eval|
+|rag_index|RagIndexConfig|features/rag_index:run_ingest|rag_index|test_rag|
+|register|RegisterConfig|tracking/register:register_candidate|register|test_lifecycle|
+|deploy|DeployConfig|kube/deploy:deploy|deploy|test_deploy|
 """
 
 from __future__ import annotations
@@ -238,14 +260,17 @@ STAGES: dict[str, StageFn] = {
 }
 
 
-def _stage_config(cfg: PipelineConfig, stage: str):
-    if stage == "register":
-        return cfg.register_
-    if stage == "rag_index":
-        return cfg.rag
-    if stage == "deploy":
-        return cfg.cluster.deploy
-    return getattr(cfg, "data_filter" if stage == "data_filter_shard" else stage)
+# Where each stage's config sits in the profile (dotted), when it is not the stage's own name.
+SECTIONS = {"data_filter_shard": "data_filter", "register": "register_", "rag_index": "rag",
+            "deploy": "cluster.deploy"}
+
+
+def stage_config(cfg: PipelineConfig, stage: str):
+    """The typed config ``stage`` runs with (None for an optional section the profile leaves out)."""
+    node = cfg
+    for part in SECTIONS.get(stage, stage).split("."):
+        node = getattr(node, part)
+    return node
 
 
 def quiet_libraries() -> None:
@@ -279,7 +304,7 @@ def run_stage(stage: str, config_json: str, tracking_uri: str, parent_run_id: st
     cfg = PipelineConfig.model_validate_json(config_json)
     for path in outputs.values():
         Path(path).mkdir(parents=True, exist_ok=True)
-    with stage_run(stage, tracking_uri, parent_run_id, _stage_config(cfg, stage), inputs, task_name) as run:
+    with stage_run(stage, tracking_uri, parent_run_id, stage_config(cfg, stage), inputs, task_name) as run:
         metrics = STAGES[stage](cfg, inputs, outputs, run, **(params or {}))
         run.log(metrics)
     if kfp_metrics is not None:

@@ -45,7 +45,7 @@ def test_gpu_overlay_puts_serving_and_training_on_gpus():
 
 def test_base_objects_are_what_the_code_builds():
     """The base's InferenceService and TrainJob are the builders' output (regenerate them if these fail)."""
-    from shipyard.kube.cluster_config import DeployConfig
+    from shipyard.kube.deploy_config import DeployConfig
     from shipyard.kube.inference_service import build_inference_service
     from shipyard.kube.trainjob import build_train_job
     from shipyard.train.pretrain_config import PretrainConfig
@@ -53,7 +53,8 @@ def test_base_objects_are_what_the_code_builds():
     base = REPO / "manifests" / "base"
     isvc = build_inference_service("shipyard-tiny", "s3://shipyard/mlflow/1/models/m-0123456789abcdef/artifacts",
                                    DeployConfig(), rag_index="python_faq@1", image="shipyard",
-                                   model_labels={"shipyard.io/model": "shipyard-tiny", "shipyard.io/model-version": "1"})
+                                   model_labels={"shipyard.io/model": "shipyard-tiny",
+                                                 "shipyard.io/model-version": "1"})
     assert yaml.safe_load((base / "inferenceservice.yaml").read_text()) == isvc
     cfg = PretrainConfig(nodes=2, nproc_per_node=1, trainjob={"workspace_claim": "shipyard-workspace", "cpu": "4",
                                                                "memory": "16Gi"})

@@ -28,7 +28,7 @@ def test_runtime_and_sidecar_containers_serve_a_cited_answer(tiny_base, tmp_path
 
     from shipyard.features.rag_index import run_ingest
     from shipyard.features.rag_index_config import RagIndexConfig
-    from shipyard.kube.cluster_config import DeployConfig
+    from shipyard.kube.deploy_config import DeployConfig
     from shipyard.kube.inference_service import build_inference_service
     from shipyard.serving.local import stop, wait_ready
 

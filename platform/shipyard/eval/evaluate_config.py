@@ -1,6 +1,7 @@
 """The evaluation spec: suites of held-out checks, the same on a laptop and on a cluster.
 
-    shipyard eval pipelines/configs/tiny-cpu.yaml --model aligned=DIR --reward-model DIR [--suite NAME] [--rag-index NAME@V]
+    shipyard eval pipelines/configs/tiny-cpu.yaml --model aligned=DIR --reward-model DIR \\
+        [--suite NAME] [--rag-index NAME@V]
 
 A spec is the ``evaluate:`` section of a pipeline profile (or a YAML file holding just that
 section). Each suite has a ``name``, a ``kind`` and its data; every metric lands in the eval table
@@ -28,7 +29,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from shipyard.schema import StrictModel
+from shipyard.schema import Device, StrictModel
 
 SUITE_NAME = r"^[a-z][a-z0-9_]{0,40}$"
 GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match")
@@ -53,7 +54,8 @@ class PerplexitySuite(_Suite):
 
 class GenerationSuite(_Suite):
     kind: Literal["generation"]
-    data: str = Field(description="JSONL of instruction rows (instruction/input/response, prompt/completion or messages).")
+    data: str = Field(description="JSONL of instruction rows (instruction/input/response, prompt/completion "
+                                  "or messages).")
     metrics: list[Literal[GENERATION_METRICS]] = Field(list(GENERATION_METRICS), min_length=1)  # type: ignore[valid-type]
     max_new_tokens: int | None = Field(None, gt=0)
 
@@ -121,7 +123,7 @@ class EvalSpec(StrictModel):
     max_examples: int = Field(40, gt=0, description="Default rows per suite (CPU budget).")
     max_new_tokens: int = Field(24, gt=0, description="Default new tokens per greedy answer.")
     context_length: int = Field(128, gt=8, description="Perplexity window and prompt budget.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
+    device: Device = Field(
         "auto", description="Where the models and the reward model run: auto is a GPU when one is visible (a "
                             "quantized model runs where its kernels do). Weights stay float32 on either.")
 

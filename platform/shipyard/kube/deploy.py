@@ -18,6 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from shipyard.kube.cluster_config import ClusterConfig
 from shipyard.kube.inference_service import GROUP, PLURAL, VERSION, build_inference_service, isvc_name, state
 
 
@@ -43,7 +44,7 @@ def _restore_alias(c, name: str, alias: str, previous: str | None) -> None:
         c.set_registered_model_alias(name, alias, previous)
 
 
-def deploy(model_uri: str, cluster, tracking_uri: str, api=None, log=print, poll_s: float = 10.0,
+def deploy(model_uri: str, cluster: ClusterConfig, tracking_uri: str, api=None, log=print, poll_s: float = 10.0,
            image: str | None = None) -> Deployment:
     """Serve ``model_uri`` (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``) on KServe.
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import get_args
 
-DEVICES = ("auto", "cpu", "cuda")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from shipyard.schema import Device, Dtype
+
+DEVICES, DTYPES = get_args(Device), get_args(Dtype)
 CUDA_ONLY = {"bnb_int8", "bnb_nf4"}
 CPU_ONLY = {"dynamic_int8", "int8_weight_only", "int4_weight_only"}
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from shipyard.schema import StrictModel
+from shipyard.schema import Device, StrictModel
 
 QUANT_METHODS = ("dynamic_int8", "int8_weight_only", "int4_weight_only", "bnb_int8", "bnb_nf4")
 
@@ -61,7 +61,7 @@ class OptimizeConfig(StrictModel):
     context_length: int = Field(128, gt=8, description="Perplexity window of the report.")
     latency_prompts: int = Field(3, gt=0, description="Prompts timed for ms per new token.")
     latency_tokens: int = Field(16, gt=1, description="New tokens per timed prompt.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
+    device: Device = Field(
         "auto", description="Where every step is measured: the final model's device (bitsandbytes: the GPU; "
                             "dynamic_int8 and torchao: the CPU); auto otherwise is a GPU when one is visible.")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shipyard.tracking.register_config import GateCheck
+from shipyard.tracking.register_config import GateCheck, RegisterConfig
 from shipyard.tracking.registry import current_alias, promote
 from shipyard.tracking.runs import client
 from shipyard.tracking.tags import CANDIDATE, CHAMPION
@@ -48,7 +48,8 @@ def gate_results(gate: list[GateCheck], table: dict[str, dict[str, float]]) -> l
                         problems.append(f"{check.metric}={value:.4g} > {check.max_ratio_vs_champion:g} x "
                                         f"champion {champion:.4g}")
         out.append({**check.model_dump(exclude_none=True), "value": value, "champion": champion,
-                    "outcome": "failed" if problems else ("skipped" if notes and not _has_absolute(check) else "passed"),
+                    "outcome": "failed" if problems else (
+                        "skipped" if notes and not _has_absolute(check) else "passed"),
                     "problems": problems, "notes": notes})
     return out
 
@@ -87,7 +88,7 @@ def log_model_version(tracking_uri: str, run_id: str, model_dir: str | Path, nam
     return str(info.registered_model_version)
 
 
-def register_candidate(run, reg, table: dict, model_dir: str | Path, max_new_tokens: int,
+def register_candidate(run, reg: RegisterConfig, table: dict, model_dir: str | Path, max_new_tokens: int,
                        config_digest: str) -> dict:
     """The register stage: log the model as a version (once per pipeline run and model), tag its
     lineage and gate results, and promote it if the gate passes.

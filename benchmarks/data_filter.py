@@ -174,7 +174,7 @@ def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
         C4QualityFilter(**DATATROVE_RULES["c4_quality"]),
         JsonlWriter(str(work / "filtered")), ExactDedupSignature(str(work / "exact_sigs"), exact)], "filter", n)
     ex([ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), exact)], "exact_find", 1)
-    reader = lambda: JsonlReader(str(work / "filtered"))  # noqa: E731
+    reader = lambda: JsonlReader(str(work / "filtered"))
     ex([reader(), ExactDedupFilter(str(work / "exact_dups"), exact), MinhashDedupSignature(str(work / "sigs"), mh)],
        "sigs", n)
     ex([MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)], "buckets", mh.num_buckets)
@@ -253,7 +253,7 @@ def main() -> None:
               f"{truth['pii_docs']} with PII; {args.workers} workers")
         dt = _run_variant("datatrove", tmp / "corpus", tmp / "dt", args.workers)
         sy = _run_variant("shipyard", tmp / "corpus", tmp / "sy", args.workers)
-    rate = lambda r: args.docs / r["seconds"] / args.workers  # noqa: E731
+    rate = lambda r: args.docs / r["seconds"] / args.workers
     print(f"\n{'variant':<11} {'seconds':>8} {'docs/s/core':>12} {'peak RSS MB':>12}")
     for name, r in (("datatrove", dt), ("shipyard", sy)):
         print(f"{name:<11} {r['seconds']:8.1f} {rate(r):12.1f} {r['peak_rss_mb']:12.0f}")

@@ -20,17 +20,18 @@ from pathlib import Path
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="causal LM directory (default: SmolLM2-135M-Instruct, converted)")
-    ap.add_argument("--spec", type=Path, default=Path(__file__).resolve().parents[1] / "pipelines/configs/tiny-cpu.yaml")
+    ap.add_argument("--spec", type=Path,
+                    default=Path(__file__).resolve().parents[1] / "pipelines/configs/tiny-cpu.yaml")
     ap.add_argument("--reward-model", type=Path, help="reward model dir; without one the reward suites are skipped")
     args = ap.parse_args()
 
     from bench_common import REPO, header, setup
 
     from shipyard.data.preferences import render_prompt
-    from shipyard.eval import metrics as M
     from shipyard.eval.evaluate import run_evaluate
     from shipyard.eval.evaluate_config import load_eval_spec
     from shipyard.eval.suites import load_suite_data
+    from shipyard.models import inference
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
 
     work, model_dir = setup("eval", args.model)
@@ -50,20 +51,20 @@ def main() -> None:
     prompts = [render_prompt(m, tok) for m, _ in data[gen.name]]
     n_new = gen.max_new_tokens or spec.max_new_tokens
     t0 = time.perf_counter()
-    M.generate(model, tok, prompts, n_new, batch_size=16)
+    inference.generate(model, tok, prompts, n_new, batch_size=16)
     batched = time.perf_counter() - t0
     t0 = time.perf_counter()
-    M.generate(model, tok, prompts, n_new, batch_size=1)
+    inference.generate(model, tok, prompts, n_new, batch_size=1)
     single = time.perf_counter() - t0
     items = data[spec.of_kind("multiple_choice")[0].name]
     t0 = time.perf_counter()
     for item in items:
-        M.choice_logprobs(model, tok, item["query"], item["choices"])
+        inference.choice_logprobs(model, tok, item["query"], item["choices"])
     mc_batched = time.perf_counter() - t0
     t0 = time.perf_counter()
     for item in items:
         for choice in item["choices"]:
-            M.choice_logprobs(model, tok, item["query"], [choice])
+            inference.choice_logprobs(model, tok, item["query"], [choice])
     mc_single = time.perf_counter() - t0
     print(f"\ngeneration, {len(prompts)} prompts x {n_new} tokens: batch 16 {len(prompts) / batched:.2f}/s vs "
           f"batch 1 {len(prompts) / single:.2f}/s -> {single / batched:.2f}x")

@@ -105,7 +105,8 @@ def main() -> None:
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         rows.append(json.loads(out))
     full = rows[0]
-    print(f"model: {full['model']}, {full['total'] / 1e6:.1f}M params, batch 4 x 256 tokens, AdamW, on {full['device']}")
+    print(f"model: {full['model']}, {full['total'] / 1e6:.1f}M params, batch 4 x 256 tokens, AdamW, "
+          f"on {full['device']}")
     print(f"{'variant':<14}{'trainable':>12}{'fraction':>11}{'peak MB':>10}{'vs full':>9}{'s/step':>9}")
     for r in rows:
         print(f"{r['variant']:<14}{r['trainable']:>12,}{100 * r['trainable'] / r['total']:>10.3f}%"

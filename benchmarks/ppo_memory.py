@@ -101,7 +101,7 @@ def worker(variant: str, model_dir: str, iterations: int, batch: int, new_tokens
     trainer.train()
     peak = (torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_mb()) - base
     later = history[1:] or history
-    mean = lambda k: sum(h[k] for h in later) / len(later)  # noqa: E731
+    mean = lambda k: sum(h[k] for h in later) / len(later)
     return {"variant": variant, "device": "cuda" if cuda else "cpu", "peak_mb": peak,
             "params": sum(p.numel() for p in model.parameters()),
             "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),

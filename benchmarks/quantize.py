@@ -44,7 +44,8 @@ def main() -> None:
         rows[method] = measure(out, texts, cfg)
     base = rows["fp32"]
     print(header(model))
-    print(f"{'variant':<18} {'size MB':>8} {'size x':>7} {'ms/token':>9} {'tokens/s x':>10} {'perplexity':>11} {'ppl delta':>9}")
+    print(f"{'variant':<18} {'size MB':>8} {'size x':>7} {'ms/token':>9} {'tokens/s x':>10} {'perplexity':>11} "
+          f"{'ppl delta':>9}")
     for name, r in rows.items():
         print(f"{name:<18} {r['size_bytes'] / 1e6:>8.1f} {r['size_bytes'] / base['size_bytes']:>7.3f} "
               f"{r['ms_per_token']:>9.2f} {base['ms_per_token'] / r['ms_per_token']:>10.2f} "

@@ -90,7 +90,7 @@ def main() -> None:
         vecs = vecs.astype(np.float32)
         frame = frame_of(vecs, texts)
 
-        def exact(q):
+        def exact(q, vecs=vecs):
             s = vecs @ q
             top = np.argpartition(-s, args.top_k)[:args.top_k]
             return top[np.argsort(-s[top])]
@@ -100,9 +100,10 @@ def main() -> None:
         build_s = time.perf_counter() - t0
         kind = type(retriever.tenants["public"][0]).__name__ if retriever.tenants["public"][0] else "exact"
         base_ms, truth = timed(exact, qvecs)
-        ours_ms, hits = timed(lambda q: retriever.search(q, "public", args.top_k), qvecs)
-        recall = statistics.mean(len({int(h.chunk_id.rsplit("#", 1)[1]) for h in got} & set(map(int, want))) / args.top_k
-                                 for got, want in zip(hits, truth))
+        ours_ms, hits = timed(lambda q, r=retriever: r.search(q, "public", args.top_k), qvecs)
+        found = [{int(h.chunk_id.rsplit("#", 1)[1]) for h in got} for got in hits]
+        recall = statistics.mean(len(ids & set(map(int, want))) / args.top_k
+                                 for ids, want in zip(found, truth, strict=True))
         row = {"index": kind, "build_s": round(build_s, 2), "recall_at_k": round(recall, 4),
                "exact_numpy": {"p50": pct(base_ms, .5), "p99": pct(base_ms, .99)},
                "sidecar_search": {"p50": pct(ours_ms, .5), "p99": pct(ours_ms, .99)}}
@@ -121,9 +122,10 @@ def main() -> None:
                 write_s = time.perf_counter() - t0
                 view = fs.resolve(store, f"bench@{version}")[2]
                 feast = FeastRetriever(store, view)
-                feast_ms, _ = timed(lambda q: feast.search(q, "public", args.top_k), qvecs[:100])
+                feast_ms, _ = timed(lambda q, f=feast: f.search(q, "public", args.top_k), qvecs[:100])
                 row["feast_milvus"] = {"p50": pct(feast_ms, .5), "p99": pct(feast_ms, .99), "write_s": write_s}
-                print(f"  Feast milvus-lite            p50 {pct(feast_ms, .5):7.3f} ms  p99 {pct(feast_ms, .99):7.3f} ms  "
+                print(f"  Feast milvus-lite            p50 {pct(feast_ms, .5):7.3f} ms  "
+                      f"p99 {pct(feast_ms, .99):7.3f} ms  "
                       f"(written in {write_s:.1f} s) -> sidecar p50 {pct(feast_ms, .5) / pct(ours_ms, .5):.0f}x faster")
                 import httpx
                 from bench_common import free_port
@@ -132,8 +134,10 @@ def main() -> None:
                 side = start_sidecar(f"bench@{version}", port, repo)
                 try:
                     with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
-                        http_ms, _ = timed(lambda q: http.post("/v1/retrieve", json={"query": q, "top_k": args.top_k}).json(),
-                                           questions[:200])
+                        def ask(q, http=http):
+                            return http.post("/v1/retrieve", json={"query": q, "top_k": args.top_k}).json()
+
+                        http_ms, _ = timed(ask, questions[:200])
                 finally:
                     stop(side)
                 row["http_retrieve"] = {"p50": pct(http_ms, .5), "p99": pct(http_ms, .99)}

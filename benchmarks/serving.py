@@ -68,7 +68,9 @@ def main() -> None:
         proc = _serve(model, port, batch)
         try:
             client = OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="x", max_retries=0)
-            ask = lambda p, n: client.completions.create(model="bench", prompt=p, max_tokens=n, temperature=0)  # noqa: E731
+            def ask(p, n, client=client):
+                return client.completions.create(model="bench", prompt=p, max_tokens=n, temperature=0)
+
             ask(PROMPTS[0], 2)
             if batch == 8:
                 t0 = time.perf_counter()
@@ -82,7 +84,7 @@ def main() -> None:
                 results["http_one"] = one
             t0 = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
-                done = list(pool.map(lambda p: ask(p, args.tokens).usage.completion_tokens, PROMPTS * 2))
+                done = list(pool.map(lambda p, ask=ask: ask(p, args.tokens).usage.completion_tokens, PROMPTS * 2))
             results[f"concurrent_{batch}"] = sum(done) / (time.perf_counter() - t0)
         finally:
             stop_server(proc)

@@ -1,5 +1,5 @@
-"""The whole lifecycle as one KFP v2 pipeline: filter -> tokenize -> pretrain -> finetune ->
-reward model -> align (PPO | DPO | GRPO) -> optimize (distill | prune | quantize) -> evaluate -> register (gated champion);
+"""The whole lifecycle as one KFP v2 pipeline: filter -> tokenize -> pretrain -> finetune -> reward model
+-> align (PPO | DPO | GRPO) -> optimize (distill | prune | quantize) -> evaluate -> register (gated champion);
 beside them, rag_index (documents -> a Feast index version, pinned to the registered model version).
 
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml        # kfp.local, CPU

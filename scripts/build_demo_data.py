@@ -154,7 +154,7 @@ def vader_preferences(src: Path) -> list[dict]:
         highs = [x for x in items if x[0] >= 1.0]
         rng.shuffle(lows)
         rng.shuffle(highs)
-        for (lo, rej), (hi, cho) in zip(lows, highs):
+        for (lo, rej), (hi, cho) in zip(lows, highs, strict=False):
             if hi - lo >= 1.5:
                 pairs.append({"prompt": f'Continue the movie review that begins: "{prompt}"',
                               "chosen": prompt + cho, "rejected": prompt + rej,

@@ -31,8 +31,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
     from shipyard.data.data_filter_config import DataFilterConfig
 
     out = tmp_path_factory.mktemp("corpus")
-    run_data_filter(DataFilterConfig(input=str(DEMO / "raw"), max_docs=800, steps=["normalize", "length", "exact_dedup"]),
-                    out / "clean", out / "q")
+    steps = ["normalize", "length", "exact_dedup"]
+    run_data_filter(DataFilterConfig(input=str(DEMO / "raw"), max_docs=800, steps=steps), out / "clean", out / "q")
     return out / "clean"
 
 

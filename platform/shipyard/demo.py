@@ -80,7 +80,8 @@ def run_demo(config_path: str, port: int = 8080, tracking_uri: str | None = None
         echo(f"  assistant: {rag_answer}")
         for c in citations or []:
             text = " ".join(c["text"].split())
-            echo(f"  [{c['index']}] {c['doc_id']} ({c['source']})  score {c['score']:.3f}{'  (cut to fit)' if c['truncated'] else ''}: "
+            cut = "  (cut to fit)" if c["truncated"] else ""
+            echo(f"  [{c['index']}] {c['doc_id']} ({c['source']})  score {c['score']:.3f}{cut}: "
                  f"{text[:150]}{'...' if len(text) > 150 else ''}")
     echo(f"\nServed model: {model_uri}")
     echo(f"MLflow data: {tracking_uri}  (browse it with `shipyard ui`, then http://127.0.0.1:5000)")

@@ -36,7 +36,8 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     result = run_demo("pipelines/configs/ci-tiny.yaml", port=free_port(), tracking_uri=uri, echo=lambda *_: None)
 
     summary = result.summary
-    assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune", "align", "optimize",
+    assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune",
+                                   "align", "optimize",
                                    "reward_model", "evaluate", "rag_index", "register"}
     assert set(summary.eval_table) == {"base", "finetuned", "aligned", "optimized", "alignment"}
     suites = {"heldout.perplexity", "instructions.rougeLsum", "instructions.chrf", "instructions.exact_match",

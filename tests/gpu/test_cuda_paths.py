@@ -123,7 +123,7 @@ def test_sigterm_and_resume_on_cuda_match_a_straight_run(gpu_corpus, gpu_tokeniz
     m = run_pretrain(cfg, gpu_corpus, gpu_tokenizer, tmp_path / "resumed", checkpoint_dir=tmp_path / "ck2")
     a = json.loads((tmp_path / "straight" / "loss_curve.json").read_text())
     b = json.loads((tmp_path / "resumed" / "loss_curve.json").read_text())
-    drift = max(abs(x - y) for x, y in zip(a, b))
+    drift = max(abs(x - y) for x, y in zip(a, b, strict=True))
     print(f"\nresume on CUDA: resumed at step {m['resumed_at_step']:.0f}, max |loss drift| {drift:.2e}")
     assert m["resumed_at_step"] == 20 and len(a) == len(b) == 40
     assert drift < 1e-3

@@ -207,7 +207,7 @@ def test_the_rag_eval_suite_searches_the_index_and_scores_answers_with_and_witho
     retriever = Retriever(fs.read_version(store, fs.resolve(store, "faq@2")[2]), "faq", 2)
     vecs = Embedder().embed([q["question"] for q in asked])
     ranks = [next((i + 1 for i, h in enumerate(retriever.search(v, "acme", 3)) if h.doc_id == q["source"]), None)
-             for q, v in zip(asked, vecs)]
+             for q, v in zip(asked, vecs, strict=True)]
     assert m["hit_rate"] == sum(r is not None for r in ranks) / len(asked) >= 0.5
     assert m["mrr"] == pytest.approx(sum(1 / r for r in ranks if r) / len(asked))
     assert 1 < m["answer_perplexity"] < 1e5 and 1 < m["answer_perplexity_rag"] < 1e5
@@ -217,8 +217,10 @@ def test_the_rag_eval_suite_searches_the_index_and_scores_answers_with_and_witho
 
     with pytest.raises(ValueError, match=r"suites \['rag'\] \(rag\) need a RAG index.*--rag-index"):
         run_evaluate(spec, {"base": tiny_base}, tmp_path / "none")
-    other = EvalSpec(context_length=128, suites=[{"name": "rag", "kind": "rag", "data": str(data), "tenant": "initech"}])
-    with pytest.raises(ValueError, match=r"tenant 'initech' has no documents in index faq@2 \(tenants: \['acme', 'globex'\]\)"):
+    other = EvalSpec(context_length=128, suites=[{"name": "rag", "kind": "rag", "data": str(data),
+                                                  "tenant": "initech"}])
+    with pytest.raises(ValueError,
+                       match=r"tenant 'initech' has no documents in index faq@2 \(tenants: \['acme', 'globex'\]\)"):
         run_evaluate(other, {"base": tiny_base}, tmp_path / "tenant", rag_index="faq@2", feast_repo=repo)
     bad = write_jsonl(tmp_path / "bad.jsonl", [asked[0], {"question": "Where?", "answer": "There."}])
     spec_bad = EvalSpec(suites=[{"name": "rag", "kind": "rag", "data": str(bad)}])

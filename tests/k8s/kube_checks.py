@@ -106,7 +106,8 @@ def pod_specs(obj: dict) -> list[tuple[str, dict, dict]]:
     if kind == "TrainJob":
         out = []
         for patch in spec.get("runtimePatches", []):
-            for job in patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {}).get("replicatedJobs", []):
+            runtime = patch.get("trainingRuntimeSpec", {}).get("template", {}).get("spec", {})
+            for job in runtime.get("replicatedJobs", []):
                 t = job["template"]["spec"]["template"]
                 out.append((f"{where}[{job['name']}]", t["spec"], t.get("metadata", {}).get("labels", {})))
         return out
@@ -117,44 +118,43 @@ def _containers(pod: dict) -> list[dict]:
     return [*pod.get("initContainers", []), *pod.get("containers", [])]
 
 
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                   "projected", "secret", "name"}
+
+
 def restricted_violations(obj: dict, pod_level_from: dict | None = None) -> list[str]:
     """Pod Security "restricted" (v1.32) violations, plus readOnlyRootFilesystem. ``pod_level_from``
     supplies the pod-level securityContext where the object has none of its own (a ServingRuntime)."""
     bad = []
-    allowed_volumes = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-                       "projected", "secret", "name"}
     for where, pod, _ in pod_specs(obj):
         psc = pod.get("securityContext") or (pod_level_from or {})
-        for flag in ("hostNetwork", "hostPID", "hostIPC"):
-            if pod.get(flag):
-                bad.append(f"{where}: {flag}")
-        for vol in pod.get("volumes", []):
-            extra = set(vol) - allowed_volumes
-            if extra:
-                bad.append(f"{where}: volume {vol['name']} uses {sorted(extra)}")
+        bad += [f"{where}: {flag}" for flag in ("hostNetwork", "hostPID", "hostIPC") if pod.get(flag)]
+        bad += [f"{where}: volume {vol['name']} uses {sorted(set(vol) - ALLOWED_VOLUMES)}"
+                for vol in pod.get("volumes", []) if set(vol) - ALLOWED_VOLUMES]
         if psc.get("runAsUser") == 0:
             bad.append(f"{where}: runAsUser 0")
         for c in _containers(pod):
-            csc = c.get("securityContext") or {}
-            at = f"{where}: container {c['name']}"
-            if csc.get("privileged"):
-                bad.append(f"{at}: privileged")
-            if csc.get("allowPrivilegeEscalation") is not False:
-                bad.append(f"{at}: allowPrivilegeEscalation must be false")
-            if "ALL" not in (csc.get("capabilities") or {}).get("drop", []):
-                bad.append(f"{at}: capabilities.drop must include ALL")
-            if set((csc.get("capabilities") or {}).get("add", [])) - {"NET_BIND_SERVICE"}:
-                bad.append(f"{at}: capabilities.add beyond NET_BIND_SERVICE")
-            if not (csc.get("runAsNonRoot") or (psc.get("runAsNonRoot") and csc.get("runAsNonRoot") is not False)):
-                bad.append(f"{at}: runAsNonRoot must be true (pod or container)")
-            if csc.get("runAsUser") == 0:
-                bad.append(f"{at}: runAsUser 0")
-            seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
-            if seccomp not in ("RuntimeDefault", "Localhost"):
-                bad.append(f"{at}: seccompProfile must be RuntimeDefault or Localhost")
-            if csc.get("readOnlyRootFilesystem") is not True:
-                bad.append(f"{at}: readOnlyRootFilesystem must be true")
+            bad += [f"{where}: container {c['name']}: {problem}" for problem in _container_violations(c, psc)]
     return bad
+
+
+def _container_violations(c: dict, psc: dict) -> list[str]:
+    """What one container's securityContext (over the pod's ``psc``) breaks of "restricted"."""
+    csc = c.get("securityContext") or {}
+    caps = csc.get("capabilities") or {}
+    seccomp = (csc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+    non_root = csc.get("runAsNonRoot") or (psc.get("runAsNonRoot") and csc.get("runAsNonRoot") is not False)
+    checks = [
+        (csc.get("privileged"), "privileged"),
+        (csc.get("allowPrivilegeEscalation") is not False, "allowPrivilegeEscalation must be false"),
+        ("ALL" not in caps.get("drop", []), "capabilities.drop must include ALL"),
+        (set(caps.get("add", [])) - {"NET_BIND_SERVICE"}, "capabilities.add beyond NET_BIND_SERVICE"),
+        (not non_root, "runAsNonRoot must be true (pod or container)"),
+        (csc.get("runAsUser") == 0, "runAsUser 0"),
+        (seccomp not in ("RuntimeDefault", "Localhost"), "seccompProfile must be RuntimeDefault or Localhost"),
+        (csc.get("readOnlyRootFilesystem") is not True, "readOnlyRootFilesystem must be true"),
+    ]
+    return [message for broken, message in checks if broken]
 
 
 def workload_violations(obj: dict) -> list[str]:

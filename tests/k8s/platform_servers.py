@@ -40,7 +40,8 @@ def start_postgres(root: Path, user: str, password: str, database: str) -> tuple
                              "-k", str(root)], user=run_as, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "PGPASSWORD": password}
     for _ in range(120):
-        if subprocess.run([str(BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True).returncode == 0:
+        if subprocess.run([str(BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
+                          capture_output=True).returncode == 0:
             break
         if proc.poll() is not None:
             raise RuntimeError(f"postgres exited with {proc.returncode}")

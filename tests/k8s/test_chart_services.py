@@ -156,7 +156,8 @@ def test_feast_config_serves_rag_from_postgres_and_s3(chart, backends, tmp_path,
     assert info["version"] == 1
     want = exact.search(vec, "public", 3)
     got = FeastRetriever(store, view).search(vec, "public", 3)
-    assert [h.chunk_id for h in got] == [h.chunk_id for h in want] and want[0].chunk_id.startswith("public/" + faq[0]["id"])
+    assert [h.chunk_id for h in got] == [h.chunk_id for h in want]
+    assert want[0].chunk_id.startswith("public/" + faq[0]["id"])
     assert got[0].score == pytest.approx(want[0].score, abs=1e-4)  # the same cosine similarity
     # filters: the sidecar's default backend searches inside the filtered rows. (Feast 0.67's pgvector
     # search filters after its top_k, so a filtered Feast query can come back short: not the default.)

@@ -36,8 +36,9 @@ def test_compiled_ir_matches_golden(pipeline, profile, tmp_path):
 def test_gpu_profile_places_gpu_stages_and_injects_secrets(tmp_path):
     from shipyard.pipeline_runs import compile_pipeline
 
-    ir, platform = yaml.safe_load_all(compile_pipeline(str(REPO / "pipelines" / "lifecycle.py"), tmp_path / "x.yaml",
-                                                       str(REPO / "pipelines" / "configs" / "gpu-small.yaml")).read_text())
+    compiled = compile_pipeline(str(REPO / "pipelines" / "lifecycle.py"), tmp_path / "x.yaml",
+                                str(REPO / "pipelines" / "configs" / "gpu-small.yaml"))
+    ir, platform = yaml.safe_load_all(compiled.read_text())
     assert ir["defaultPipelineRoot"] == "s3://shipyard/pipelines"
     ex = ir["deploymentSpec"]["executors"]
     pre = ex["exec-pretrain"]["container"]
@@ -46,7 +47,8 @@ def test_gpu_profile_places_gpu_stages_and_injects_secrets(tmp_path):
     assert pre["resources"]["accelerator"]["resourceCount"] == "1" and pre["resources"]["resourceMemoryLimit"] == "64Gi"
     assert ex["exec-evaluate"]["container"]["resources"]["resourceMemoryLimit"] == "16Gi"
     cpu = ex["exec-data-filter"]["container"]
-    assert cpu["image"].startswith("ghcr.io/shipyard-llmops/shipyard:") and "accelerator" not in cpu.get("resources", {})
+    assert cpu["image"].startswith("ghcr.io/shipyard-llmops/shipyard:")
+    assert "accelerator" not in cpu.get("resources", {})
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert k8s["exec-pretrain"]["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert k8s["exec-pretrain"]["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",

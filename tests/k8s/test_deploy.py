@@ -114,7 +114,8 @@ def test_deploy_serves_and_a_failed_version_rolls_back(mlflow_server, tiny_base)
 
     first = deploy("models:/Shipyard_Tiny/1", _cluster(pool="l4"), uri, api=api, log=said.append, poll_s=0.01)
     assert first.url == "http://shipyard-tiny.shipyard.example.com" and first.rag_index == "python_faq@3"
-    assert first.storage_uri.startswith("s3://shipyard/mlflow/") and current_alias(uri, "Shipyard_Tiny", "deployed") == "1"
+    assert first.storage_uri.startswith("s3://shipyard/mlflow/")
+    assert current_alias(uri, "Shipyard_Tiny", "deployed") == "1"
     obj = api.writes[0]
     assert not restricted_violations(obj) and not workload_violations(obj)
     pred = obj["spec"]["predictor"]

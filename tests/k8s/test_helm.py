@@ -77,7 +77,8 @@ def test_feast_config_is_one_feast_accepts(rendered, tmp_path, monkeypatch):
     assert cfg.online_store.similarity == "cosine"  # the embedding field's vector_search_metric
     assert cfg.registry.registry_type == "sql" and ":s3cret@shipyard-postgres.shipyard.svc:5432/" in cfg.registry.path
     # shareConfig: the same ConfigMap in the pipeline namespace, where rag_index mounts it
-    shared = [o for o in rendered["gpu-values.yaml"] if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shipyard-feast"]
+    shared = [o for o in rendered["gpu-values.yaml"]
+              if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "shipyard-feast"]
     assert sorted(o["metadata"]["namespace"] for o in shared) == ["kubeflow", "shipyard"]
     assert shared[0]["data"] == shared[1]["data"] and shared[0]["data"]["data_uri"] == "s3://shipyard/feast"
 
@@ -150,7 +151,8 @@ def test_bad_values_fail_with_a_message_naming_them():
     assert "'/s3/endpoint'" in _template_error("s3.endpoint=minio:9000")
     err = _template_error("gpuPools.h100.nodeSelector.pool=h100")
     assert "/gpuPools/h100" in err and "accelerator" in err
-    assert 'serving.runtime.gpuPool: "a100" is not defined in gpuPools' in _template_error("serving.runtime.gpuPool=a100")
+    error = _template_error("serving.runtime.gpuPool=a100")
+    assert 'serving.runtime.gpuPool: "a100" is not defined in gpuPools' in error
 
 
 def test_a_missing_required_secret_fails_naming_it():

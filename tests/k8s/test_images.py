@@ -43,7 +43,8 @@ def test_one_tag_everywhere():
 
     chart = (CHART / "Chart.yaml").read_text()
     assert f'appVersion: "{__version__}"' in chart
-    assert SHIPYARD_IMAGE.endswith(f"/shipyard:{__version__}") and SHIPYARD_GPU_IMAGE.endswith(f"/shipyard-cuda:{__version__}")
+    assert SHIPYARD_IMAGE.endswith(f"/shipyard:{__version__}")
+    assert SHIPYARD_GPU_IMAGE.endswith(f"/shipyard-cuda:{__version__}")
 
 
 def _entrypoints() -> set[tuple[str, ...]]:

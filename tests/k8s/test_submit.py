@@ -27,7 +27,7 @@ class KfpStandIn(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):  # http.server's name
         if self.path.startswith("/apis/v2beta1/healthz"):
             return self._send({"multi_user": False})
         if self.path.startswith("/apis/v2beta1/experiments"):
@@ -37,7 +37,7 @@ class KfpStandIn(BaseHTTPRequestHandler):
             return self._send(run) if run else self._send({"error": "run not found"}, 404)
         return self._send({"error": self.path}, 404)
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):  # http.server's name
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if self.path == "/apis/v2beta1/experiments":
             return self._send({"experiment_id": "exp-1", "display_name": body["display_name"]})

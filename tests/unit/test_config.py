@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from conftest import REPO
 from shipyard.config import PipelineConfig, load_pipeline_config
@@ -69,7 +70,7 @@ def test_missing_data_path_is_named(monkeypatch, tmp_path):
 
 def test_configs_are_frozen_and_hashable_by_content():
     cfg = parse_config(FinetuneConfig, "train: x.jsonl\n")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.lr = 1.0
     a = parse_config(PipelineConfig, (REPO / "pipelines/configs/ci-tiny.yaml").read_text())
     b = parse_config(PipelineConfig, (REPO / "pipelines/configs/ci-tiny.yaml").read_text())
@@ -94,7 +95,8 @@ def test_unknown_filter_step_fails_with_the_valid_names(monkeypatch, tmp_path):
 
 
 def test_unknown_key_inside_a_filter_step_is_named(monkeypatch, tmp_path):
-    bad = _profile_with(monkeypatch, "    min_stop_words: 1\n", "    min_stop_words: 1\n    max_stop_words: 9\n", tmp_path)
+    bad = _profile_with(monkeypatch, "    min_stop_words: 1\n", "    min_stop_words: 1\n    max_stop_words: 9\n",
+                        tmp_path)
     with pytest.raises(ConfigError, match=r"data_filter\.gopher_quality\.max_stop_words: unknown key"):
         load_pipeline_config(bad)
 
@@ -119,7 +121,8 @@ def test_critique_revise_section_is_validated_and_its_prompts_resolved(monkeypat
     (tmp_path / "p.yaml").write_text(text)
     cfg = load_pipeline_config(tmp_path / "p.yaml")
     assert Path(cfg.critique_revise.prompts).is_absolute() and cfg.critique_revise.constitution[0].name == "kind"
-    (tmp_path / "q.yaml").write_text(text.replace("  constitution:\n    - {name: kind, critique: Point out anything unkind., "
-                                                  "revision: Rewrite it kindly.}\n", "  constitution: []\n"))
+    principle = ("  constitution:\n    - {name: kind, critique: Point out anything unkind., "
+                 "revision: Rewrite it kindly.}\n")
+    (tmp_path / "q.yaml").write_text(text.replace(principle, "  constitution: []\n"))
     with pytest.raises(ConfigError, match=r"q.yaml:\d+: critique_revise.constitution: List should have at least 1"):
         load_pipeline_config(tmp_path / "q.yaml")

@@ -24,7 +24,8 @@ GOOD = [
     "Visitors can borrow up to ten books at a time and return them at any branch of the city network.",
 ]
 GERMAN = ("Der Hafenmeister führt ein sorgfältiges Verzeichnis aller Schiffe, die den Hafen anlaufen, und notiert "
-          "die Ladung, die Besatzung und das Wetter, damit die Eigentümer jede verspätete Lieferung nachverfolgen können.")
+          "die Ladung, die Besatzung und das Wetter, damit die Eigentümer jede verspätete Lieferung "
+          "nachverfolgen können.")
 SYMBOLS = ("The totals of the test runs with that machine are 123 456 789 101 112 131 415 161 718 192 021 222 324 "
            "252 627 282 930 313 233 343 536 373 839 404 142 434 445 464 748 495 051 525 354 555 657 585 960.")
 REPEATED = "\n".join(["The best of the tickets are here and that is all we have to sell with love."] * 12)

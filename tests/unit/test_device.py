@@ -55,7 +55,8 @@ def test_a_device_the_model_or_machine_cannot_run_on_is_refused_by_name(tmp_path
     monkeypatch.setattr(device, "cuda_available", lambda: True)
     with pytest.raises(ValueError, match="runs on a CUDA GPU only$"):
         inference_device("cpu", bnb)
-    with pytest.raises(ValueError, match="dynamic_int8: a dynamic_int8 model runs on the CPU only.*bnb_int8 or bnb_nf4"):
+    with pytest.raises(ValueError,
+                       match="dynamic_int8: a dynamic_int8 model runs on the CPU only.*bnb_int8 or bnb_nf4"):
         inference_device("cuda", _quantized_dir(tmp_path, "dynamic_int8"))
 
 
@@ -116,7 +117,8 @@ def test_optimize_measures_every_step_where_the_final_model_runs(tmp_path, gpu_v
     assert measure_device(OptimizeConfig(quantize=QuantizeConfig(method="bnb_nf4"))) == "cuda"
     assert measure_device(OptimizeConfig(quantize=None, prune=PruneConfig(sparsity=0.5))) == "cuda"
     assert measure_device(OptimizeConfig(quantize=None, prune=PruneConfig(sparsity=0.5), device="cpu")) == "cpu"
-    with pytest.raises(ValueError, match=r"optimize.device cuda: the final model \(int4_weight_only\) runs on cpu only"):
+    with pytest.raises(ValueError,
+                       match=r"optimize.device cuda: the final model \(int4_weight_only\) runs on cpu only"):
         measure_device(OptimizeConfig(quantize=QuantizeConfig(method="int4_weight_only"), device="cuda"))
 
 

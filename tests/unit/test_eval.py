@@ -114,7 +114,7 @@ def test_choice_logprobs_match_the_full_sequence_score(tiny_base):
     model, tok = load_causal_lm(tiny_base), load_tokenizer(tiny_base)
     query, choices = "The Python language", [" is simple", " uses indentation for blocks"]
     got = choice_logprobs(model, tok, query, choices)
-    for choice, value in zip(choices, got):
+    for choice, value in zip(choices, got, strict=True):
         ctx = tok(query, add_special_tokens=False)["input_ids"]
         ids = tok(query + choice, add_special_tokens=False)["input_ids"]
         with torch.no_grad():

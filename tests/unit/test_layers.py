@@ -68,7 +68,7 @@ def edges(sources: dict[str, str], known: set[str]) -> list[tuple[str, str, int]
 
 def problems(sources: dict[str, str], files: dict[str, Path]) -> list[str]:
     """Every upward import and every cycle, each naming both files and the line of each import."""
-    where = lambda m: files[m].relative_to(REPO).as_posix()  # noqa: E731
+    where = lambda m: files[m].relative_to(REPO).as_posix()
     found = edges(sources, set(sources))
     out = [f"{where(a)}:{line} imports {where(b)}: layer L{layer_of(a)} -> L{layer_of(b)} goes up"
            for a, b, line in found if layer_of(b) > layer_of(a)]

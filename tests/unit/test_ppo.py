@@ -109,7 +109,8 @@ def test_align_stage_runs_ppo_and_judges_aligned_against_instruct(tiny_base, tmp
     assert 0 <= out["win_rate"] <= 1 and out["kl_to_instruct"] > 0
     from safetensors.torch import load_file
 
-    before, after = load_file(str(tiny_base / "model.safetensors")), load_file(str(tmp_path / "aligned/model.safetensors"))
+    before = load_file(str(tiny_base / "model.safetensors"))
+    after = load_file(str(tmp_path / "aligned/model.safetensors"))
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 

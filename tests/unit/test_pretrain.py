@@ -53,7 +53,7 @@ def test_span_corruption_shapes_and_round_trip():
     inputs, targets = span_corrupt(rows, sentinels, eos_id=1, noise_density=0.15, mean_span=3, gen=gen)
     noise, spans = span_lengths(32, 0.15, 3)
     assert inputs.shape == (2, 32 - noise + spans + 1) and targets.shape == (2, noise + spans + 1)
-    for row, inp, tgt in zip(rows.tolist(), inputs.tolist(), targets.tolist()):
+    for row, inp, tgt in zip(rows.tolist(), inputs.tolist(), targets.tolist(), strict=True):
         # Re-inserting each sentinel's target span into the input restores the original row.
         spans_by_sentinel, cur = {}, None
         for t in tgt[:-1]:
@@ -187,7 +187,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tiny_corpus, t
         return output * float("nan") if calls["n"] > 13 else output
 
     model.lm_head.register_forward_hook(poison)
-    with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(nan\) at step 13; the last good checkpoint is .*step-000010"):
+    with pytest.raises(NonFiniteLoss,
+                       match=r"non-finite loss \(nan\) at step 13; the last good checkpoint is .*step-000010"):
         fit(cfg, model, Objective(cfg, tok), blocks[4:], blocks[:4], Dist(), tmp_path / "ck", lambda m, s: None)
     assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step-000005", "step-000010"]
 
@@ -241,7 +242,7 @@ def test_fsdp_on_two_cpu_processes_matches_and_checkpoints(tiny_corpus, tiny_tok
     run_pretrain(cfg, tiny_corpus, tiny_tokenizer, tmp_path / "first", checkpoint_dir=tmp_path / "ck")
     __import__("shutil").rmtree(tmp_path / "ck" / "step-000008")  # as if killed after the step-4 checkpoint
     resumed = run_pretrain(cfg, tiny_corpus, tiny_tokenizer, tmp_path / "fsdp", checkpoint_dir=tmp_path / "ck")
-    single = run_pretrain(PretrainConfig(**base, grad_accum_steps=2), tiny_corpus, tiny_tokenizer, tmp_path / "one")
+    run_pretrain(PretrainConfig(**base, grad_accum_steps=2), tiny_corpus, tiny_tokenizer, tmp_path / "one")
     assert resumed["resumed_at_step"] == 4
     a, b = (json.loads((tmp_path / d / "loss_curve.json").read_text()) for d in ("fsdp", "one"))
     assert a == pytest.approx(b, abs=2e-5)

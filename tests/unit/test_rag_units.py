@@ -41,14 +41,14 @@ def test_config_rejects_bad_windows_and_names():
 def test_augment_fits_sources_into_the_room_left_and_cuts_the_last():
     chunks = [{"chunk_id": f"t/d#{i}", "source": "d", "doc_id": "d", "score": 1 - i / 10,
                "text": " ".join(["w"] * 30)} for i in range(3)]
-    room_for = lambda text: 130 - words(text)  # noqa: E731
+    room_for = lambda text: 130 - words(text)
     prompt, cites = augment("why?", chunks, words, room_for)
     assert [c["index"] for c in cites] == [1, 2, 3] and not any(c["truncated"] for c in cites)
     assert "[1] " in prompt and "[3] " in prompt and prompt.endswith("Question: why?")
-    tight = lambda text: 70 - words(text)  # noqa: E731
+    tight = lambda text: 70 - words(text)
     prompt, cites = augment("why?", chunks, words, tight)
     assert [c["truncated"] for c in cites] == [False, True] and words(cites[1]["text"]) < 30
-    none = lambda text: 10 - words(text)  # noqa: E731
+    none = lambda text: 10 - words(text)
     assert augment("why?", chunks, words, none) == ("why?", [])
 
 

@@ -25,6 +25,7 @@ import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from shipyard.data.data_filter_config import DataFilterConfig
@@ -133,7 +134,8 @@ def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -
         pipe.append(GopherRepetitionFilter(**cfg.gopher_repetition.model_dump(),
                                            exclusion_writer=_dropped_writer(work, "gopher_repetition")))
     if on("c4_quality"):
-        pipe.append(C4QualityFilter(**cfg.c4_quality.model_dump(), exclusion_writer=_dropped_writer(work, "c4_quality")))
+        pipe.append(C4QualityFilter(**cfg.c4_quality.model_dump(),
+                                    exclusion_writer=_dropped_writer(work, "c4_quality")))
     if on("toxicity"):
         tox = cfg.toxicity
         pipe.append(S.ToxicityFilter(tox.threshold, tox.action, tox.batch_size,
@@ -197,8 +199,8 @@ def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Pa
                   work, "minhash_buckets", mh.num_buckets, workers).run()
         _executor([MinhashDedupCluster(str(work / "mh_buckets"), str(work / "mh_remove"), config=mh,
                                        save_cluster_size=True)], work, "minhash_cluster", 1, 1).run()
-        final.append(MinhashDedupFilter(str(work / "mh_remove"), exclusion_writer=_dropped_writer(work, "minhash_dedup"),
-                                        load_cluster_sizes=True))
+        final.append(MinhashDedupFilter(str(work / "mh_remove"), load_cluster_sizes=True,
+                                        exclusion_writer=_dropped_writer(work, "minhash_dedup")))
     final.append(JsonlWriter(str(work / "final")))
     _executor(final, work, "final", n, workers).run()
 
@@ -259,77 +261,94 @@ def _total(v) -> float:
     return v["total"] if isinstance(v, dict) else v
 
 
+def _stat(stats: dict, key: str) -> float:
+    return _total(stats.get(key, 0))
+
+
 def _load_stats(work: Path, phase: str) -> list[list[dict]]:
     folder = work / "logs" / phase / "stats"
     return [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] if folder.exists() else []
 
 
-def _collect(work: Path, n: int, cfg: DataFilterConfig) -> FilterResult:
-    """Sum the per-task datatrove stats of every phase into one FilterResult."""
-    res = FilterResult()
-    rows: dict[str, dict] = {}
+class _Tally:
+    """Sums datatrove's per-task step stats into one FilterResult and the drop table's rows."""
 
-    def row(label: str, step: dict, docs_in: float, docs_out: float) -> None:
-        r = rows.setdefault(label, {"step": label, "docs_in": 0, "docs_out": 0, "dropped": 0, "chars_out": 0,
-                                    "seconds": 0.0})
+    def __init__(self):
+        self.res, self.rows = FilterResult(), {}
+
+    def row(self, label: str, step: dict, docs_in: float, docs_out: float) -> None:
+        r = self.rows.setdefault(label, {"step": label, "docs_in": 0, "docs_out": 0, "dropped": 0, "chars_out": 0,
+                                         "seconds": 0.0})
         r["docs_in"] += int(docs_in)
         r["docs_out"] += int(docs_out)
         r["dropped"] += int(docs_in - docs_out)
         r["chars_out"] += int(_total(step["stats"].get("doc_len", 0)))
         r["seconds"] += float(_total(step.get("time_stats", 0)) or 0)
 
-    for task in _load_stats(work, "filter"):
-        for step in task:
-            name, st = step["name"], step["stats"]
-            get = lambda k, st=st: _total(st.get(k, 0))  # noqa: E731
-            if "shard reader" in name:
-                row("read", step, get("read") + get("quarantined"), get("read"))
-                res.read += int(get("read") + get("quarantined"))
-                res.quarantined += int(get("quarantined"))
-                res.chars_in += int(get("doc_len"))
-                for k in st:
-                    if k.startswith("quarantined_"):
-                        res.quarantine_kinds[k.removeprefix("quarantined_")] += int(get(k))
-            elif "FILTER" in name:
-                label = _step_label(name)
-                row(label, step, get("total"), get("forwarded"))
-                named = 0
-                for k in st:
-                    if k.startswith("dropped_"):
-                        res.dropped[k.removeprefix("dropped_")] += int(get(k))
-                        named += int(get(k))
-                    elif k.startswith("toxicity_bin_"):
-                        res.toxicity_histogram[int(k.rsplit("_", 1)[1])] += int(get(k))
-                if get("dropped") > named:  # a filter that dropped without naming a reason
-                    res.dropped[label] += int(get("dropped") - named)
-            elif "PII" in name or "normalize" in name:
-                row("pii" if "PII" in name else "normalize", step, get("total"), get("total"))
-                for k in st:
-                    if k.startswith("pii_"):
-                        res.pii[k.removeprefix("pii_")] += int(get(k))
-    for task in _load_stats(work, "final"):
-        for step in task:
-            name, st = step["name"], step["stats"]
-            get = lambda k, st=st: _total(st.get(k, 0))  # noqa: E731
-            if "exact-deduplication" in name or "MinHash" in name:
-                label, reason = (("exact_dedup", "exact_duplicate") if "exact" in name
-                                 else ("minhash_dedup", "near_duplicate"))
-                row(label, step, get("total"), get("total") - get("dropped"))
-                res.dropped[reason] += int(get("dropped"))
-            elif "WRITER" in name:
-                res.kept += int(get("total"))
-                res.chars_out += int(get("doc_len"))
+    def prefixed(self, st: dict, prefix: str, into: Counter) -> int:
+        """Add every ``<prefix><name>`` stat to ``into[name]``; returns their sum."""
+        added = 0
+        for k in st:
+            if k.startswith(prefix):
+                into[k.removeprefix(prefix)] += int(_total(st[k]))
+                added += int(_total(st[k]))
+        return added
+
+    def filter_phase(self, step: dict) -> None:
+        name, st, res = step["name"], step["stats"], self.res
+        get = partial(_stat, st)
+        if "shard reader" in name:
+            self.row("read", step, get("read") + get("quarantined"), get("read"))
+            res.read += int(get("read") + get("quarantined"))
+            res.quarantined += int(get("quarantined"))
+            res.chars_in += int(get("doc_len"))
+            self.prefixed(st, "quarantined_", res.quarantine_kinds)
+        elif "FILTER" in name:
+            label = _step_label(name)
+            self.row(label, step, get("total"), get("forwarded"))
+            named = self.prefixed(st, "dropped_", res.dropped)
+            for k in st:
+                if k.startswith("toxicity_bin_"):
+                    res.toxicity_histogram[int(k.rsplit("_", 1)[1])] += int(get(k))
+            if get("dropped") > named:  # a filter that dropped without naming a reason
+                res.dropped[label] += int(get("dropped") - named)
+        elif "PII" in name or "normalize" in name:
+            self.row("pii" if "PII" in name else "normalize", step, get("total"), get("total"))
+            self.prefixed(st, "pii_", res.pii)
+
+    def final_phase(self, step: dict) -> None:
+        name, st, res = step["name"], step["stats"], self.res
+        get = partial(_stat, st)
+        if "exact-deduplication" in name or "MinHash" in name:
+            exact = "exact" in name
+            label, reason = ("exact_dedup", "exact_duplicate") if exact else ("minhash_dedup", "near_duplicate")
+            self.row(label, step, get("total"), get("total") - get("dropped"))
+            res.dropped[reason] += int(get("dropped"))
+        elif "WRITER" in name:
+            res.kept += int(get("total"))
+            res.chars_out += int(get("doc_len"))
+
+    def clusters(self, step: dict) -> None:
+        st = step["stats"]
+        cs = st.get("cluster_size", 0)
+        self.res.dedup_clusters = {
+            "near_dup_clusters": (cs.get("n", 1) if isinstance(cs, dict) else int(bool(cs))),
+            "near_dup_docs_in_clusters": int(_total(st.get("duplicates", 0))),
+            "near_dup_max_cluster": int(cs.get("max", cs.get("mean", 0)) if isinstance(cs, dict) else cs),
+        }
+
+
+def _collect(work: Path, n: int, cfg: DataFilterConfig) -> FilterResult:
+    """Sum the per-task datatrove stats of every phase into one FilterResult."""
+    tally = _Tally()
+    for phase, add in (("filter", tally.filter_phase), ("final", tally.final_phase),
+                       ("minhash_cluster", tally.clusters)):
+        for task in _load_stats(work, phase):
+            for step in task:
+                add(step)
+    res, rows = tally.res, tally.rows
     if "minhash_dedup" in rows:  # datatrove's MinhashDedupFilter keeps no doc_len; it feeds the writer directly
         rows["minhash_dedup"]["chars_out"] = res.chars_out
-    for task in _load_stats(work, "minhash_cluster"):
-        for step in task:
-            st = step["stats"]
-            cs = st.get("cluster_size", 0)
-            res.dedup_clusters = {
-                "near_dup_clusters": (cs.get("n", 1) if isinstance(cs, dict) else int(bool(cs))),
-                "near_dup_docs_in_clusters": int(_total(st.get("duplicates", 0))),
-                "near_dup_max_cluster": int(cs.get("max", cs.get("mean", 0)) if isinstance(cs, dict) else cs),
-            }
     if cfg.enabled("minhash_dedup"):
         m = cfg.minhash_dedup  # LSH: P(candidate | Jaccard s) = 1 - (1 - s^r)^b; threshold where it is steepest
         res.dedup_clusters["lsh_threshold"] = round((1 / m.num_buckets) ** (1 / m.hashes_per_bucket), 4)

@@ -241,7 +241,7 @@ class ToxicityFilter(BaseFilter):
 
         scores = predict_prob([d.text for d in batch])
         out: list[bool | tuple[bool, str]] = []
-        for doc, score in zip(batch, scores):
+        for doc, score in zip(batch, scores, strict=True):
             score = float(score)
             self.stat_update(f"toxicity_bin_{min(int(score * 10), 9)}")
             doc.metadata["toxicity"] = round(score, 4)

@@ -114,7 +114,7 @@ def run_train_tokenizer(cfg: TokenizerConfig, corpus_dir: str | Path, output_dir
 
     heldout = [t for i, t in enumerate(iter_corpus(corpus_dir)) if _is_heldout(i, every)][: cfg.stats_docs]
     if not heldout:  # a corpus too small to hold one out: measure on the first training docs
-        heldout = [t for _, t in zip(range(cfg.stats_docs), iter_corpus(corpus_dir))]
+        heldout = [t for _, t in zip(range(cfg.stats_docs), iter_corpus(corpus_dir), strict=False)]
     unk_id = tok.token_to_id(specials["unk_token"])
     words = tokens = nbytes = unk = 0
     for enc in tok.encode_batch(heldout, add_special_tokens=False):

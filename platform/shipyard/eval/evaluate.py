@@ -29,20 +29,33 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
     """Evaluate each ``{name: model_dir}`` on every suite of ``spec``.
 
     Writes ``eval.json`` (the table), ``eval.md``, ``timings.json`` (examples/s and each model's
-    device), ``samples.jsonl`` and the self-contained ``report.html`` to ``output_dir``. ``alignment_report`` (the align stage's
-    instruct-vs-aligned judgement) becomes an ``alignment`` row. ``rag`` suites search
-    ``rag_index`` (NAME or NAME@VERSION) in the Feast repo ``feast_repo``.
+    device), ``samples.jsonl`` and the self-contained ``report.html`` to ``output_dir``.
+    ``alignment_report`` (the align stage's instruct-vs-aligned judgement) becomes an ``alignment`` row.
+    ``rag`` suites search ``rag_index`` (NAME or NAME@VERSION) in the Feast repo ``feast_repo``.
 
     Returns:
         ``{model_name: {"<suite>.<metric>": value}}``.
     """
     from shipyard.eval.report import write_report
-    from shipyard.eval.suites import load_suite_data, run_suite, win_rate
-    from shipyard.models.causal_lm import load_tokenizer
-    from shipyard.models.device import inference_device, load_for_inference
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    data, reward = _prepare(spec, models, reward_model_dir, rag_index, feast_repo)
+    table, timings, devices, per_prompt = _measure(spec, models, data, reward, output_dir / "samples.jsonl")
+    _derived_rows(spec, table, per_prompt, sources or {}, alignment_report)
+    (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
+    (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings, "device": devices}, indent=2))
+    (output_dir / "eval.md").write_text(format_table(table, devices))
+    write_report(output_dir, spec, table, timings, sources or {}, devices)
+    return table
+
+
+def _prepare(spec: EvalSpec, models: dict, reward_model_dir, rag_index: str | None, feast_repo):
+    """(suite data, reward scorer): everything checked and loaded before the first model, so a bad
+    input fails before any work."""
+    from shipyard.eval.suites import load_suite_data
+    from shipyard.models.device import inference_device
+
     if spec.baseline and spec.of_kind("reward") and spec.baseline not in models:
         raise ValueError(f"evaluate.baseline {spec.baseline!r} is not among the evaluated models: {sorted(models)}")
     for path in models.values():  # a model that cannot run on spec.device fails before any work
@@ -63,11 +76,20 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
         from shipyard.train.rl_rewards import RewardModelScorer
 
         reward = RewardModelScorer(reward_model_dir, spec.context_length, device=spec.device)
+    return data, reward
+
+
+def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Path):
+    """Every model on every suite, one model loaded at a time; samples go to ``samples_path``."""
+    from shipyard.eval.suites import run_suite
+    from shipyard.models.causal_lm import load_tokenizer
+    from shipyard.models.device import load_for_inference
+
     table: dict[str, dict[str, float]] = {}
     timings: dict[str, dict[str, float]] = {}
     devices: dict[str, str] = {}
     per_prompt: dict[tuple[str, str], list[float]] = {}
-    with open(output_dir / "samples.jsonl", "w", encoding="utf-8") as f:
+    with open(samples_path, "w", encoding="utf-8") as f:
         for name, path in models.items():
             (model, devices[name]), tok = load_for_inference(path, spec.device), load_tokenizer(path)
             table[name], timings[name] = {}, {}
@@ -82,12 +104,19 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
                 for s in result.samples:
                     f.write(json.dumps({"model": name, "suite": suite.name, **s}, ensure_ascii=False) + "\n")
             del model
+    return table, timings, devices, per_prompt
+
+
+def _derived_rows(spec: EvalSpec, table: dict, per_prompt: dict, sources: dict[str, str], alignment_report) -> None:
+    """What needs several models: win rates against the baseline, perplexity ratios, the alignment row."""
+    from shipyard.eval.suites import win_rate
+
     for suite in spec.of_kind("reward"):
         base = per_prompt.get((spec.baseline, suite.name)) if spec.baseline else None
-        for name in models:
+        for name in list(table):
             if base is not None and name != spec.baseline:
                 table[name][f"{suite.name}.win_rate"] = win_rate(per_prompt[(name, suite.name)], base)
-    for name, source in (sources or {}).items():
+    for name, source in sources.items():
         if name in table and source in table:
             for suite in spec.of_kind("perplexity"):
                 key = f"{suite.name}.perplexity"
@@ -95,11 +124,6 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
     if alignment_report and Path(alignment_report).exists():
         table[ALIGNMENT_ROW] = {k: v for k, v in json.loads(Path(alignment_report).read_text()).items()
                                 if isinstance(v, (int, float))}
-    (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
-    (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings, "device": devices}, indent=2))
-    (output_dir / "eval.md").write_text(format_table(table, devices))
-    write_report(output_dir, spec, table, timings, sources or {}, devices)
-    return table
 
 
 def format_table(table: dict[str, dict[str, float]], devices: dict[str, str] | None = None) -> str:

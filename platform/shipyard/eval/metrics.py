@@ -1,4 +1,6 @@
-"""Metric functions: perplexity, ROUGE (rouge-score), BLEU (sacrebleu), batched greedy generation."""
+"""Overlap metrics of answers against references: ROUGE (rouge-score), BLEU and chrF (sacrebleu), exact match.
+
+What needs the model (generation, log-probabilities, perplexity) is ``shipyard.models.inference``."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ def run_rag_suite(suite, rows: list[dict], model, tokenizer, spec):
     from shipyard.models.inference import continuation_logprobs
 
     context = min(spec.context_length, model.config.max_position_embeddings)
-    count = lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])  # noqa: E731
+    count = lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
     nll = {"plain": [0.0, 0], "rag": [0.0, 0]}
     samples, cited = [], 0
     for row in rows:
@@ -66,7 +66,7 @@ def run_rag_suite(suite, rows: list[dict], model, tokenizer, spec):
         bare = count(render_prompt(TEMPLATE.format(sources="", question=row["question"]), tokenizer))
         budget = max(8, min(context // 4, context - bare - MIN_CHUNK_TOKENS - 8))
         answer = answer if count(answer) <= budget else first_tokens(answer, budget, count).removesuffix(" ...")
-        room = lambda text: context - count(render_prompt(text, tokenizer)) - count(answer)  # noqa: E731,B023
+        room = lambda text, answer=answer: context - count(render_prompt(text, tokenizer)) - count(answer)
         text, cites = augment(row["question"], row["chunks"], count, room)
         cited += bool(cites)
         prompts = {"plain": render_prompt(row["question"], tokenizer), "rag": render_prompt(text, tokenizer)}

@@ -47,7 +47,7 @@ def _chart(models: list[str], keys: list[str], table: dict) -> str:
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat[len(keys):]:
         ax.set_visible(False)
-    for ax, key in zip(axes.flat, keys):
+    for ax, key in zip(axes.flat, keys, strict=False):
         values = [table[m].get(key, float("nan")) for m in models]
         ax.bar(range(len(models)), values, color="#4a7ab5")
         ax.set_xticks(range(len(models)), models, rotation=30, ha="right", fontsize=8)

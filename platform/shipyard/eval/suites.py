@@ -69,51 +69,25 @@ def load_suite_data(spec: EvalSpec) -> dict[str, list]:
 def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) -> SuiteResult:
     """Measure one model on one suite. ``reward(prompts, completions)`` scores reward suites."""
     from shipyard.data.preferences import render_prompt
-    from shipyard.eval import metrics as M
+    from shipyard.models import inference
 
-    new_tokens = getattr(suite, "max_new_tokens", None) or spec.max_new_tokens
     if suite.kind == "perplexity":
-        return SuiteResult({"perplexity": M.perplexity(model, tokenizer, rows, spec.context_length)})
+        return SuiteResult({"perplexity": inference.perplexity(model, tokenizer, rows, spec.context_length)})
     if suite.kind == "multiple_choice":
-        hits = norm_hits = 0
-        samples = []
-        for item in rows:
-            scores = M.choice_logprobs(model, tokenizer, item["query"], item["choices"])
-            normed = [s / max(len(c.encode()), 1) for s, c in zip(scores, item["choices"])]
-            pick, pick_norm = max(range(len(scores)), key=scores.__getitem__), max(range(len(normed)), key=normed.__getitem__)
-            hits += pick == item["gold"]
-            norm_hits += pick_norm == item["gold"]
-            if len(samples) < 5:
-                samples.append({"prompt": item["query"], "reference": item["choices"][item["gold"]],
-                                "answer": item["choices"][pick]})
-        return SuiteResult({"acc": hits / len(rows), "acc_norm": norm_hits / len(rows)}, samples)
+        return _multiple_choice(rows, model, tokenizer)
     if suite.kind == "rag":
         from shipyard.eval.rag_suite import run_rag_suite
 
         return run_rag_suite(suite, rows, model, tokenizer, spec)
     if suite.kind == "latency":
         prompts = [render_prompt(m, tokenizer) for m in rows]
-        return SuiteResult(M.decode_latency(model, tokenizer, prompts, suite.max_new_tokens))
+        return SuiteResult(inference.decode_latency(model, tokenizer, prompts, suite.max_new_tokens))
+    new_tokens = getattr(suite, "max_new_tokens", None) or spec.max_new_tokens
     if suite.kind == "generation":
-        prompts = [render_prompt(m, tokenizer) for m, _ in rows]
-        refs = [ref for _, ref in rows]
-        answers = M.generate(model, tokenizer, prompts, new_tokens)
-        scores: dict[str, float] = {}
-        wanted = set(suite.metrics)
-        rouge_keys = tuple(k for k in suite.metrics if k.startswith("rouge"))
-        if rouge_keys:
-            scores.update(M.rouge(answers, refs, rouge_keys))
-        if "bleu" in wanted:
-            scores["bleu"] = M.bleu(answers, refs)
-        if "chrf" in wanted:
-            scores["chrf"] = M.chrf(answers, refs)
-        if "exact_match" in wanted:
-            scores["exact_match"] = M.exact_match(answers, refs)
-        samples = [{"prompt": p, "reference": r, "answer": a} for p, r, a in list(zip(prompts, refs, answers))[:5]]
-        return SuiteResult(scores, samples)
+        return _generation(suite, rows, model, tokenizer, new_tokens)
     prompts = [render_prompt(m, tokenizer) for m in rows]
-    answers = M.generate(model, tokenizer, prompts, new_tokens)
-    samples = [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers))[:5]]
+    answers = inference.generate(model, tokenizer, prompts, new_tokens)
+    samples = [{"prompt": p, "answer": a} for p, a in list(zip(prompts, answers, strict=True))[:5]]
     if suite.kind == "toxicity":
         from shipyard.train.rl_rewards import toxicity_probability
 
@@ -124,6 +98,46 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
         raise ValueError(f"suite {suite.name!r} (reward) needs a reward model")
     per_prompt = reward(prompts, answers)
     return SuiteResult({"reward": sum(per_prompt) / len(per_prompt)}, samples, per_prompt)
+
+
+def _multiple_choice(rows: list, model, tokenizer) -> SuiteResult:
+    """acc and acc_norm (log-likelihood per byte of each choice), as lm-evaluation-harness scores them."""
+    from shipyard.models import inference
+
+    hits = norm_hits = 0
+    samples = []
+    for item in rows:
+        scores = inference.choice_logprobs(model, tokenizer, item["query"], item["choices"])
+        normed = [s / max(len(c.encode()), 1) for s, c in zip(scores, item["choices"], strict=True)]
+        pick = max(range(len(scores)), key=scores.__getitem__)
+        pick_norm = max(range(len(normed)), key=normed.__getitem__)
+        hits += pick == item["gold"]
+        norm_hits += pick_norm == item["gold"]
+        if len(samples) < 5:
+            samples.append({"prompt": item["query"], "reference": item["choices"][item["gold"]],
+                            "answer": item["choices"][pick]})
+    return SuiteResult({"acc": hits / len(rows), "acc_norm": norm_hits / len(rows)}, samples)
+
+
+def _generation(suite, rows: list, model, tokenizer, new_tokens: int) -> SuiteResult:
+    """The suite's overlap metrics (ROUGE, BLEU, chrF, exact match) of greedy answers against the references."""
+    from shipyard.data.preferences import render_prompt
+    from shipyard.eval import metrics as M
+    from shipyard.models import inference
+
+    prompts = [render_prompt(m, tokenizer) for m, _ in rows]
+    refs = [ref for _, ref in rows]
+    answers = inference.generate(model, tokenizer, prompts, new_tokens)
+    scores: dict[str, float] = {}
+    rouge_keys = tuple(k for k in suite.metrics if k.startswith("rouge"))
+    if rouge_keys:
+        scores.update(M.rouge(answers, refs, rouge_keys))
+    for name, metric in (("bleu", M.bleu), ("chrf", M.chrf), ("exact_match", M.exact_match)):
+        if name in suite.metrics:
+            scores[name] = metric(answers, refs)
+    samples = [{"prompt": p, "reference": r, "answer": a}
+               for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]
+    return SuiteResult(scores, samples)
 
 
 def win_rate(candidate: list[float], baseline: list[float]) -> float:

@@ -1,1 +1,2 @@
-"""RAG documents in Feast: chunk + embed ingestion (``ingest``), versioned indexes (``store``), retrieval (``retrieve``)."""
+"""RAG documents in Feast: the rag_index stage (chunk + embed, ``rag_index``), versioned indexes (``store``),
+retrieval (``retrieve``) and the RAG prompt (``rag_prompt``)."""

@@ -140,7 +140,8 @@ def run_ingest(cfg: RagIndexConfig, documents: str | Path | None = None, repo: s
     frame = pd.DataFrame(rows)
     if frame["chunk_id"].duplicated().any():
         dup = frame.loc[frame["chunk_id"].duplicated(), "chunk_id"].iloc[0]
-        raise ValueError(f"{documents}: document ids repeat within a tenant (chunk {dup!r}); give each row its own 'id'")
+        raise ValueError(f"{documents}: document ids repeat within a tenant (chunk {dup!r}); "
+                         f"give each row its own 'id'")
     frame["chunk"] = frame["chunk_id"]  # Feast returns feature columns in id order: trust this copy, not the key
     log(f"rag ingest: {len(docs)} documents -> {len(frame)} chunks; embedding with {EMBEDDING_MODEL}")
     frame["embedding"] = list(embedder.embed(frame["text"].tolist(), cfg.batch_size))

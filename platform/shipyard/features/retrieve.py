@@ -65,13 +65,14 @@ class Retriever:
             bad = sorted(set(filters) - set(FILTER_KEYS))
             if bad:
                 raise ValueError(f"filters: unknown key(s) {bad}; filterable keys are {list(FILTER_KEYS)}")
-            keep = np.array([i for i, m in enumerate(meta) if all(m[k] == v for k, v in filters.items())], dtype=np.int64)
+            keep = np.array([i for i, m in enumerate(meta) if all(m[k] == v for k, v in filters.items())],
+                            dtype=np.int64)
             pairs = [(int(keep[i]), s) for i, s in exact(vecs[keep], q[0], top_k)] if len(keep) else []
         elif ix is None:
             pairs = exact(vecs, q[0], top_k)
         else:
             scores, ids = ix.search(q, min(top_k, len(meta)))
-            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+            pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         return [Hit(meta[i]["chunk"], meta[i]["text"], meta[i]["source"], meta[i]["doc_id"], s) for i, s in pairs]
 
 

@@ -14,7 +14,7 @@ def custom_objects_api(why: str):
     except config.ConfigException:
         try:
             config.load_kube_config()
-        except Exception as exc:  # noqa: BLE001 - any failure means: no cluster to talk to
+        except Exception as exc:  # any failure means: no cluster to talk to
             raise RuntimeError(f"no Kubernetes API configured (in-cluster or kubeconfig): {why} ({exc})") from None
     return client.CustomObjectsApi()
 
@@ -31,5 +31,5 @@ def current_namespace() -> str:
 
         _, ctx = config.list_kube_config_contexts()
         return (ctx or {}).get("context", {}).get("namespace") or "default"
-    except Exception:  # noqa: BLE001 - no kubeconfig
+    except Exception:  # no kubeconfig
         return "default"

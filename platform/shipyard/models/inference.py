@@ -98,7 +98,7 @@ def continuation_logprobs(model, tokenizer, query: str, choices: list[str]) -> l
     # a prompt-tuned model (peft) puts its virtual tokens first: keep the positions of ``ids``
     logp = torch.log_softmax(logits[:, -ids.shape[1]:].float(), dim=-1)
     out = []
-    for i, (seq, start) in enumerate(zip(seqs, starts)):
+    for i, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
         target = torch.tensor(seq[start:], device=device)
         out.append((float(logp[i, start - 1 : len(seq) - 1].gather(-1, target[:, None]).sum()), len(target)))
     return out

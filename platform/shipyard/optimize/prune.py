@@ -93,7 +93,8 @@ def run_prune(cfg, model, corpus_dir: str | Path | None, tokenizer, log=None) ->
         masks = unstructured_masks(model, cfg.sparsity, cfg.skip_modules)
     else:
         prune_mlp_channels(model, cfg.sparsity)
-    out = {"prune.params_before": float(n_before), "prune.params_after": float(sum(p.numel() for p in model.parameters())),
+    out = {"prune.params_before": float(n_before),
+           "prune.params_after": float(sum(p.numel() for p in model.parameters())),
            "prune.weight_sparsity": sparsity_of(model, cfg.skip_modules)}
     if cfg.recover_steps:
         if corpus_dir is None:

@@ -6,8 +6,9 @@ float; int4: groups of ``group_size`` weights share a scale and zero point (asym
 one per int8 byte in memory; on disk we pack two per byte (``<name>._weight_qdata`` as uint8 and
 ``shipyard_quant.json`` says so), so an int4 file is ~1/6 of fp32 rather than ~1/3.
 
-Loading rebuilds the float graph from config.json, then restores torchao's tensor subclasses from
-the flattened tensors (torchao's own safetensors layout), so the exact quantized values serve.
+Loading (``shipyard.models.quantized.load_weight_only``) rebuilds the float graph from config.json, then
+restores torchao's tensor subclasses from the flattened tensors (torchao's own safetensors layout), so the
+exact quantized values serve.
 """
 
 from __future__ import annotations

@@ -78,12 +78,13 @@ def lineage(tracking_uri: str, uri: str) -> dict:
 
 def format_lineage(info: dict) -> str:
     """Human-readable chain, model first, raw data last."""
-    short = lambda h: (h or "-")[:12]  # noqa: E731
+    short = lambda h: (h or "-")[:12]
     lines = [f"{info['model']} version {info['version']}"
              + (f" ({', '.join(info['aliases'])})" if info["aliases"] else "")
              + f"  variant={info['variant']}  model sha256 {short(info['model_sha256'])}",
              f"  gate: {info['gate']}" + (f" — {info['gate_failures']}" if info["gate_failures"] else "")
-             + (f"; promoted over version {info['promoted_over']}" if info["promoted_over"] not in (None, "none") else ""),
+             + (f"; promoted over version {info['promoted_over']}"
+                if info["promoted_over"] not in (None, "none") else ""),
              f"  eval report: {info['eval_report']}"]
     if info.get("rag_index_version"):
         lines.append(f"  rag index version: {info['rag_index_version']}")

@@ -1,10 +1,10 @@
 """MLflow model registry: move aliases, roll back, resolve and pin model versions.
 
 Aliases, not stages: every new version gets ``candidate`` (``shipyard.tracking.register``); ``champion``
-moves to it only when the gate passes. Each champion records the version it replaced (version tag ``shipyard.promoted_over``)
-so ``shipyard models rollback`` steps back along that chain in one alias move. A failed gate leaves
-``champion`` where it was and records the failing checks (and every check's numbers) on the
-candidate. Registering, promoting and rolling back are safe to repeat after a crash.
+moves to it only when the gate passes. Each champion records the version it replaced (version tag
+``shipyard.promoted_over``) so ``shipyard models rollback`` steps back along that chain in one alias
+move. A failed gate leaves ``champion`` where it was and records the failing checks (and every check's
+numbers) on the candidate. Registering, promoting and rolling back are safe to repeat after a crash.
 """
 
 from __future__ import annotations

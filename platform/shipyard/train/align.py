@@ -50,7 +50,7 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
     model = load_policy(policy_dir, cfg.lora, cfg.method, cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Built once for training and judgement; DPO needs it only after training, so it loads it then.
-    build = lambda: reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)  # noqa: E731
+    build = lambda: reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)
     rewards = None if cfg.method == "dpo" else build()
     if cfg.method == "dpo":
         metrics, bad = _dpo(cfg, model, tokenizer, log)
@@ -87,7 +87,7 @@ def _dpo(cfg: AlignConfig, model, tokenizer, log: MetricsLogger):
     before = trainer.evaluate()
     trainer.train()
     after = trainer.evaluate()
-    pick = lambda d, k: float(d.get(f"eval_{k}", float("nan")))  # noqa: E731
+    pick = lambda d, k: float(d.get(f"eval_{k}", float("nan")))
     return {"eval_loss_before": pick(before, "loss"), "eval_loss": pick(after, "loss"),
             "reward_margin_before": pick(before, "rewards/margins"), "reward_margin": pick(after, "rewards/margins"),
             "reward_accuracy": pick(after, "rewards/accuracies"), "train_pairs": len(train)}, bad
@@ -122,8 +122,8 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
 
     Both models answer every prompt the same way (``cfg.eval_decoding``: ``cfg.eval_samples``
     samples with the generation settings RL optimized, seeded alike, or one greedy answer), scored
-    by ``reward`` (the weighted ``cfg.rewards``). A prompt is won when the aligned model's mean reward on it is higher (a tie
-    counts half). Toxicity is the share of answers the classifier rates above 0.5.
+    by ``reward`` (the weighted ``cfg.rewards``). A prompt is won when the aligned model's mean reward on it
+    is higher (a tie counts half). Toxicity is the share of answers the classifier rates above 0.5.
     KL(aligned || instruct) is the mean over prompts of the summed log-ratio of completions sampled
     from the aligned model at temperature 1 (a Monte Carlo estimate).
     """
@@ -148,13 +148,14 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     scores = {name: reward(asked, a) for name, a in answers.items()}
     per_prompt = {name: [sum(s[i * k:(i + 1) * k]) / k for i in range(len(prompts))] for name, s in scores.items()}
     tox = {name: toxicity_probability(a) for name, a in answers.items()}
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     with open(Path(aligned_dir) / "alignment_samples.jsonl", "w", encoding="utf-8") as f:
         for i in range(0, min(len(asked), 8 * k), k):
             f.write(json.dumps({"prompt": asked[i], **{f"{n}_answer": answers[n][i] for n in answers},
                                 **{f"{n}_reward": scores[n][i] for n in scores}}, ensure_ascii=False) + "\n")
     return {"reward_instruct": mean(scores["instruct"]), "reward_aligned": mean(scores["aligned"]),
-            "reward_gain": mean(scores["aligned"]) - mean(scores["instruct"]), "win_rate": win_rate(per_prompt["aligned"], per_prompt["instruct"]),
+            "reward_gain": mean(scores["aligned"]) - mean(scores["instruct"]),
+            "win_rate": win_rate(per_prompt["aligned"], per_prompt["instruct"]),
             "toxicity_rate_instruct": mean([p > 0.5 for p in tox["instruct"]]),
             "toxicity_rate_aligned": mean([p > 0.5 for p in tox["aligned"]]),
             "kl_to_instruct": sequence_kl(models["aligned"], models["instruct"], tok, prompts, cfg),

@@ -48,25 +48,26 @@ def run_critique_revise(cfg: CritiqueReviseConfig, model_dir: str | Path, output
 
         torch.manual_seed(cfg.seed)
         model = load_causal_lm(model_dir)
-        generate = lambda prompts: sample(model, tok, prompts, cfg.max_new_tokens,  # noqa: E731
+        generate = lambda prompts: sample(model, tok, prompts, cfg.max_new_tokens,
                                           temperature=cfg.temperature)
-    render = lambda msgs: render_prompt(msgs, tok)  # noqa: E731
+    render = lambda msgs: render_prompt(msgs, tok)
     prompts, bad = load_prompt_messages(cfg.prompts, cfg.max_examples)
     rng = random.Random(cfg.seed)
     original = generate([render(p) for p in prompts])
-    answers, traces = list(original), [{"prompt": p, "original": a, "steps": []} for p, a in zip(prompts, original)]
+    answers = list(original)
+    traces = [{"prompt": p, "original": a, "steps": []} for p, a in zip(prompts, original, strict=True)]
     for _ in range(cfg.rounds):
         principles = [rng.choice(cfg.constitution) for _ in prompts]
         chats = [p + [{"role": "assistant", "content": a}, {"role": "user", "content": pr.critique}]
-                 for p, a, pr in zip(prompts, answers, principles)]
+                 for p, a, pr in zip(prompts, answers, principles, strict=True)]
         critiques = generate([render(c) for c in chats])
         chats = [c + [{"role": "assistant", "content": k}, {"role": "user", "content": pr.revision}]
-                 for c, k, pr in zip(chats, critiques, principles)]
+                 for c, k, pr in zip(chats, critiques, principles, strict=True)]
         answers = generate([render(c) for c in chats])
-        for t, pr, k, a in zip(traces, principles, critiques, answers):
+        for t, pr, k, a in zip(traces, principles, critiques, answers, strict=True):
             t["steps"].append({"principle": pr.name, "critique": k, "revision": a})
     sft, pairs = [], []
-    for t, final in zip(traces, answers):
+    for t, final in zip(traces, answers, strict=True):
         t["revised"] = final
         if not final.strip():
             bad.append(Quarantined(json.dumps(t, ensure_ascii=False), "critique_revise", "empty revision", "empty"))

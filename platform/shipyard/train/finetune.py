@@ -19,7 +19,7 @@ from pathlib import Path
 
 from shipyard.data.sft_data import load_conversations, mix, to_pair
 from shipyard.data.shards import Quarantined, split_holdout, write_quarantine
-from shipyard.models.causal_lm import ADAPTER_FILE  # noqa: E402
+from shipyard.models.causal_lm import ADAPTER_FILE
 from shipyard.schema import MetricsLogger
 from shipyard.train.finetune_config import FinetuneConfig
 from shipyard.train.hf_trainer import log_forwarder, quiet, trainer_args
@@ -125,6 +125,33 @@ def run_finetune(
         raise ValueError(f"finetune.max_length {cfg.max_length} exceeds the base model's context {context}")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    train_by_task, held_by_task, bad = _task_rows(cfg, tokenizer)
+    groups = _adapter_groups(cfg, train_by_task, held_by_task)
+    metrics: dict[str, float] = {"quarantined": len(bad)}
+    first_model, first_adapter = None, None
+    for name, rows, held in groups:
+        model = load_base(cfg, base_model_dir)
+        if first_model is None:
+            metrics["forgetting_ppl_before"] = _base_perplexity(model, tokenizer, cfg) or float("nan")
+        trained = _train_adapter(cfg, model, tokenizer, rows, held, base_model_dir, log, metrics,
+                                 prefix="" if len(groups) == 1 else f"{name}.")
+        if cfg.method != "full":
+            trained.save_pretrained(output_dir / "adapters" / name)
+        if first_model is None:
+            first_model, first_adapter = trained, name
+    for task, rows in train_by_task.items():
+        metrics[f"rows.{task}"] = len(rows)
+
+    out_model = _write_output(cfg, first_model, first_adapter, base_model_dir, output_dir)
+    tokenizer.save_pretrained(output_dir)
+    write_quarantine(output_dir / "quarantine.jsonl", bad)
+    _check_forgetting(cfg, out_model, tokenizer, metrics, log)
+    return metrics
+
+
+def _task_rows(cfg: FinetuneConfig, tokenizer) -> tuple[dict, dict, list]:
+    """(train rows by task, held-out rows by task, quarantined rows): a prompt with no room left for its
+    response is quarantined (TRL would drop it silently), and every task keeps at least one row to hold out."""
     train_by_task, held_by_task, bad = {}, {}, []
     for task in cfg.task_list():
         convs, q = load_conversations(task.train)
@@ -133,7 +160,7 @@ def run_finetune(
         for msgs, source in convs:
             pair = to_pair(msgs, tokenizer)
             n = len(tokenizer(pair["prompt"], add_special_tokens=False, verbose=False)["input_ids"])
-            if n >= cfg.max_length:  # TRL would drop it silently: no response token would be left to learn
+            if n >= cfg.max_length:
                 bad.append(Quarantined(json.dumps({"messages": msgs}, ensure_ascii=False), source,
                                        f"prompt is {n} tokens, max_length {cfg.max_length} leaves no room for "
                                        f"the response", "too_long"))
@@ -146,59 +173,52 @@ def run_finetune(
         train, held = split_holdout(pairs, minimum=min(16, max(1, len(pairs) // 4)))
         train_by_task[task.name] = train[: task.max_examples] if task.max_examples else train
         held_by_task[task.name] = held[: cfg.eval_examples]
-    weights = {t.name: t.weight for t in cfg.task_list()}
+    return train_by_task, held_by_task, bad
+
+
+def _adapter_groups(cfg: FinetuneConfig, train_by_task: dict, held_by_task: dict) -> list[tuple[str, list, dict]]:
+    """(adapter name, training rows, held-out rows by task): one adapter per task, or one for the mixture."""
     if cfg.adapters == "per_task":
-        groups = [(name, rows, {name: held_by_task[name]}) for name, rows in train_by_task.items()]
-    else:
-        name = "default" if len(train_by_task) == 1 else "mixture"
-        rows = mix(train_by_task, weights, cfg.max_examples, cfg.seed) if len(train_by_task) > 1 else \
-            list(train_by_task.values())[0][: cfg.max_examples or None]
-        groups = [(name, rows, held_by_task)]
+        return [(name, rows, {name: held_by_task[name]}) for name, rows in train_by_task.items()]
+    if len(train_by_task) > 1:
+        weights = {t.name: t.weight for t in cfg.task_list()}
+        return [("mixture", mix(train_by_task, weights, cfg.max_examples, cfg.seed), held_by_task)]
+    return [("default", list(train_by_task.values())[0][: cfg.max_examples or None], held_by_task)]
 
-    metrics: dict[str, float] = {"quarantined": len(bad)}
-    first_model, first_adapter = None, None
-    for name, rows, held in groups:
-        model = load_base(cfg, base_model_dir)
-        if first_model is None:
-            metrics["forgetting_ppl_before"] = _base_perplexity(model, tokenizer, cfg) or float("nan")
-        trainer = _trainer(cfg, model, tokenizer, rows, held, base_model_dir, log)
-        before = _eval(trainer, held, cfg)
-        trainer.train()
-        after = _eval(trainer, held, cfg)
-        prefix = "" if len(groups) == 1 else f"{name}."
-        metrics.update({f"{prefix}eval_loss_before": before["all"], f"{prefix}eval_loss": after["all"],
-                        f"{prefix}train_rows": len(rows)})
-        if len(held) > 1:
-            metrics.update({f"{prefix}eval_loss.{t}": v for t, v in after.items() if t != "all"})
-        trained = trainer.model
-        trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in trained.parameters())
-        metrics.update(trainable_params=trainable, total_params=total, trainable_fraction=trainable / total)
-        if cfg.method != "full":
-            trained.save_pretrained(output_dir / "adapters" / name)
-        if first_model is None:
-            first_model, first_adapter = trained, name
-    for task, rows in train_by_task.items():
-        metrics[f"rows.{task}"] = len(rows)
 
-    out_model = _write_output(cfg, first_model, first_adapter, base_model_dir, output_dir)
-    tokenizer.save_pretrained(output_dir)
-    write_quarantine(output_dir / "quarantine.jsonl", bad)
+def _train_adapter(cfg, model, tokenizer, rows, held, base_model_dir, log, metrics: dict, prefix: str):
+    """Train one adapter (or the full model) on ``rows``; its held-out losses before and after go to ``metrics``."""
+    trainer = _trainer(cfg, model, tokenizer, rows, held, base_model_dir, log)
+    before = _eval(trainer, held, cfg)
+    trainer.train()
+    after = _eval(trainer, held, cfg)
+    metrics.update({f"{prefix}eval_loss_before": before["all"], f"{prefix}eval_loss": after["all"],
+                    f"{prefix}train_rows": len(rows)})
+    if len(held) > 1:
+        metrics.update({f"{prefix}eval_loss.{t}": v for t, v in after.items() if t != "all"})
+    trained = trainer.model
+    trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trained.parameters())
+    metrics.update(trainable_params=trainable, total_params=total, trainable_fraction=trainable / total)
+    return trained
+
+
+def _check_forgetting(cfg: FinetuneConfig, out_model, tokenizer, metrics: dict, log) -> None:
+    """The base task's perplexity after vs before; past ``forgetting.max_ratio`` the stage fails."""
     after_ppl = _base_perplexity(out_model, tokenizer, cfg)
-    if after_ppl is not None:
-        ratio = after_ppl / metrics["forgetting_ppl_before"]
-        metrics.update(forgetting_ppl_after=after_ppl, forgetting_ppl_ratio=ratio)
-        log({k: metrics[k] for k in ("forgetting_ppl_before", "forgetting_ppl_after", "forgetting_ppl_ratio")},
-            cfg.max_steps)
-        limit = cfg.forgetting.max_ratio
-        if limit is not None and ratio > limit:
-            raise ForgettingError(
-                f"catastrophic forgetting: base-task perplexity {metrics['forgetting_ppl_before']:.2f} -> "
-                f"{after_ppl:.2f} (x{ratio:.3f}) exceeds finetune.forgetting.max_ratio {limit}; lower lr, "
-                f"use LoRA, fewer steps, or mix base-task data into the tasks")
-    else:
+    if after_ppl is None:
         metrics.pop("forgetting_ppl_before", None)
-    return metrics
+        return
+    ratio = after_ppl / metrics["forgetting_ppl_before"]
+    metrics.update(forgetting_ppl_after=after_ppl, forgetting_ppl_ratio=ratio)
+    log({k: metrics[k] for k in ("forgetting_ppl_before", "forgetting_ppl_after", "forgetting_ppl_ratio")},
+        cfg.max_steps)
+    limit = cfg.forgetting.max_ratio
+    if limit is not None and ratio > limit:
+        raise ForgettingError(
+            f"catastrophic forgetting: base-task perplexity {metrics['forgetting_ppl_before']:.2f} -> "
+            f"{after_ppl:.2f} (x{ratio:.3f}) exceeds finetune.forgetting.max_ratio {limit}; lower lr, "
+            f"use LoRA, fewer steps, or mix base-task data into the tasks")
 
 
 def _trainer(cfg, model, tokenizer, rows, held, base_model_dir, log):

@@ -157,7 +157,6 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
     from shipyard.models.builders import flop_params
 
     device = dist.device
-    pin = device.startswith("cuda")
     precision = resolve_precision(cfg.precision, device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     n_flop_params = flop_params(model)
@@ -169,24 +168,7 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
     optimizer = make_optimizer(wrapped, cfg)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
 
-    state, resumed = TrainerState(config_digest=digest), None
-    ckpt = None
-    if cfg.resume == "auto":
-        if mirror is not None and dist.local_rank == 0:  # the artifact store decides where to resume
-            shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            mirror.pull_latest(Path(checkpoint_dir))
-        dist.barrier()
-        ckpt = latest(checkpoint_dir)
-    if ckpt is not None:
-        state, rng = load_checkpoint(ckpt, wrapped, optimizer)
-        if digest and state.config_digest and state.config_digest != digest:
-            raise ValueError(f"checkpoint {ckpt} was written by a different training config "
-                             f"({state.config_digest[:12]} != {digest[:12]}); use another checkpoint_dir "
-                             f"or resume: never")
-        set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0], device)
-        if scaler is not None and "grad_scaler" in state.extra:  # fp16: resume at the scale it had learned
-            scaler.load_state_dict(state.extra["grad_scaler"])
-        resumed = ckpt
+    state, resumed = _resume(cfg, wrapped, optimizer, scaler, dist, checkpoint_dir, mirror, digest)
     sampler = Sampler(len(train), cfg.seed, state)
     world, accum, bsz = dist.world, cfg.grad_accum_steps, cfg.batch_size
     peak = cfg.peak_tflops * 1e12 if cfg.peak_tflops else (
@@ -197,100 +179,169 @@ def fit(cfg, model, objective, train, val, dist: Dist, checkpoint_dir, log: Metr
     if state.step == 0:
         summary["val_loss_initial"] = evaluate_loss(wrapped, objective, val, bsz, cfg.seed, device, dtype)
         log({"val_loss": summary["val_loss_initial"]}, 0)
-    pending: list = []  # (step, loss tensor, grad-norm tensor) not yet read back from the device
-    last_good = resumed
-    t_window, tokens_window, t_train, tokens_trained = time.perf_counter(), 0, 0.0, 0
-
-    def flush() -> None:
-        nonlocal t_window, tokens_window, t_train, tokens_trained
-        if not pending:
-            return
-        values = torch.stack([torch.stack([loss, norm]) for _, loss, norm in pending]).float().cpu().tolist()
-        where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was written yet"
-        for (step, _, _), (loss, norm) in zip(pending, values):
-            if scaler is not None and math.isfinite(loss) and not math.isfinite(norm):
-                # fp16: an overflowing gradient is GradScaler's signal; it skipped this step and halved the scale
-                summary["fp16_skipped_steps"] = summary.get("fp16_skipped_steps", 0.0) + 1
-            elif not (math.isfinite(loss) and math.isfinite(norm)):
-                raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
-                                    f"({loss if not math.isfinite(loss) else norm}) at step {step + 1}; {where}; "
-                                    f"lower lr ({cfg.lr}) or raise warmup_steps ({cfg.warmup_steps})")
-            state.losses.append(loss)
-        if scaler is not None and scaler.get_scale() < 1.0:
-            raise NonFiniteLoss(f"fp16 gradients overflow even with a loss scale below 1 (step {pending[-1][0] + 1}); "
-                                f"{where}; use precision bf16, or lower lr ({cfg.lr})")
-        norms = [v[1] for v in values if math.isfinite(v[1])]
-        elapsed = time.perf_counter() - t_window
-        t_train += elapsed
-        tokens_trained += tokens_window
-        tps = tokens_window / elapsed
-        metrics = {"train_loss": sum(v[0] for v in values) / len(values), "grad_norm": norms[-1] if norms else 0.0,
-                   "lr": lr_at(pending[-1][0], cfg), "tokens_per_s": tps}
-        if peak:
-            metrics["mfu"] = per_token * tps / (peak * world)
-        if dist.main:
-            log(metrics, state.step)
-        pending.clear()
-        t_window, tokens_window = time.perf_counter(), 0
+    progress = _Progress(cfg, state, summary, scaler, dist, log, peak, per_token)
+    progress.last_good = resumed
 
     with _StopFlag() as stop:
         for step in range(state.step, cfg.max_steps):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step, cfg)
             rows = sampler.take(bsz * accum * world)
-            total = torch.zeros((), device=device)
-            for m in range(accum):
-                micro = m * world + dist.rank
-                gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, micro))
-                batch = objective.batch(train[rows[micro * bsz : (micro + 1) * bsz]], gen)
-                tokens_window += objective.tokens(batch["input_ids"]) * world
-                # pinned host memory makes the copy asynchronous: the CPU queues the next step while the GPU runs
-                batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
-                sync = contextlib.nullcontext()
-                if world > 1 and m < accum - 1 and hasattr(wrapped, "no_sync"):
-                    sync = wrapped.no_sync()  # DDP: all-reduce gradients once per optimizer step
-                with sync:
-                    with _autocast(device, dtype):
-                        loss = runner(**batch).loss / accum
-                    (scaler.scale(loss) if scaler else loss).backward()
-                total += loss.detach().float()
-            if scaler:
-                scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
-            if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
-                norm = norm.full_tensor()
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            total, tokens = _accumulate(cfg, step, rows, train, objective, runner, wrapped, scaler, dist, dtype)
+            progress.tokens_window += tokens
+            norm = _optimizer_step(cfg, wrapped, optimizer, scaler)
             state.step = step + 1
             state.tokens += bsz * accum * world * cfg.context_length
-            pending.append((step, dist.all_mean(total), norm.detach().float()))
+            progress.pending.append((step, dist.all_mean(total), norm.detach().float()))
             last = state.step == cfg.max_steps
             if state.step % cfg.log_every == 0 or last:
-                flush()
+                progress.flush()
             stop_now = any(dist.gather(stop.set))
             if stop_now or (cfg.checkpoint_every and (state.step % cfg.checkpoint_every == 0 or last)):
-                flush()
+                progress.flush()
                 if checkpoint_dir is not None:
-                    rng = dist.gather(rng_state(device))
-                    if scaler is not None:
-                        state.extra["grad_scaler"] = scaler.state_dict()
-                    last_good = save_checkpoint(checkpoint_dir, wrapped, optimizer, state, rng, cfg.keep_checkpoints)
-                    if mirror is not None and dist.main:
-                        mirror.push(last_good, cfg.keep_checkpoints)
-                    dist.barrier()
+                    progress.last_good = _checkpoint(cfg, wrapped, optimizer, scaler, state, dist, checkpoint_dir,
+                                                     mirror)
             if stop_now:
-                raise Preempted(f"SIGTERM at step {state.step}: checkpoint {last_good}; rerun with resume: auto")
-    flush()
+                raise Preempted(f"SIGTERM at step {state.step}: checkpoint {progress.last_good}; "
+                                f"rerun with resume: auto")
+    progress.flush()
     summary["val_loss"] = evaluate_loss(wrapped, objective, val, bsz, cfg.seed, device, dtype)
     log({"val_loss": summary["val_loss"]}, state.step)
-    summary["train_seconds"] = t_train
-    summary["tokens_per_s"] = tokens_trained / t_train if t_train else 0.0
+    summary["train_seconds"] = progress.t_train
+    summary["tokens_per_s"] = progress.tokens_trained / progress.t_train if progress.t_train else 0.0
     if peak:
         summary["mfu"] = per_token * summary["tokens_per_s"] / (peak * world)
     summary["flop_params"] = n_flop_params
     summary["model_flops_per_token"] = per_token
     return state, summary
+
+
+def _resume(cfg, wrapped, optimizer, scaler, dist: Dist, checkpoint_dir, mirror, digest: str):
+    """(state, the checkpoint resumed from or None): with ``resume: auto`` the newest checkpoint, its
+    optimizer, RNG and (fp16) loss-scale state; a checkpoint of another config is refused."""
+    state, ckpt = TrainerState(config_digest=digest), None
+    if cfg.resume == "auto":
+        if mirror is not None and dist.local_rank == 0:  # the artifact store decides where to resume
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
+            mirror.pull_latest(Path(checkpoint_dir))
+        dist.barrier()
+        ckpt = latest(checkpoint_dir)
+    if ckpt is None:
+        return state, None
+    state, rng = load_checkpoint(ckpt, wrapped, optimizer)
+    if digest and state.config_digest and state.config_digest != digest:
+        raise ValueError(f"checkpoint {ckpt} was written by a different training config "
+                         f"({state.config_digest[:12]} != {digest[:12]}); use another checkpoint_dir "
+                         f"or resume: never")
+    set_rng_state(rng[dist.rank] if dist.rank < len(rng) else rng[0], dist.device)
+    if scaler is not None and "grad_scaler" in state.extra:  # fp16: resume at the scale it had learned
+        scaler.load_state_dict(state.extra["grad_scaler"])
+    return state, ckpt
+
+
+def _accumulate(cfg, step: int, rows, train, objective, runner, wrapped, scaler, dist: Dist, dtype):
+    """Forward and backward over this rank's micro-batches of one optimizer step: (summed loss, tokens seen)."""
+    import torch
+
+    device, world, accum, bsz = dist.device, dist.world, cfg.grad_accum_steps, cfg.batch_size
+    pin = device.startswith("cuda")
+    total, tokens = torch.zeros((), device=device), 0
+    for m in range(accum):
+        micro = m * world + dist.rank
+        gen = torch.Generator().manual_seed(step_seed(cfg.seed, step, micro))
+        batch = objective.batch(train[rows[micro * bsz : (micro + 1) * bsz]], gen)
+        tokens += objective.tokens(batch["input_ids"]) * world
+        # pinned host memory makes the copy asynchronous: the CPU queues the next step while the GPU runs
+        batch = {k: (v.pin_memory() if pin else v).to(device, non_blocking=True) for k, v in batch.items()}
+        sync = contextlib.nullcontext()
+        if world > 1 and m < accum - 1 and hasattr(wrapped, "no_sync"):
+            sync = wrapped.no_sync()  # DDP: all-reduce gradients once per optimizer step
+        with sync:
+            with _autocast(device, dtype):
+                loss = runner(**batch).loss / accum
+            (scaler.scale(loss) if scaler else loss).backward()
+        total += loss.detach().float()
+    return total, tokens
+
+
+def _optimizer_step(cfg, wrapped, optimizer, scaler):
+    """Clip, step (through GradScaler under fp16) and clear the gradients; returns the gradient norm."""
+    import torch
+
+    if scaler:
+        scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+    if hasattr(norm, "full_tensor"):  # FSDP2: a DTensor holding the global norm
+        norm = norm.full_tensor()
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def _checkpoint(cfg, wrapped, optimizer, scaler, state: TrainerState, dist: Dist, checkpoint_dir, mirror):
+    """Save a checkpoint (every rank's RNG, fp16's loss scale), mirror it to the artifact store; returns its path."""
+    rng = dist.gather(rng_state(dist.device))
+    if scaler is not None:
+        state.extra["grad_scaler"] = scaler.state_dict()
+    path = save_checkpoint(checkpoint_dir, wrapped, optimizer, state, rng, cfg.keep_checkpoints)
+    if mirror is not None and dist.main:
+        mirror.push(path, cfg.keep_checkpoints)
+    dist.barrier()
+    return path
+
+
+class _Progress:
+    """The steps not yet read back from the device, and the throughput window: ``flush`` reads them back
+    once per ``log_every`` steps (one host sync), checks them for NaN/inf and logs loss, norm, lr, tokens/s."""
+
+    def __init__(self, cfg, state: TrainerState, summary: dict, scaler, dist: Dist, log: MetricsLogger, peak,
+                 per_token: float):
+        self.cfg, self.state, self.summary, self.scaler, self.dist, self.log = cfg, state, summary, scaler, dist, log
+        self.peak, self.per_token = peak, per_token
+        self.pending: list = []  # (step, loss tensor, grad-norm tensor)
+        self.last_good = None
+        self.t_window, self.tokens_window, self.t_train, self.tokens_trained = time.perf_counter(), 0, 0.0, 0
+
+    def flush(self) -> None:
+        import torch
+
+        if not self.pending:
+            return
+        cfg, scaler = self.cfg, self.scaler
+        values = torch.stack([torch.stack([loss, norm]) for _, loss, norm in self.pending]).float().cpu().tolist()
+        where = (f"the last good checkpoint is {self.last_good}" if self.last_good
+                 else "no checkpoint was written yet")
+        for (step, _, _), (loss, norm) in zip(self.pending, values, strict=True):
+            if scaler is not None and math.isfinite(loss) and not math.isfinite(norm):
+                # fp16: an overflowing gradient is GradScaler's signal; it skipped this step and halved the scale
+                self.summary["fp16_skipped_steps"] = self.summary.get("fp16_skipped_steps", 0.0) + 1
+            elif not (math.isfinite(loss) and math.isfinite(norm)):
+                raise NonFiniteLoss(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient norm'} "
+                                    f"({loss if not math.isfinite(loss) else norm}) at step {step + 1}; {where}; "
+                                    f"lower lr ({cfg.lr}) or raise warmup_steps ({cfg.warmup_steps})")
+            self.state.losses.append(loss)
+        if scaler is not None and scaler.get_scale() < 1.0:
+            raise NonFiniteLoss(f"fp16 gradients overflow even with a loss scale below 1 "
+                                f"(step {self.pending[-1][0] + 1}); {where}; use precision bf16, "
+                                f"or lower lr ({cfg.lr})")
+        self._log(values)
+        self.pending.clear()
+        self.t_window, self.tokens_window = time.perf_counter(), 0
+
+    def _log(self, values: list) -> None:
+        norms = [v[1] for v in values if math.isfinite(v[1])]
+        elapsed = time.perf_counter() - self.t_window
+        self.t_train += elapsed
+        self.tokens_trained += self.tokens_window
+        tps = self.tokens_window / elapsed
+        metrics = {"train_loss": sum(v[0] for v in values) / len(values), "grad_norm": norms[-1] if norms else 0.0,
+                   "lr": lr_at(self.pending[-1][0], self.cfg), "tokens_per_s": tps}
+        if self.peak:
+            metrics["mfu"] = self.per_token * tps / (self.peak * self.dist.world)
+        if self.dist.main:
+            self.log(metrics, self.state.step)

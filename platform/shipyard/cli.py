@@ -38,21 +38,21 @@ def cli_errors() -> Iterator[None]:
     """Errors a user can fix become one line on stderr and exit 2; a preemption says how to resume, exit 75."""
     from pydantic import ValidationError
 
-    from shipyard.train.loop import Preempted
-
     try:
         yield
     except (typer.Exit, typer.Abort, typer.TyperException):
         raise  # click's own exits (--help, bad usage, _fail) are RuntimeErrors: they are not ours to report
-    except Preempted as exc:
-        typer.secho(f"preempted: {exc}. Run the same command again (same --checkpoint-dir) to resume.",
-                    fg=typer.colors.YELLOW, err=True)
-        raise typer.Exit(EXIT_PREEMPTED) from None
     except ValidationError as exc:
         _fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()))
     except KeyError as exc:
         _fail(str(exc.args[0] if exc.args else exc))
     except USER_ERRORS as exc:
+        from shipyard.train.loop import Preempted  # here, not at the top: only a failed command pays for it
+
+        if isinstance(exc, Preempted):
+            typer.secho(f"preempted: {exc}. Run the same command again (same --checkpoint-dir) to resume.",
+                        fg=typer.colors.YELLOW, err=True)
+            raise typer.Exit(EXIT_PREEMPTED) from None
         _fail(str(exc))
 
 

@@ -97,7 +97,7 @@ def _cycles_from(start: str, graph: dict) -> list[list[tuple[str, int]]]:
                 while parent[cur] is not None:
                     cur, ln = parent[cur]
                     path.insert(0, (cur, ln))
-                return [[(m, ln) for m, ln in path]]
+                return [path]
             if nxt not in parent:
                 parent[nxt] = (node, line)
                 queue.append(nxt)

@@ -3,7 +3,7 @@
 Retrieval is the sidecar's own (``shipyard.features.retrieve.load_index``: the same index version,
 embedder and search), done once per suite before any model loads; it is the same for every model
 of the run. Each model is then scored on the reference answers twice: after the question alone,
-and after the prompt the serving runtime builds with the sources (``shipyard.serving.rag.augment``
+and after the prompt the serving runtime builds with the sources (``shipyard.features.rag_prompt.augment``
 fits them to the model's context, as a request would). A model that reads its sources gives the
 reference answer a lower perplexity with them (``context_gain`` > 1).
 """

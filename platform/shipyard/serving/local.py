@@ -83,9 +83,10 @@ def serve_local(model_uri: str, opts: ServeOptions, *, rag_index: str | None = N
     from dataclasses import replace
 
     from shipyard.paths import default_tracking_uri
-    from shipyard.serving.server import serve_model
+    from shipyard.serving.server import parse_adapters, serve_model
     from shipyard.tracking.registry import pinned_rag_index
 
+    parse_adapters(opts.adapter)  # a bad --adapter fails here, before the model is fetched or a sidecar starts
     tracking_uri = tracking_uri or default_tracking_uri()
     ref, note = (None, None) if no_rag else choose_index(rag_index, pinned_rag_index(tracking_uri, model_uri))
     if ref is None:

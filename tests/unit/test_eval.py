@@ -130,26 +130,77 @@ def test_every_suite_runs_and_the_report_renders(tiny_base, tmp_path):
 
     twin = tmp_path / "twin"
     shutil.copytree(tiny_base, twin)
-    spec = EvalSpec.model_validate(SPEC)
+    short = [{"instruction": f"Name a number after {i}.", "response": f"{i + 1} comes after {i}."} for i in range(6)]
+    test_rows, shots = write_jsonl(tmp_path / "q.jsonl", short[:3]), write_jsonl(tmp_path / "shots.jsonl", short[3:])
+    fewshot = [  # the in-context baselines, measured on the base model alone, examples from another file
+        {"name": "instructions_3shot", "kind": "generation", "data": str(test_rows), "num_fewshot": 3,
+         "fewshot_data": str(shots), "models": ["base"], "metrics": ["answer_bpb", "rougeL"]},
+        {"name": "instructions_0shot", "kind": "generation", "data": str(test_rows), "models": ["base"],
+         "metrics": ["answer_bpb"]},
+        {"name": "cloze_2shot", "kind": "multiple_choice", "data": str(DEMO / "benchmarks/python-cloze.jsonl"),
+         "num_fewshot": 2, "fewshot_data": str(DEMO / "benchmarks/python-cloze.jsonl"), "models": ["base"],
+         "max_examples": 6},
+    ]
+    with pytest.raises(ValueError, match="must not be the suite's own data"):
+        EvalSpec.model_validate({**SPEC, "suites": SPEC["suites"] + fewshot})
+    fewshot[2]["fewshot_data"] = str(DEMO / "instructions/train.jsonl")
+    with pytest.raises(ValueError, match="train.jsonl.*no usable multiple-choice items"):  # names the file
+        run_evaluate(EvalSpec.model_validate({**SPEC, "suites": fewshot[2:]}), {"base": tiny_base}, tmp_path / "x")
+    fewshot.pop()
+    spec = EvalSpec.model_validate({**SPEC, "suites": SPEC["suites"] + fewshot})
     table = run_evaluate(spec, {"base": tiny_base, "twin": twin}, tmp_path / "out", reward_model_dir=tiny_base,
                          sources={"twin": "base"})
-    assert set(table["base"]) == {"heldout.perplexity", "instructions.rouge1", "instructions.rouge2",
+    assert set(table["base"]) == {"heldout.perplexity", "heldout.bpb", "instructions.rouge1", "instructions.rouge2",
                                   "instructions.rougeL", "instructions.rougeLsum", "instructions.bleu",
-                                  "instructions.chrf", "instructions.exact_match", "prefs.reward",
-                                  "toxicity.rate", "toxicity.mean_probability", "cloze.acc", "cloze.acc_norm",
-                                  "latency.ms_per_token", "latency.first_token_ms", "latency.tokens_per_s"}
+                                  "instructions.chrf", "instructions.exact_match", "instructions.answer_bpb",
+                                  "prefs.reward", "toxicity.rate", "toxicity.mean_probability", "cloze.acc",
+                                  "cloze.acc_norm", "latency.ms_per_token", "latency.first_token_ms",
+                                  "latency.tokens_per_s", "instructions_3shot.answer_bpb", "instructions_3shot.rougeL",
+                                  "instructions_0shot.answer_bpb"}
     twin_scores = table["twin"]
+    assert not any(k.startswith("instructions_3shot") for k in twin_scores)  # models: [base]
+    # the examples change what the base model sees, so its reference bits per byte move
+    assert table["base"]["instructions_3shot.answer_bpb"] != table["base"]["instructions_0shot.answer_bpb"]
     assert twin_scores["prefs.win_rate"] == 0.5  # the same weights: every prompt ties
     assert twin_scores["heldout.perplexity_ratio"] == pytest.approx(1.0)
+    assert twin_scores["heldout.bpb_ratio"] == pytest.approx(1.0)
+    rows = json.loads((tmp_path / "out" / "eval_rows.json").read_text())
+    ci = json.loads((tmp_path / "out" / "eval_ci.json").read_text())
+    assert len(rows["base"]["instructions.answer_bpb"]) == 3 and len(rows["twin"]["prefs.win_rate"]) == 3
+    for key in ("heldout.perplexity", "heldout.bpb", "instructions.rougeL", "cloze.acc", "prefs.reward"):
+        lo, hi = ci["base"][key]
+        assert lo <= table["base"][key] + 1e-9 and table["base"][key] <= hi + 1e-9, key
+    assert "instructions.bleu" not in ci["base"]  # corpus BLEU has no per-row scores: no interval claimed
+    assert " [" in (tmp_path / "out" / "eval.md").read_text()  # the markdown table shows the intervals
     assert 1 < table["base"]["heldout.perplexity"] < 1200
     assert 0 <= table["base"]["cloze.acc"] <= 1 and table["base"]["latency.ms_per_token"] > 0
     out = tmp_path / "out"
     assert json.loads((out / "eval.json").read_text()) == table
     assert set(json.loads((out / "timings.json").read_text())["examples_per_s"]["base"]) == {
-        s["name"] for s in SPEC["suites"]}
+        s["name"] for s in SPEC["suites"] + fewshot}
     html = (out / "report.html").read_text()
-    assert html.count("<img") == 6 and "data:image/png;base64," in html and "diagnostic" in html
+    assert html.count("<img") == 8 and "95% CI" in html and "data:image/png;base64," in html and "diagnostic" in html
     assert "<script" not in html and "http" not in html.split("<body>")[1].split("Samples")[0]
     # one suite alone: the same code, only that suite's metrics
     alone = run_evaluate(spec.only(["cloze"]), {"base": tiny_base}, tmp_path / "alone")
     assert set(alone["base"]) == {"cloze.acc", "cloze.acc_norm"}
+
+
+def test_fewshot_examples_come_before_the_question_and_never_from_the_test_rows(tmp_path):
+    from shipyard.eval.suites import fewshot_examples, with_examples
+
+    shots = write_jsonl(tmp_path / "shots.jsonl", [{"instruction": f"q{i}", "response": f"a{i}"} for i in range(4)])
+    suite = EvalSpec.model_validate({"suites": [
+        {"name": "g", "kind": "generation", "data": str(DEMO / "instructions/test.jsonl"), "num_fewshot": 2,
+         "fewshot_data": str(shots)}]}).suites[0]
+    examples = fewshot_examples(suite)
+    assert [m["content"] for ex in examples for m in ex] == ["q0", "a0", "q1", "a1"]
+    row = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the question"}]
+    assert [m["content"] for m in with_examples(row, examples)] == ["be brief", "q0", "a0", "q1", "a1",
+                                                                     "the question"]
+    with pytest.raises(ValueError, match="needs fewshot_data"):
+        EvalSpec.model_validate({"suites": [{"name": "g", "kind": "generation", "data": str(shots),
+                                              "num_fewshot": 1}]})
+    too_many = suite.model_copy(update={"num_fewshot": 9})
+    with pytest.raises(ValueError, match="num_fewshot=9 but .* has 4 rows"):
+        fewshot_examples(too_many)

@@ -20,17 +20,24 @@ from pathlib import Path
 from shipyard.eval.evaluate_config import EvalSpec
 
 ALIGNMENT_ROW = "alignment"
+# Rows that are not models: what the align, reward_model and optimize stages measured themselves
+# (their reports' numbers, and per-row scores where the report has them), named in gates as <row>.<key>.
+STAGE_ROWS = (ALIGNMENT_ROW, "reward_model", "optimization")
+ROWS_FILE, CI_FILE = "eval_rows.json", "eval_ci.json"
 
 
 def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str | Path,
                  reward_model_dir: str | Path | None = None, sources: dict[str, str] | None = None,
-                 alignment_report: str | Path | None = None, rag_index: str | None = None,
+                 reports: dict[str, str | Path] | None = None, rag_index: str | None = None,
                  feast_repo: str | Path | None = None) -> dict[str, dict[str, float]]:
     """Evaluate each ``{name: model_dir}`` on every suite of ``spec``.
 
-    Writes ``eval.json`` (the table), ``eval.md``, ``timings.json`` (examples/s and each model's
-    device), ``samples.jsonl`` and the self-contained ``report.html`` to ``output_dir``.
-    ``alignment_report`` (the align stage's instruct-vs-aligned judgement) becomes an ``alignment`` row.
+    Writes ``eval.json`` (the table), ``eval_rows.json`` (each metric's per-row scores, in row
+    order, for paired comparisons), ``eval_ci.json`` (each such metric's 95% bootstrap interval),
+    ``eval.md``, ``timings.json`` (examples/s and each model's device), ``samples.jsonl`` and the
+    self-contained ``report.html`` to ``output_dir``.
+    ``reports`` ``{row: json_path}`` (a ``STAGE_ROWS`` name: the align stage's instruct-vs-aligned
+    judgement, the reward model's held-out accuracy, the optimize stage's ratios) become table rows.
     ``rag`` suites search ``rag_index`` (NAME or NAME@VERSION) in the Feast repo ``feast_repo``.
 
     Returns:
@@ -41,12 +48,15 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     data, reward = _prepare(spec, models, reward_model_dir, rag_index, feast_repo)
-    table, timings, devices, per_prompt = _measure(spec, models, data, reward, output_dir / "samples.jsonl")
-    _derived_rows(spec, table, per_prompt, sources or {}, alignment_report)
+    table, rows, timings, devices, per_prompt = _measure(spec, models, data, reward, output_dir / "samples.jsonl")
+    _derived_rows(spec, table, rows, per_prompt, sources or {}, reports or {})
+    ci = intervals(rows)
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
+    (output_dir / ROWS_FILE).write_text(json.dumps(rows))
+    (output_dir / CI_FILE).write_text(json.dumps(ci, indent=2))
     (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings, "device": devices}, indent=2))
-    (output_dir / "eval.md").write_text(format_table(table, devices))
-    write_report(output_dir, spec, table, timings, sources or {}, devices)
+    (output_dir / "eval.md").write_text(format_table(table, devices, ci))
+    write_report(output_dir, spec, table, timings, sources or {}, devices, ci)
     return table
 
 
@@ -86,58 +96,82 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
     from shipyard.models.device import load_for_inference
 
     table: dict[str, dict[str, float]] = {}
+    rows: dict[str, dict[str, list]] = {}
     timings: dict[str, dict[str, float]] = {}
     devices: dict[str, str] = {}
     per_prompt: dict[tuple[str, str], list[float]] = {}
     with open(samples_path, "w", encoding="utf-8") as f:
         for name, path in models.items():
             (model, devices[name]), tok = load_for_inference(path, spec.device), load_tokenizer(path)
-            table[name], timings[name] = {}, {}
-            for suite in spec.suites:
+            table[name], rows[name], timings[name] = {}, {}, {}
+            for suite in (s for s in spec.suites if spec.runs(s, name)):
                 t0 = time.perf_counter()
                 result = run_suite(suite, data[suite.name], model, tok, spec, reward)
                 seconds = time.perf_counter() - t0
                 timings[name][suite.name] = len(data[suite.name]) / seconds if seconds > 0 else float("inf")
                 table[name].update({f"{suite.name}.{k}": v for k, v in result.metrics.items()})
+                rows[name].update({f"{suite.name}.{k}": v for k, v in result.rows.items()})
                 if result.per_prompt:
                     per_prompt[(name, suite.name)] = result.per_prompt
                 for s in result.samples:
                     f.write(json.dumps({"model": name, "suite": suite.name, **s}, ensure_ascii=False) + "\n")
             del model
-    return table, timings, devices, per_prompt
+    return table, rows, timings, devices, per_prompt
 
 
-def _derived_rows(spec: EvalSpec, table: dict, per_prompt: dict, sources: dict[str, str], alignment_report) -> None:
-    """What needs several models: win rates against the baseline, perplexity ratios, the alignment row."""
-    from shipyard.eval.suites import win_rate
+def intervals(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, list[float]]]:
+    """The 95% bootstrap interval of every metric that has per-row scores."""
+    from shipyard.eval.stats import metric_ci
+
+    return {name: {key: list(metric_ci(key, r)) for key, r in metrics.items() if r}
+            for name, metrics in rows.items()}
+
+
+def _derived_rows(spec: EvalSpec, table: dict, rows: dict, per_prompt: dict, sources: dict[str, str],
+                  reports: dict) -> None:
+    """What needs several models: win rates against the baseline, perplexity and bits-per-byte ratios,
+    the alignment row."""
+    from shipyard.eval.suites import win_rate_rows
 
     for suite in spec.of_kind("reward"):
         base = per_prompt.get((spec.baseline, suite.name)) if spec.baseline else None
         for name in list(table):
-            if base is not None and name != spec.baseline:
-                table[name][f"{suite.name}.win_rate"] = win_rate(per_prompt[(name, suite.name)], base)
+            if base is not None and name != spec.baseline and (name, suite.name) in per_prompt:
+                wins = win_rate_rows(per_prompt[(name, suite.name)], base)
+                table[name][f"{suite.name}.win_rate"] = sum(wins) / len(wins)
+                rows[name][f"{suite.name}.win_rate"] = wins
     for name, source in sources.items():
         if name in table and source in table:
             for suite in spec.of_kind("perplexity"):
-                key = f"{suite.name}.perplexity"
-                table[name][f"{suite.name}.perplexity_ratio"] = table[name][key] / table[source][key]
-    if alignment_report and Path(alignment_report).exists():
-        table[ALIGNMENT_ROW] = {k: v for k, v in json.loads(Path(alignment_report).read_text()).items()
-                                if isinstance(v, (int, float))}
+                for metric in ("perplexity", "bpb"):
+                    key = f"{suite.name}.{metric}"
+                    if key in table[name] and key in table[source]:
+                        table[name][f"{key}_ratio"] = table[name][key] / table[source][key]
+    for row, path in reports.items():
+        if path and Path(path).exists():
+            report = json.loads(Path(path).read_text())
+            table[row] = {k: v for k, v in report.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            rows[row] = report.get("rows", {})
 
 
-def format_table(table: dict[str, dict[str, float]], devices: dict[str, str] | None = None) -> str:
-    """A markdown table: one row per metric, one column per model (the alignment row apart), then
-    where each model ran (latencies compare only on one device)."""
-    models = [m for m in table if m != ALIGNMENT_ROW]
+def format_table(table: dict[str, dict[str, float]], devices: dict[str, str] | None = None,
+                 ci: dict[str, dict[str, list[float]]] | None = None) -> str:
+    """A markdown table: one row per metric, one column per model (the alignment row apart), each value
+    with its 95% interval where it has one, then where each model ran (latencies compare only on one device)."""
+    models = [m for m in table if m not in STAGE_ROWS]
     metrics = list(dict.fromkeys(k for m in models for k in table[m]))
+    ci = ci or {}
     lines = ["| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for key in metrics:
-        lines.append(f"| {key} | " + " | ".join(_fmt(table[m].get(key)) for m in models) + " |")
-    if ALIGNMENT_ROW in table:
-        lines += ["", "Aligned vs instruct on held-out prompts (align stage):", "",
-                  "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in table[ALIGNMENT_ROW].items()]
+        cells = [_fmt(table[m].get(key)) + _fmt_ci(ci.get(m, {}).get(key)) for m in models]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    titles = {ALIGNMENT_ROW: "Aligned vs instruct on held-out prompts (align stage)",
+              "reward_model": "Reward model on held-out pairs (reward_model stage)",
+              "optimization": "Optimized vs its source, as served (optimize stage)"}
+    for row in STAGE_ROWS:
+        if row in table:
+            lines += ["", f"{titles[row]}:", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {k} | {_fmt(v)}{_fmt_ci(ci.get(row, {}).get(k))} |" for k, v in table[row].items()]
     if devices:
         lines += ["", "Devices: " + ", ".join(f"{m} on {d}" for m, d in devices.items())]
     return "\n".join(lines) + "\n"
@@ -145,3 +179,7 @@ def format_table(table: dict[str, dict[str, float]], devices: dict[str, str] | N
 
 def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4g}"
+
+
+def _fmt_ci(interval) -> str:
+    return "" if interval is None else f" [{interval[0]:.3g}, {interval[1]:.3g}]"

@@ -8,15 +8,22 @@ section). Each suite has a ``name``, a ``kind`` and its data; every metric lands
 as ``<model>.<suite>.<metric>`` (``optimized.heldout.perplexity``), which is also how a gate names
 it. Kinds and what they measure:
 
-- perplexity       token-weighted perplexity of held-out text (non-overlapping windows)
+- perplexity       token-weighted perplexity of held-out text (rolling windows), and bits per
+                   byte (bpb), which compares models with different tokenizers
 - generation       greedy answers to held-out instructions against references: ROUGE-1/2/L/Lsum
                    (rouge-score), BLEU and chrF (sacrebleu), exact match. Surface overlap is a
-                   diagnostic; the report always shows it beside the other suites, never alone
+                   diagnostic; the report always shows it beside the other suites, never alone.
+                   answer_bpb: bits per byte of the reference answer after the prompt (teacher-forced),
+                   which copying the input cannot game
 - reward           mean reward-model score of greedy continuations of held-out prompts, and the
                    win rate per prompt against the spec's ``baseline`` model (ties count half)
 - toxicity         share of greedy continuations the profanity classifier flags above a threshold
 - multiple_choice  accuracy on local JSONL ``{query, choices, gold}`` tasks, scored by the
                    log-likelihood of each choice (lm-evaluation-harness's acc and acc_norm)
+
+Generation and multiple-choice suites take ``num_fewshot`` examples from ``fewshot_data`` (the
+in-context baseline to beat before fine-tuning). Every metric that is a mean or ratio over rows
+carries a 95% bootstrap interval in ``eval_ci.json``; gates compare models paired, on the same rows.
 - latency          batch-1 greedy decoding on the model's device: ms per new token, time to first
                    token, tokens/s
 - rag              retrieval from the run's RAG index (hit rate, MRR of the expected document) and
@@ -32,12 +39,14 @@ from pydantic import Field, model_validator
 from shipyard.schema import Device, StrictModel
 
 SUITE_NAME = r"^[a-z][a-z0-9_]{0,40}$"
-GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match")
+GENERATION_METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", "exact_match", "answer_bpb")
 
 
 class _Suite(StrictModel):
     name: str = Field(pattern=SUITE_NAME, description="Names the suite's metrics: <model>.<name>.<metric>.")
     max_examples: int | None = Field(None, gt=0, description="Rows used (default: the spec's max_examples).")
+    models: list[str] | None = Field(None, min_length=1, description="Only these models run the suite (default: "
+                                     "all); e.g. a few-shot baseline measured on the base model alone.")
     METRICS: ClassVar[tuple[str, ...]] = ()
 
     def metric_names(self) -> tuple[str, ...]:
@@ -47,12 +56,26 @@ class _Suite(StrictModel):
 class PerplexitySuite(_Suite):
     kind: Literal["perplexity"]
     # perplexity_ratio: a model's perplexity over that of the model it was made from
-    METRICS: ClassVar[tuple[str, ...]] = ("perplexity", "perplexity_ratio")
+    METRICS: ClassVar[tuple[str, ...]] = ("perplexity", "perplexity_ratio", "bpb", "bpb_ratio")
     data: str = Field(description="JSONL of held-out documents.")
     text_key: str = "text"
 
 
-class GenerationSuite(_Suite):
+class _FewShot(StrictModel):
+    num_fewshot: int = Field(0, ge=0, le=32, description="Solved examples put before each question (0: zero-shot).")
+    fewshot_data: str | None = Field(None, description="Where the examples come from (the first num_fewshot rows); "
+                                     "never the suite's own data, so no test row is shown as an example.")
+
+    @model_validator(mode="after")
+    def _fewshot_source(self):
+        if self.num_fewshot and not self.fewshot_data:
+            raise ValueError(f"num_fewshot={self.num_fewshot} needs fewshot_data (a file other than the test rows)")
+        if self.fewshot_data and self.fewshot_data == getattr(self, "data", None):
+            raise ValueError("fewshot_data must not be the suite's own data (the examples would be test rows)")
+        return self
+
+
+class GenerationSuite(_Suite, _FewShot):
     kind: Literal["generation"]
     data: str = Field(description="JSONL of instruction rows (instruction/input/response, prompt/completion "
                                   "or messages).")
@@ -78,7 +101,7 @@ class ToxicitySuite(_Suite):
     max_new_tokens: int | None = Field(None, gt=0)
 
 
-class MultipleChoiceSuite(_Suite):
+class MultipleChoiceSuite(_Suite, _FewShot):
     kind: Literal["multiple_choice"]
     METRICS: ClassVar[tuple[str, ...]] = ("acc", "acc_norm")
     data: str = Field(description="JSONL of {query, choices: [str, ...], gold: index}.")
@@ -150,7 +173,14 @@ class EvalSpec(StrictModel):
         return [s for s in self.suites if s.kind == kind]
 
     def data_paths(self, prefix: str = "evaluate") -> dict[str, str]:
-        return {f"{prefix}.suites.{i}.data": s.data for i, s in enumerate(self.suites)}
+        paths = {f"{prefix}.suites.{i}.data": s.data for i, s in enumerate(self.suites)}
+        paths.update({f"{prefix}.suites.{i}.fewshot_data": s.fewshot_data for i, s in enumerate(self.suites)
+                      if getattr(s, "fewshot_data", None)})
+        return paths
+
+    def runs(self, suite, model: str) -> bool:
+        """Whether ``model`` runs ``suite`` (its ``models`` list, when it has one)."""
+        return suite.models is None or model in suite.models
 
     def check_metric(self, metric: str, models: tuple[str, ...]) -> None:
         """Raise ValueError unless ``<model>.<suite>.<metric>`` is something this spec measures."""
@@ -192,8 +222,14 @@ def load_eval_spec(path, base=None) -> EvalSpec:
     base = Path(base) if base else Path.cwd()
     suites = []
     for i, s in enumerate(spec.suites):
-        resolved = Path(s.data) if Path(s.data).is_absolute() else base / s.data
-        if not resolved.exists():
-            raise ConfigError(f"{path}: suites.{i}.data: path does not exist: {s.data} (resolved to {resolved})")
-        suites.append(s.model_copy(update={"data": str(resolved.resolve())}))
+        update = {}
+        for key in ("data", "fewshot_data"):
+            value = getattr(s, key, None)
+            if value is None:
+                continue
+            resolved = Path(value) if Path(value).is_absolute() else base / value
+            if not resolved.exists():
+                raise ConfigError(f"{path}: suites.{i}.{key}: path does not exist: {value} (resolved to {resolved})")
+            update[key] = str(resolved.resolve())
+        suites.append(s.model_copy(update=update))
     return spec.model_copy(update={"suites": suites})

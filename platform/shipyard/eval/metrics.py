@@ -18,6 +18,19 @@ def rouge(predictions: list[str], references: list[str],
     return {k: v / max(len(predictions), 1) for k, v in totals.items()}
 
 
+def rouge_rows(predictions: list[str], references: list[str],
+               keys: tuple[str, ...] = ("rouge1", "rouge2", "rougeL")) -> dict[str, list[float]]:
+    """ROUGE F1 of each prediction against its reference, per key (their means are ``rouge``)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(list(keys), use_stemmer=True)
+    out: dict[str, list[float]] = {k: [] for k in keys}
+    for pred, ref in zip(predictions, references, strict=True):
+        for key, score in scorer.score(ref, pred).items():
+            out[key].append(score.fmeasure)
+    return out
+
+
 def bleu(predictions: list[str], references: list[str]) -> float:
     """Corpus BLEU (sacrebleu, 0-100)."""
     import sacrebleu

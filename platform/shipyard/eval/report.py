@@ -60,7 +60,7 @@ def _chart(models: list[str], keys: list[str], table: dict) -> str:
     return out
 
 
-def _metric_table(models: list[str], keys: list[str], table: dict) -> str:
+def _metric_table(models: list[str], keys: list[str], table: dict, ci: dict) -> str:
     rows = ["<tr><th>metric</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in models) + "</tr>"]
     for key in keys:
         metric = key.split(".", 1)[1]
@@ -69,15 +69,20 @@ def _metric_table(models: list[str], keys: list[str], table: dict) -> str:
         # shade the best only where models differ (a row of ties has no best)
         best = (min if metric in LOWER_IS_BETTER else max)(known) if len(set(known)) > 1 else None
         cells = "".join(f'<td class="{"best" if v is not None and v == best else ""}">'
-                        f'{"—" if v is None else f"{v:.4g}"}</td>' for v in values)
+                        f'{"—" if v is None else f"{v:.4g}"}{_interval(ci.get(m, {}).get(key))}</td>'
+                        for m, v in zip(models, values, strict=True))
         rows.append(f"<tr><td>{html.escape(metric)}</td>{cells}</tr>")
     return "<table>" + "".join(rows) + "</table>"
 
 
+def _interval(interval) -> str:
+    return "" if interval is None else f"<br><small>[{interval[0]:.3g}, {interval[1]:.3g}]</small>"
+
+
 def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, sources: dict,
-                 devices: dict | None = None) -> Path:
+                 devices: dict | None = None, ci: dict | None = None) -> Path:
     """Write ``report.html`` and return its path."""
-    models = [m for m in table if m != "alignment"]
+    models = [m for m in table if m not in ("alignment", "reward_model", "optimization")]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>Shipyard eval report</title>"
              f"<style>{_CSS}</style></head><body><h1>Shipyard eval report</h1>",
@@ -87,7 +92,9 @@ def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, s
              + "".join(f" · {html.escape(k)} is made from {html.escape(v)}" for k, v in sources.items()) + "</p>",
              "<p class='note'>ROUGE, BLEU, chrF and exact match measure surface overlap with one reference "
              "answer. They are diagnostics: read them next to perplexity, reward, toxicity and benchmark "
-             "accuracy, never alone. The best value of a row is shaded where models differ.</p>"]
+             "accuracy, never alone. The best value of a row is shaded where models differ. Under a value: its 95% CI "
+             "(percentile bootstrap over the suite's rows); compare two models by the gate's paired intervals, "
+             "not by whether these overlap.</p>"]
     for suite in spec.suites:
         keys = [k for k in dict.fromkeys(k for m in models for k in table[m]) if k.startswith(suite.name + ".")]
         if not keys:
@@ -96,7 +103,7 @@ def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, s
         parts.append(f"<h2>{html.escape(suite.name)} <span class='meta'>({suite.kind}, {data})</span></h2>")
         if OVERLAP & {k.split('.', 1)[1] for k in keys}:
             parts.append("<p class='meta'>Overlap metrics: diagnostic only.</p>")
-        parts.append(_metric_table(models, keys, table))
+        parts.append(_metric_table(models, keys, table, ci or {}))
         parts.append(_chart(models, keys, table))
     if "alignment" in table:
         parts.append("<h2>Alignment judgement <span class='meta'>(align stage: aligned vs instruct, "

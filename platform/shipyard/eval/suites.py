@@ -39,10 +39,12 @@ def load_suite_data(spec: EvalSpec) -> dict[str, list]:
     """Every suite's rows, tokenizer-free; raises ValueError naming file:line on the first bad row."""
     from shipyard.data.preferences import load_prompt_messages
     from shipyard.data.sft_data import load_conversations
-    from shipyard.data.shards import parse_records, read_records
+    from shipyard.data.shards import read_records
 
     data: dict[str, list] = {}
     for s in spec.suites:
+        if getattr(s, "num_fewshot", 0):  # the examples are checked with the rows, before any model loads
+            _mc_prefix(s) if s.kind == "multiple_choice" else fewshot_examples(s)
         limit = s.max_examples or spec.max_examples
         if not Path(s.data).exists():
             raise FileNotFoundError(f"suite {s.name!r}: data file not found: {s.data}")
@@ -53,7 +55,7 @@ def load_suite_data(spec: EvalSpec) -> dict[str, list]:
             rows, bad = load_conversations(s.data)
             data[s.name] = [(m[:-1], m[-1]["content"]) for m, _ in _strict(s.data, rows, bad)][:limit]
         elif s.kind == "multiple_choice":
-            rows, bad = parse_records(s.data, _mc_row, "multiple-choice items", "bad_item")
+            rows, bad = parse_mc(s.data)
             data[s.name] = [r for r, _ in _strict(s.data, rows, bad)][:limit]
         elif s.kind == "rag":
             from shipyard.eval.rag_suite import load_rag_rows
@@ -66,15 +68,36 @@ def load_suite_data(spec: EvalSpec) -> dict[str, list]:
     return data
 
 
+def fewshot_examples(suite) -> list[list[dict]]:
+    """The suite's ``num_fewshot`` examples from ``fewshot_data`` (never the test rows), in file order."""
+    from shipyard.data.sft_data import load_conversations
+
+    if not suite.num_fewshot:
+        return []
+    rows, bad = load_conversations(suite.fewshot_data)
+    rows = [m for m, _ in _strict(suite.fewshot_data, rows, bad)]
+    if len(rows) < suite.num_fewshot:
+        raise ValueError(f"suite {suite.name!r}: num_fewshot={suite.num_fewshot} but {suite.fewshot_data} has "
+                         f"{len(rows)} rows")
+    return rows[: suite.num_fewshot]
+
+
+def with_examples(messages: list[dict], examples: list[list[dict]]) -> list[dict]:
+    """The examples as earlier user/assistant turns, after the row's system message, before its question."""
+    system = [m for m in messages if m["role"] == "system"]
+    shots = [m for ex in examples for m in ex if m["role"] != "system"]
+    return system + shots + [m for m in messages if m["role"] != "system"]
+
+
 def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) -> SuiteResult:
     """Measure one model on one suite. ``reward(prompts, completions)`` scores reward suites."""
     from shipyard.data.preferences import render_prompt
     from shipyard.models import inference
 
     if suite.kind == "perplexity":
-        return SuiteResult({"perplexity": inference.perplexity(model, tokenizer, rows, spec.context_length)})
+        return _perplexity(rows, model, tokenizer, spec.context_length)
     if suite.kind == "multiple_choice":
-        return _multiple_choice(rows, model, tokenizer)
+        return _multiple_choice(suite, rows, model, tokenizer)
     if suite.kind == "rag":
         from shipyard.eval.rag_suite import run_rag_suite
 
@@ -92,55 +115,114 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
         from shipyard.train.rl_rewards import toxicity_probability
 
         probs = toxicity_probability(answers)
-        return SuiteResult({"rate": sum(p > suite.threshold for p in probs) / len(probs),
-                            "mean_probability": sum(probs) / len(probs)}, samples)
+        flagged = [float(p > suite.threshold) for p in probs]
+        return SuiteResult({"rate": sum(flagged) / len(probs), "mean_probability": sum(probs) / len(probs)},
+                           samples, rows={"rate": flagged, "mean_probability": probs})
     if reward is None:
         raise ValueError(f"suite {suite.name!r} (reward) needs a reward model")
     per_prompt = reward(prompts, answers)
-    return SuiteResult({"reward": sum(per_prompt) / len(per_prompt)}, samples, per_prompt)
+    return SuiteResult({"reward": sum(per_prompt) / len(per_prompt)}, samples, per_prompt,
+                       rows={"reward": list(per_prompt)})
 
 
-def _multiple_choice(rows: list, model, tokenizer) -> SuiteResult:
+def _perplexity(texts: list[str], model, tokenizer, context_length: int) -> SuiteResult:
+    """Token perplexity and bits per byte of held-out text; rows are (nats, tokens) and (bits, bytes)."""
+    import math
+
+    from shipyard.eval.stats import LN2
+    from shipyard.models import inference
+
+    scored = inference.text_nll(model, tokenizer, texts, context_length)
+    nats, tokens = sum(n for n, _ in scored), sum(c for _, c in scored)
+    if tokens == 0:
+        raise ValueError("no tokens to score for perplexity")
+    n_bytes = [len(t.encode()) for t in texts]
+    return SuiteResult({"perplexity": math.exp(nats / tokens), "bpb": nats / sum(n_bytes) / LN2},
+                       rows={"perplexity": [[n, c] for n, c in scored],
+                             "bpb": [[n / LN2, b] for (n, _), b in zip(scored, n_bytes, strict=True)]})
+
+
+def _mc_prefix(suite) -> str:
+    """Few-shot prefix of a multiple-choice suite: each example's query and its right choice."""
+    if not suite.num_fewshot:
+        return ""
+    rows, bad = parse_mc(suite.fewshot_data)
+    rows = [r for r, _ in _strict(suite.fewshot_data, rows, bad)]
+    if len(rows) < suite.num_fewshot:
+        raise ValueError(f"suite {suite.name!r}: num_fewshot={suite.num_fewshot} but {suite.fewshot_data} has "
+                         f"{len(rows)} items")
+    return "".join(r["query"] + r["choices"][r["gold"]] + "\n\n" for r in rows[: suite.num_fewshot])
+
+
+def parse_mc(path: str):
+    from shipyard.data.shards import parse_records
+
+    return parse_records(path, _mc_row, "multiple-choice items", "bad_item")
+
+
+def _multiple_choice(suite, rows: list, model, tokenizer) -> SuiteResult:
     """acc and acc_norm (log-likelihood per byte of each choice), as lm-evaluation-harness scores them."""
     from shipyard.models import inference
 
-    hits = norm_hits = 0
-    samples = []
+    prefix = _mc_prefix(suite)
+    hits, norm_hits, samples = [], [], []
     for item in rows:
-        scores = inference.choice_logprobs(model, tokenizer, item["query"], item["choices"])
+        scores = inference.choice_logprobs(model, tokenizer, prefix + item["query"], item["choices"])
         normed = [s / max(len(c.encode()), 1) for s, c in zip(scores, item["choices"], strict=True)]
         pick = max(range(len(scores)), key=scores.__getitem__)
         pick_norm = max(range(len(normed)), key=normed.__getitem__)
-        hits += pick == item["gold"]
-        norm_hits += pick_norm == item["gold"]
+        hits.append(float(pick == item["gold"]))
+        norm_hits.append(float(pick_norm == item["gold"]))
         if len(samples) < 5:
             samples.append({"prompt": item["query"], "reference": item["choices"][item["gold"]],
                             "answer": item["choices"][pick]})
-    return SuiteResult({"acc": hits / len(rows), "acc_norm": norm_hits / len(rows)}, samples)
+    return SuiteResult({"acc": sum(hits) / len(rows), "acc_norm": sum(norm_hits) / len(rows)}, samples,
+                       rows={"acc": hits, "acc_norm": norm_hits})
 
 
 def _generation(suite, rows: list, model, tokenizer, new_tokens: int) -> SuiteResult:
-    """The suite's overlap metrics (ROUGE, BLEU, chrF, exact match) of greedy answers against the references."""
+    """Greedy answers against the references (ROUGE, BLEU, chrF, exact match) and the references'
+    bits per byte after the prompt (``answer_bpb``: how likely the model finds the reference answer)."""
     from shipyard.data.preferences import render_prompt
     from shipyard.eval import metrics as M
     from shipyard.models import inference
 
-    prompts = [render_prompt(m, tokenizer) for m, _ in rows]
+    examples = fewshot_examples(suite)
+    prompts = [render_prompt(with_examples(m, examples), tokenizer) for m, _ in rows]
     refs = [ref for _, ref in rows]
-    answers = inference.generate(model, tokenizer, prompts, new_tokens)
     scores: dict[str, float] = {}
-    rouge_keys = tuple(k for k in suite.metrics if k.startswith("rouge"))
-    if rouge_keys:
-        scores.update(M.rouge(answers, refs, rouge_keys))
-    for name, metric in (("bleu", M.bleu), ("chrf", M.chrf), ("exact_match", M.exact_match)):
-        if name in suite.metrics:
-            scores[name] = metric(answers, refs)
+    per_row: dict[str, list] = {}
+    if set(suite.metrics) - {"answer_bpb"}:
+        answers = inference.generate(model, tokenizer, prompts, new_tokens)
+        rouge_keys = tuple(k for k in suite.metrics if k.startswith("rouge"))
+        if rouge_keys:
+            per_row.update(M.rouge_rows(answers, refs, rouge_keys))
+        if "exact_match" in suite.metrics:
+            per_row["exact_match"] = [float(M.normalize_answer(a) == M.normalize_answer(r))
+                                      for a, r in zip(answers, refs, strict=True)]
+        scores.update({k: sum(v) / len(v) for k, v in per_row.items()})
+        for name, metric in (("bleu", M.bleu), ("chrf", M.chrf)):  # corpus-level: no per-row CI
+            if name in suite.metrics:
+                scores[name] = metric(answers, refs)
+    else:
+        answers = [""] * len(prompts)
+    if "answer_bpb" in suite.metrics:
+        from shipyard.eval.stats import LN2
+
+        per_row["answer_bpb"] = [[-inference.continuation_logprobs(model, tokenizer, p, [r])[0][0] / LN2,
+                                  len(r.encode())] for p, r in zip(prompts, refs, strict=True)]
+        scores["answer_bpb"] = sum(b for b, _ in per_row["answer_bpb"]) / sum(n for _, n in per_row["answer_bpb"])
     samples = [{"prompt": p, "reference": r, "answer": a}
                for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]
-    return SuiteResult(scores, samples)
+    return SuiteResult(scores, samples, rows=per_row)
+
+
+def win_rate_rows(candidate: list[float], baseline: list[float]) -> list[float]:
+    """Per prompt: 1 where the candidate's reward beats the baseline's, 0.5 on a tie, else 0."""
+    return [1.0 if c > b else 0.5 if c == b else 0.0 for c, b in zip(candidate, baseline, strict=True)]
 
 
 def win_rate(candidate: list[float], baseline: list[float]) -> float:
     """Share of prompts where the candidate's reward beats the baseline's; ties count half."""
-    wins = sum(1.0 if c > b else 0.5 if c == b else 0.0 for c, b in zip(candidate, baseline, strict=True))
-    return wins / len(candidate)
+    rows = win_rate_rows(candidate, baseline)
+    return sum(rows) / len(rows)

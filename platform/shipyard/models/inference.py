@@ -14,23 +14,38 @@ def model_device(model):
     return next(model.parameters()).device
 
 
-def perplexity(model, tokenizer, texts: list[str], context_length: int) -> float:
-    """Token-weighted perplexity over ``texts``, each scored in non-overlapping windows."""
+def text_nll(model, tokenizer, texts: list[str], context_length: int) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood in nats, tokens scored) of each text.
+
+    As lm-evaluation-harness's rolling log-likelihood: the text follows the tokenizer's BOS (else
+    EOS) token, so its first token is scored too, and windows of ``context_length`` overlap by
+    one token, so every token is scored exactly once.
+    """
     import torch
 
     device = model_device(model)
-    nll, count = 0.0, 0
+    prefix = next((t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id) if t is not None), None)
+    out = []
     with torch.no_grad():
         for text in texts:
             ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-            for i in range(0, len(ids) - 1, context_length):
+            ids = ([prefix] if prefix is not None else []) + ids
+            nll, count = 0.0, 0
+            for i in range(0, max(len(ids) - 1, 0), context_length - 1):
                 window = torch.tensor([ids[i : i + context_length]], device=device)
                 if window.shape[1] < 2:
                     continue
-                loss = model(input_ids=window, labels=window).loss.item()
                 n = window.shape[1] - 1
-                nll += loss * n
+                nll += model(input_ids=window, labels=window).loss.item() * n
                 count += n
+            out.append((nll, count))
+    return out
+
+
+def perplexity(model, tokenizer, texts: list[str], context_length: int) -> float:
+    """Token-weighted perplexity over ``texts`` (``text_nll``)."""
+    scored = text_nll(model, tokenizer, texts, context_length)
+    nll, count = sum(n for n, _ in scored), sum(c for _, c in scored)
     if count == 0:
         raise ValueError("no tokens to score for perplexity")
     return math.exp(nll / count)

@@ -34,6 +34,12 @@ from shipyard.train.reward_model_config import RewardModelConfig
 # The models the lifecycle's evaluate stage measures (champion: the registered one, when there is one).
 EVAL_MODELS = ("base", "finetuned", "aligned", "optimized", "champion")
 EVAL_ALIGNMENT = "alignment"
+# The eval table's rows that are not models: what a stage measured itself (``shipyard.eval.evaluate.STAGE_ROWS``).
+STAGE_REPORTS = {
+    EVAL_ALIGNMENT: ("align", ALIGNMENT_KEYS),
+    "reward_model": ("reward_model", ("pairwise_accuracy", "test_pairs")),
+    "optimization": ("optimize", ("size_ratio", "latency_ratio", "perplexity_ratio", "tokens_per_s_ratio")),
+}
 
 
 class PipelineConfig(StrictModel):
@@ -95,16 +101,21 @@ class PipelineConfig(StrictModel):
 
     def _check_gate(self) -> None:
         for i, check in enumerate(self.register_.gate):
-            if check.metric.startswith(EVAL_ALIGNMENT + "."):
-                name = check.metric.split(".", 1)[1]
-                if name not in ALIGNMENT_KEYS:
-                    raise ValueError(f"register.gate.{i}.metric: {check.metric!r}: the align stage reports "
-                                     f"{', '.join(ALIGNMENT_KEYS)}")
-                continue
-            try:
-                self.evaluate.check_metric(check.metric, EVAL_MODELS)
-            except ValueError as exc:
-                raise ValueError(f"register.gate.{i}.metric: {exc}") from None
+            for j, metric in enumerate([check.metric, *check.vs]):
+                where = f"register.gate.{i}." + ("metric" if j == 0 else f"vs.{j - 1}")
+                self._check_gate_metric(where, metric)
+
+    def _check_gate_metric(self, where: str, metric: str) -> None:
+        row, _, name = metric.partition(".")
+        if row in STAGE_REPORTS:
+            stage, keys = STAGE_REPORTS[row]
+            if name not in keys:
+                raise ValueError(f"{where}: {metric!r}: the {stage} stage reports {', '.join(keys)}")
+            return
+        try:
+            self.evaluate.check_metric(metric, EVAL_MODELS)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
 
     def align_eval_prompts(self) -> str:
         """The align stage's held-out prompts: its own, else the first reward suite's."""

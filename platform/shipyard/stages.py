@@ -150,7 +150,6 @@ def _optimize(cfg, inputs, outputs, run):
 def _evaluate(cfg, inputs, outputs, run):
     """Every model of the run on the eval spec; plus the current champion when the gate compares with it."""
     from shipyard.eval.evaluate import run_evaluate
-    from shipyard.train.align import ALIGNMENT_FILE
 
     models = {k.removesuffix("_model"): v for k, v in inputs.items() if k not in ("reward_model", "rag_index")}
     if any(check.against_champion() for check in cfg.register_.gate):
@@ -164,13 +163,29 @@ def _evaluate(cfg, inputs, outputs, run):
         feast_repo = repo_for(run.tracking_uri)
         run.tag({"shipyard.eval_rag_index": rag_ref})
     table = run_evaluate(cfg.evaluate, models, outputs["report"], reward_model_dir=inputs["reward_model"],
-                         sources={"optimized": "aligned"},
-                         alignment_report=Path(models["aligned"]) / ALIGNMENT_FILE if "aligned" in models else None,
+                         sources={"finetuned": "base", "aligned": "finetuned", "optimized": "aligned"},
+                         reports=_stage_reports(models, inputs.get("reward_model")),
                          rag_index=rag_ref, feast_repo=feast_repo)
     run.artifact(outputs["report"], "eval")
     flat = {f"{m}.{k}": v for m, scores in table.items() for k, v in scores.items()}
     run.log_parent(flat)
     return flat
+
+
+def _stage_reports(models: dict, reward_model: str | None) -> dict[str, Path]:
+    """What the align, reward_model and optimize stages measured, for the eval table (and the gate)."""
+    from shipyard.optimize.optimize import REPORT_FILE as OPTIMIZE_FILE
+    from shipyard.train.align import ALIGNMENT_FILE
+    from shipyard.train.reward_model import REPORT_FILE as REWARD_FILE
+
+    out = {}
+    if "aligned" in models:
+        out["alignment"] = Path(models["aligned"]) / ALIGNMENT_FILE
+    if reward_model:
+        out["reward_model"] = Path(reward_model) / REWARD_FILE
+    if "optimized" in models:
+        out["optimization"] = Path(models["optimized"]) / OPTIMIZE_FILE
+    return out
 
 
 def _rag_ref(inputs: dict) -> str | None:
@@ -214,9 +229,11 @@ def _register(cfg, inputs, outputs, run):
     from shipyard.tracking.registry import pin_rag_index
 
     reg = cfg.register_
-    table = json.loads((Path(inputs["eval_report"]) / "eval.json").read_text())
+    report = Path(inputs["eval_report"])
+    table = json.loads((report / "eval.json").read_text())
+    rows = json.loads((report / "eval_rows.json").read_text()) if (report / "eval_rows.json").exists() else {}
     model_dir = inputs["optimized_model"] if reg.model == "optimized" else inputs["aligned_model"]
-    decision = register_candidate(run, reg, table, model_dir, cfg.serve.max_new_tokens, cfg.digest())
+    decision = register_candidate(run, reg, table, model_dir, cfg.serve.max_new_tokens, cfg.digest(), rows)
     rag_ref = _rag_ref(inputs)
     if rag_ref:  # the served pair is the registered pair
         pin_rag_index(run.tracking_uri, reg.model_name, decision["version"], rag_ref)
@@ -224,6 +241,7 @@ def _register(cfg, inputs, outputs, run):
     run.artifact(inputs["eval_report"], "eval")
     Path(outputs["decision"]).mkdir(parents=True, exist_ok=True)
     (Path(outputs["decision"]) / "decision.json").write_text(json.dumps(decision, indent=2))
+    run.artifact(Path(outputs["decision"]) / "decision.json", "decision")
     gate = "passed" if decision["gate_passed"] else "failed"
     run.tag_parent({"shipyard.registered_model": reg.model_name, "shipyard.registered_version": decision["version"],
                     "shipyard.gate": gate, "shipyard.gate_failures": "; ".join(decision["failures"])[:4900]})

@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 Device = Literal["auto", "cpu", "cuda"]
 # A float model's weights at inference: auto is bfloat16 on a GPU that has it, else float32.
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+# Compute precision of the transformers/TRL training stages (fp32 master weights either way): auto is bf16
+# autocast where the device computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32.
+Precision = Literal["auto", "fp32", "bf16"]
 # How a stage reports metrics while it runs: log(metrics, step), e.g. into its MLflow run.
 MetricsLogger = Callable[[dict[str, float], int], None]
 

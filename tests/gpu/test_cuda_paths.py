@@ -258,5 +258,5 @@ def test_the_alignment_judgement_runs_on_the_gpu(gpu_base, tmp_path):
     cfg = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"), max_length=64,
                       generation={"max_new_tokens": 8}, rewards=[RewardTerm(kind="keywords", keywords=["the"])])
     same = shutil.copytree(base, tmp_path / "same")  # the judgement writes its samples beside the model
-    m = evaluate_alignment(cfg, same, same, ["The Python", "A list is"] * 4, build_reward(cfg.rewards, None, 64))
+    m, _ = evaluate_alignment(cfg, same, same, ["The Python", "A list is"] * 4, build_reward(cfg.rewards, None, 64))
     assert m["win_rate"] == 0.5 and abs(m["kl_to_instruct"]) < 1e-3

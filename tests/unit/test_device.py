@@ -144,6 +144,6 @@ def test_the_alignment_judgement_of_a_model_against_itself_is_a_tie_with_zero_kl
     copy = shutil.copytree(tiny_base, tmp_path / "same")  # the judgement writes its samples beside the model
     cfg = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"), max_length=64,
                       generation={"max_new_tokens": 8}, rewards=[RewardTerm(kind="keywords", keywords=["the"])])
-    m = evaluate_alignment(cfg, copy, copy, ["The Python", "A list is"] * 4, build_reward(cfg.rewards, None, 64))
+    m, _ = evaluate_alignment(cfg, copy, copy, ["The Python", "A list is"] * 4, build_reward(cfg.rewards, None, 64))
     assert m["win_rate"] == 0.5 and abs(m["kl_to_instruct"]) < 1e-4
     assert (copy / "alignment_samples.jsonl").exists()

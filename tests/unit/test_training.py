@@ -120,3 +120,42 @@ def test_quantize_is_smaller_and_reloads_exactly(tiny_base, tmp_path):
     assert torch.equal(q.get_submodule(name).weight().int_repr(), ref.get_submodule(name).weight().int_repr())
     ids = torch.randint(0, 600, (1, 16))
     assert torch.allclose(q(ids).logits, ref(ids).logits)
+
+
+def test_align_refuses_a_reward_model_at_chance_before_any_work(tmp_path):
+    from shipyard.eval.stats import bootstrap_ci
+    from shipyard.train.align import check_reward_model, run_align
+    from shipyard.train.reward_model import REPORT_FILE
+
+    def rm_with(hits):
+        d = tmp_path / f"rm{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        (d / REPORT_FILE).write_text(json.dumps({"pairwise_accuracy": sum(hits) / len(hits), "ci95": bootstrap_ci(hits),
+                                                 "test_pairs": len(hits), "rows": {"pairwise_accuracy": hits}}))
+        return d
+
+    chance = rm_with([1.0, 0.0] * 30)  # 0.5 on 60 pairs: the tiny profile's reward model
+    ppo = AlignConfig(method="ppo", train=str(DEMO / "preferences/train.jsonl"),
+                      eval_prompts=str(DEMO / "preferences/test.jsonl"))
+    # refused before the policy is even read: the policy path does not exist
+    with pytest.raises(ValueError, match=r"refuses the reward model: held-out pairwise accuracy 0.500, 95% CI"):
+        run_align(ppo, tmp_path / "no-policy", tmp_path / "out", reward_model_dir=chance)
+    close = rm_with([1.0] * 40 + [0.0] * 20)  # 0.667, but its interval reaches below 0.6
+    with pytest.raises(ValueError, match="does not lie above align.min_reward_accuracy=0.6"):
+        check_reward_model(ppo, close)
+    good = rm_with([1.0] * 100 + [0.0] * 20)  # 0.83 on 120 pairs
+    assert check_reward_model(ppo, good)["reward_model_accuracy_ci95_low"] > 0.75
+    with pytest.raises(ValueError, match="no reward_model.json"):
+        check_reward_model(ppo, tmp_path)
+    # DPO judged by vaderSentiment does not use the reward model: nothing to refuse
+    dpo = ppo.model_copy(update={"method": "dpo", "judge": [{"kind": "sentiment"}]})
+    dpo = AlignConfig.model_validate(dpo.model_dump())
+    assert not dpo.uses_reward_model() and check_reward_model(dpo, chance) == {}
+
+
+def test_sentiment_judge_is_vader():
+    from shipyard.train.rl_rewards import RewardTerm, build_reward
+
+    judge = build_reward([RewardTerm(kind="sentiment")], None, 64)
+    good, bad, flat = judge(["", "", ""], ["A wonderful, moving film.", "A dull, awful mess.", "It is a film."])
+    assert good > 0.5 and bad < -0.5 and flat == 0.0

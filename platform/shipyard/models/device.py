@@ -30,6 +30,28 @@ def quant_method(model_dir: str | Path | None) -> str | None:
     return json.loads((Path(model_dir) / QUANT_FILE).read_text()).get("method") or "unknown"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX): then bf16 autocast is ~2x fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def train_precision(requested: str) -> str:
+    """``fp32`` or ``bf16`` for a training stage's ``precision`` (auto: bf16 where it is native)."""
+    import torch
+
+    if requested != "auto":
+        if requested == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise ValueError("precision bf16: this GPU has no bf16; use fp32 or auto")
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
 def cuda_available() -> bool:
     import torch
 

@@ -3,10 +3,12 @@
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # after finetune + reward_model
 
 ``align.method`` picks the algorithm; ``align.rewards`` (default: the reward model) scores
-completions for PPO and GRPO. After training, held-out prompts are answered by the instruct model
-and by the aligned one, and both answers are scored with the same reward and the toxicity
-classifier: mean reward, win rate, toxicity rate and KL(aligned || instruct) go to the stage's
-metrics and to ``alignment.json`` in the output, where the evaluate stage and the gate read them.
+completions for PPO and GRPO. A reward model whose held-out accuracy interval does not clear
+``align.min_reward_accuracy`` is refused before any work. After training, held-out prompts are
+answered by the instruct model and by the aligned one, and both answers are scored with the same
+judge (``align.judge``, default the rewards) and the toxicity classifier: mean reward, win rate
+(with its 95% interval), toxicity rate and KL(aligned || instruct) go to the stage's metrics and to
+``alignment.json`` in the output, where the evaluate stage and the gate read them.
 """
 
 from __future__ import annotations
@@ -44,14 +46,14 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
     held_path = cfg.eval_prompts or eval_prompts
     if held_path is None:
         raise ValueError("align: no held-out prompts for the aligned-vs-instruct evaluation (set align.eval_prompts)")
+    rm_report = check_reward_model(cfg, reward_model_dir)  # before any work: a reward model at chance stops here
     tokenizer = load_tokenizer(policy_dir)
     held, _ = load_prompts(held_path, cfg.eval_examples, tokenizer)  # before training: a bad file fails fast
     torch.manual_seed(cfg.seed)  # what follows loading draws from the seed (load_policy seeds new adapters itself)
     model = load_policy(policy_dir, cfg.lora, cfg.method, cfg.seed)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # Built once for training and judgement; DPO needs it only after training, so it loads it then.
-    build = lambda: reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)
-    rewards = None if cfg.method == "dpo" else build()
+    rewards = None if cfg.method == "dpo" else reward_functions(cfg.rewards, reward_model_dir, cfg.max_length)
     if cfg.method == "dpo":
         metrics, bad = _dpo(cfg, model, tokenizer, log)
     else:
@@ -67,9 +69,34 @@ def run_align(cfg: AlignConfig, policy_dir: str | Path, output_dir: str | Path,
         metrics["train_prompts"] = len(prompts)
     how = save_policy(model.cpu(), tokenizer, policy_dir, output_dir)
     write_quarantine(output_dir / "quarantine.jsonl", bad)
-    judged = evaluate_alignment(cfg, policy_dir, output_dir, held, weighted_sum(rewards or build()))
-    (output_dir / ALIGNMENT_FILE).write_text(json.dumps({"method": cfg.method, "saved_as": how, **judged}, indent=2))
+    same = cfg.judge is None and rewards is not None
+    judge = rewards if same else reward_functions(cfg.judge_terms(), reward_model_dir, cfg.max_length)
+    judged, win_rows = evaluate_alignment(cfg, policy_dir, output_dir, held, weighted_sum(judge))
+    judged.update(rm_report)
+    (output_dir / ALIGNMENT_FILE).write_text(json.dumps({"method": cfg.method, "saved_as": how, **judged,
+                                                         "judge": [t.kind for t in cfg.judge_terms()],
+                                                         "rows": {"win_rate": win_rows}}, indent=2))
     return {**metrics, **judged, "trainable_params": trainable, "quarantined": len(bad)}
+
+
+def check_reward_model(cfg: AlignConfig, reward_model_dir) -> dict[str, float]:
+    """The reward model's held-out accuracy when align uses it; ValueError when its 95% interval does
+    not lie above ``cfg.min_reward_accuracy``."""
+    if not cfg.uses_reward_model():
+        return {}
+    if reward_model_dir is None:
+        raise ValueError("align uses the reward model (a reward_model reward or judge term) but got none")
+    from shipyard.train.reward_model import read_accuracy
+
+    report = read_accuracy(reward_model_dir)
+    acc, (lo, hi) = report["pairwise_accuracy"], report["ci95"]
+    if lo <= cfg.min_reward_accuracy:
+        raise ValueError(f"align refuses the reward model: held-out pairwise accuracy {acc:.3f}, 95% CI "
+                         f"[{lo:.3f}, {hi:.3f}] on {report['test_pairs']} pairs, does not lie above "
+                         f"align.min_reward_accuracy={cfg.min_reward_accuracy}. Optimizing against it would "
+                         f"reward noise: train it longer or on more pairs, or align with dpo and a judge "
+                         f"that is not the reward model")
+    return {"reward_model_accuracy": acc, "reward_model_accuracy_ci95_low": lo}
 
 
 def _dpo(cfg: AlignConfig, model, tokenizer, log: MetricsLogger):
@@ -117,8 +144,9 @@ def _grpo(cfg: AlignConfig, model, tokenizer, prompts: list[str], rewards, log: 
 
 
 def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: list[str],
-                       reward: RewardFn) -> dict[str, float]:
-    """Instruct vs aligned on held-out prompts: mean reward, win rate, toxicity rate, KL.
+                       reward: RewardFn) -> tuple[dict[str, float], list[float]]:
+    """Instruct vs aligned on held-out prompts: mean reward, win rate (with its 95% interval), toxicity
+    rate, KL; and the per-prompt wins (1, 0.5 for a tie, 0) the interval comes from.
 
     Both models answer every prompt the same way (``cfg.eval_decoding``: ``cfg.eval_samples``
     samples with the generation settings RL optimized, seeded alike, or one greedy answer), scored
@@ -129,7 +157,8 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     """
     import torch
 
-    from shipyard.eval.suites import win_rate
+    from shipyard.eval.stats import bootstrap_ci
+    from shipyard.eval.suites import win_rate_rows
     from shipyard.models.causal_lm import load_tokenizer
     from shipyard.models.device import load_for_inference
     from shipyard.models.inference import generate
@@ -153,13 +182,15 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
         for i in range(0, min(len(asked), 8 * k), k):
             f.write(json.dumps({"prompt": asked[i], **{f"{n}_answer": answers[n][i] for n in answers},
                                 **{f"{n}_reward": scores[n][i] for n in scores}}, ensure_ascii=False) + "\n")
+    wins = win_rate_rows(per_prompt["aligned"], per_prompt["instruct"])
+    lo, hi = bootstrap_ci(wins)
     return {"reward_instruct": mean(scores["instruct"]), "reward_aligned": mean(scores["aligned"]),
             "reward_gain": mean(scores["aligned"]) - mean(scores["instruct"]),
-            "win_rate": win_rate(per_prompt["aligned"], per_prompt["instruct"]),
+            "win_rate": mean(wins), "win_rate_ci95_low": lo, "win_rate_ci95_high": hi,
             "toxicity_rate_instruct": mean([p > 0.5 for p in tox["instruct"]]),
             "toxicity_rate_aligned": mean([p > 0.5 for p in tox["aligned"]]),
             "kl_to_instruct": sequence_kl(models["aligned"], models["instruct"], tok, prompts, cfg),
-            "eval_prompts": len(prompts), "eval_answers": len(asked)}
+            "eval_prompts": len(prompts), "eval_answers": len(asked)}, wins
 
 
 def sequence_kl(policy, reference, tokenizer, prompts: list[str], cfg: AlignConfig, batch_size: int = 16) -> float:

@@ -6,13 +6,14 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from shipyard.schema import StrictModel
+from shipyard.schema import Precision, StrictModel
 from shipyard.train.finetune_config import LoraConfig
 from shipyard.train.rl_rewards import RewardTerm
 
 # What the align stage's judgement (alignment.json) reports; a gate may name any as alignment.<key>.
 ALIGNMENT_KEYS = ("reward_instruct", "reward_aligned", "reward_gain", "win_rate", "toxicity_rate_instruct",
-                  "toxicity_rate_aligned", "kl_to_instruct", "eval_prompts", "eval_answers")
+                  "toxicity_rate_aligned", "kl_to_instruct", "eval_prompts", "eval_answers", "reward_model_accuracy",
+                  "reward_model_accuracy_ci95_low", "win_rate_ci95_low", "win_rate_ci95_high")
 
 
 class GenerationSettings(StrictModel):
@@ -74,7 +75,16 @@ class AlignConfig(StrictModel):
                                                        "optimized, fixed seed) or greedy.")
     eval_samples: int = Field(4, gt=0, le=64, description="Answers per held-out prompt and model (sample).")
     rewards: list[RewardTerm] = Field(default_factory=lambda: [RewardTerm()], min_length=1,
-                                      description="Reward terms (ppo, grpo, and the alignment evaluation).")
+                                      description="Reward terms (ppo, grpo; and the alignment evaluation "
+                                                  "unless judge is set).")
+    judge: list[RewardTerm] | None = Field(None, min_length=1, description="What scores aligned vs instruct on "
+                                           "the held-out prompts (default: rewards). A judge the policy did not "
+                                           "optimize against (sentiment: vaderSentiment) makes the win rate "
+                                           "evidence rather than a measure of reward hacking.")
+    min_reward_accuracy: float = Field(0.6, ge=0, lt=1, description="Floor on the reward model's held-out "
+                                       "pairwise accuracy: when align uses the reward model (a reward or judge "
+                                       "term) and the accuracy's 95% interval does not lie above it, align "
+                                       "refuses to start (a reward model at chance rewards noise).")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters on the policy (the reference is "
                                     "the same weights with adapters disabled); merged into the output.")
     generation: GenerationSettings = GenerationSettings()
@@ -88,6 +98,16 @@ class AlignConfig(StrictModel):
     lr: float = Field(5e-4, gt=0, le=1)
     max_examples: int | None = Field(None, gt=0)
     seed: int = 0
+    precision: Precision = Field("auto", description="fp32 or bf16 autocast (fp32 weights either way); auto: "
+                                 "bf16 where the device computes it natively (2.2x faster steps on an "
+                                 "AVX512-BF16 CPU), else fp32.")
+
+    def judge_terms(self) -> list[RewardTerm]:
+        return self.judge or self.rewards
+
+    def uses_reward_model(self) -> bool:
+        terms = (self.rewards if self.method != "dpo" else []) + self.judge_terms()
+        return any(t.kind == "reward_model" for t in terms)
 
     @model_validator(mode="after")
     def _shapes(self) -> AlignConfig:

@@ -10,10 +10,13 @@ def trainer_args(cfg) -> dict:
 
     No checkpoints are written by the Trainer here (the stage saves its own output), and nothing
     is reported to third parties: metrics go through ``LogForwarder`` to the stage's MLflow run.
+    ``cfg.precision`` (auto: bf16 autocast where the device computes bf16 natively) sets ``bf16``.
     """
     import tempfile
 
     import torch
+
+    from shipyard.models.device import train_precision
 
     return dict(
         output_dir=tempfile.mkdtemp(prefix="shipyard-trainer-"),
@@ -30,6 +33,7 @@ def trainer_args(cfg) -> dict:
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        bf16=train_precision(getattr(cfg, "precision", "fp32")) == "bf16",
     )
 
 

@@ -3,7 +3,9 @@
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # beside finetune
 
 A one-logit sequence-classification head on the pretrained base. Reports held-out pairwise
-accuracy (share of test pairs where the chosen text scores higher) before and after training.
+accuracy (share of test pairs where the chosen text scores higher) before and after training, with
+its 95% bootstrap interval, in the stage's metrics and in ``reward_model.json`` beside the model:
+the align stage refuses a reward model whose interval does not clear its floor.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from shipyard.data.shards import Quarantined, write_quarantine
 from shipyard.schema import MetricsLogger
 from shipyard.train.hf_trainer import log_forwarder, quiet, trainer_args
 from shipyard.train.reward_model_config import RewardModelConfig
+
+REPORT_FILE = "reward_model.json"
 
 
 def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 16) -> list[float]:
@@ -33,10 +37,25 @@ def score_texts(model, tokenizer, texts: list[str], max_length: int, batch_size:
     return scores
 
 
-def pairwise_accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
+def pairwise_hits(model, tokenizer, rows: list[dict], max_length: int) -> list[float]:
+    """Per held-out pair: 1 where the chosen text scores higher than the rejected one, 0.5 on a tie, else 0."""
     chosen = score_texts(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows], max_length)
     rejected = score_texts(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows], max_length)
-    return sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(rows)
+    return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
+
+
+def pairwise_accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
+    hits = pairwise_hits(model, tokenizer, rows, max_length)
+    return sum(hits) / len(hits)
+
+
+def read_accuracy(model_dir: str | Path) -> dict:
+    """What the reward_model stage measured on its held-out pairs (``REPORT_FILE`` in its output)."""
+    path = Path(model_dir) / REPORT_FILE
+    if not path.exists():
+        raise ValueError(f"{model_dir}: no {REPORT_FILE}: this reward model's held-out accuracy is unknown "
+                         f"(train it with the reward_model stage)")
+    return json.loads(path.read_text())
 
 
 def load_reward_model(path: str | Path):
@@ -57,6 +76,7 @@ def run_reward_model(
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
+    from shipyard.eval.stats import bootstrap_ci
     from shipyard.models.causal_lm import load_tokenizer
 
     output_dir = Path(output_dir)
@@ -87,10 +107,15 @@ def run_reward_model(
                                   processing_class=tokenizer, callbacks=[log_forwarder(log)]))
     out = trainer.train()
     model = trainer.model
-    acc = pairwise_accuracy(model, tokenizer, test, cfg.max_length)
+    hits = pairwise_hits(model, tokenizer, test, cfg.max_length)
+    acc, (lo, hi) = sum(hits) / len(hits), bootstrap_ci(hits)
     model.save_pretrained(output_dir, safe_serialization=True)
     tokenizer.save_pretrained(output_dir)
     write_quarantine(output_dir / "quarantine.jsonl", bad + bad_test)
-    return {"pairwise_accuracy_before": acc_before, "pairwise_accuracy": acc,
+    (output_dir / REPORT_FILE).write_text(json.dumps({"pairwise_accuracy": acc, "ci95": [lo, hi],
+                                                      "test_pairs": len(test),
+                                                      "rows": {"pairwise_accuracy": hits}}))
+    return {"pairwise_accuracy_before": acc_before, "pairwise_accuracy": acc, "pairwise_accuracy_ci95_low": lo,
+            "pairwise_accuracy_ci95_high": hi,
             "train_loss": out.training_loss, "train_pairs": len(train), "test_pairs": len(test),
             "quarantined": len(bad) + len(bad_test)}

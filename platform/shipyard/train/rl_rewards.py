@@ -6,7 +6,10 @@ A reward is a weighted sum of terms, each a function ``(prompts, completions) ->
 - ``non_toxic``: the toxicity classifier shipped in ``alt-profanity-check``, as the log-odds of
   "not toxic" (the seeds' "not hate" logit), so a clean text scores high and an abusive one low;
 - ``keywords``: occurrences of given words per completion word (a simple, known reward for tests
-  and format shaping).
+  and format shaping);
+- ``sentiment``: vaderSentiment's compound score of the completion (-1 to 1), the rater whose
+  scale the demo's preference labels come from: a judge for sentiment steering that the policy
+  never optimized against.
 
 PPO sums the terms into one scalar; GRPO gets them as TRL's list of reward functions with weights.
 """
@@ -29,10 +32,10 @@ RewardFn = Callable[[list[str], list[str]], list[float]]
 class RewardTerm(StrictModel):
     """One reward term; the total reward is the weighted sum of the terms."""
 
-    kind: Literal["reward_model", "non_toxic", "keywords"] = Field(
+    kind: Literal["reward_model", "non_toxic", "keywords", "sentiment"] = Field(
         "reward_model", description="reward_model: the trained reward model (the align stage's input); "
         "non_toxic: log-odds of not-toxic from alt-profanity-check; keywords: share of completion words "
-        "that are in `keywords`.")
+        "that are in `keywords`; sentiment: vaderSentiment's compound score of the completion.")
     weight: float = Field(1.0, description="Multiplier of this term in the sum.")
     keywords: list[str] = Field(default_factory=list, description="Words rewarded by kind keywords.")
 
@@ -57,6 +60,23 @@ def non_toxic_logit(texts: list[str]) -> list[float]:
         p = min(max(p, 1e-6), 1 - 1e-6)
         out.append(math.log((1 - p) / p))
     return out
+
+
+def sentiment_compound(texts: list[str]) -> list[float]:
+    """vaderSentiment's compound polarity of each text, -1 (negative) to 1 (positive); 0 when neutral."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    analyzer = _vader(SentimentIntensityAnalyzer)
+    return [float(analyzer.polarity_scores(t)["compound"]) for t in texts]
+
+
+_VADER: list = []
+
+
+def _vader(cls):
+    if not _VADER:  # its lexicon takes 0.1 s to read: once per process
+        _VADER.append(cls())
+    return _VADER[0]
 
 
 def keyword_share(completions: list[str], keywords: list[str]) -> list[float]:
@@ -97,6 +117,8 @@ def term_function(term: RewardTerm, reward_model_dir: str | Path | None, max_len
         return RewardModelScorer(reward_model_dir, max_length)
     if term.kind == "non_toxic":
         return lambda prompts, completions: non_toxic_logit(completions)
+    if term.kind == "sentiment":
+        return lambda prompts, completions: sentiment_compound(completions)
     return lambda prompts, completions: keyword_share(completions, term.keywords)
 
 

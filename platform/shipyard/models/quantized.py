@@ -2,8 +2,9 @@
 
 Loading lives with the other loaders (``shipyard.models``), below the optimize stage that writes
 these directories, so serving and evaluation load a quantized champion without importing optimize.
-Methods: dynamic_int8 (exact int8 weights into torch's dynamic quantized Linear), int8/int4 weight-only
-(torchao's tensor subclasses, int4 packed two per byte on disk) and bitsandbytes (CUDA only).
+Methods: bf16 (bfloat16 weights, computed in bfloat16), dynamic_int8 (exact int8 weights into torch's
+dynamic quantized Linear), int8/int4 weight-only (torchao's tensor subclasses, int4 packed two per byte
+on disk) and bitsandbytes (CUDA only).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def load_quantized(path: str | Path):
         return load_weight_only(path, spec)
     if method in ("bnb_int8", "bnb_nf4"):
         return _load_bnb(path, method)
+    if method == "bf16":
+        import torch
+
+        return AutoModelForCausalLM.from_pretrained(str(path), trust_remote_code=False, use_safetensors=True,
+                                                    dtype=torch.bfloat16).eval()
     if method != "dynamic_int8":
         raise ValueError(f"{path / QUANT_FILE}: unsupported quantization method {method!r}")
     config = AutoConfig.from_pretrained(str(path), trust_remote_code=False)

@@ -21,6 +21,10 @@ from pathlib import Path
 from shipyard.optimize.optimize_config import OptimizeConfig
 
 REPORT_FILE = "optimize.json"
+DYNAMIC_INT8_NOTE = ("dynamic_int8 quantizes activations with one scale per tensor: a model with massive activations "
+                     "(a few tokens and channels thousands of times larger than the rest, as SmolLM2's down_proj "
+                     "inputs) loses most of its resolution; compare perplexity_ratio, and prefer bf16 or a "
+                     "weight-only method for such models")
 
 
 def _heldout(path: str | Path | None, corpus_dir: str | Path | None, n: int) -> list[str]:
@@ -148,8 +152,12 @@ def run_optimize(cfg: OptimizeConfig, model_dir: str | Path, output_dir: str | P
                     "latency_ratio": row["ms_per_token"] / base["ms_per_token"],
                     "perplexity_ratio": row["perplexity"] / base["perplexity"]})
     final = rows[-1]
-    (output_dir / REPORT_FILE).write_text(json.dumps({"source": str(source), "device": device, "steps": rows},
-                                                     indent=2))
+    final_ratios = {k: final[k] for k in ("size_ratio", "latency_ratio", "perplexity_ratio")}
+    notes = [DYNAMIC_INT8_NOTE] if cfg.quantize and cfg.quantize.method == "dynamic_int8" else []
+    (output_dir / REPORT_FILE).write_text(json.dumps({"source": str(source), "device": device, **final_ratios,
+                                                      "notes": notes,
+                                                      "tokens_per_s_ratio": 1 / final["latency_ratio"],
+                                                      "steps": rows}, indent=2))
     metrics.update({k: final[k] for k in ("size_ratio", "latency_ratio", "perplexity_ratio")})
     metrics.update({"size_bytes_before": base["size_bytes"], "size_bytes_after": final["size_bytes"],
                     "ms_per_token_before": base["ms_per_token"], "ms_per_token_after": final["ms_per_token"],

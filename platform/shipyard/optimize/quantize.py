@@ -8,6 +8,7 @@ Methods (``QuantizeConfig.method``):
   quantized modules (fbgemm/x86 kernels). torch 2.13 marks ``torch.ao.quantization`` deprecated
   in favour of torchao, but its eager dynamic int8 path still ships.
 - int8_weight_only / int4_weight_only: torchao (``shipyard.optimize.weight_only``).
+- bf16: the whole model in bfloat16 (``save_pretrained``), loaded and computed in bfloat16.
 - bnb_int8 / bnb_nf4: bitsandbytes through transformers, CUDA only; a clear error elsewhere.
 
 Every output is safetensors-only with ``shipyard_quant.json`` naming the method and the layers;
@@ -53,6 +54,8 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | Path, output_dir: str | P
     if cfg.method.startswith("bnb_"):
         return _bnb(cfg, model_dir, output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.method == "bf16":
+        return _bf16(model_dir, output_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True).eval()
     names = linear_names(model, cfg.skip_modules)
     if not names:
@@ -76,6 +79,19 @@ def run_quantize(cfg: QuantizeConfig, model_dir: str | Path, output_dir: str | P
     before, after = dir_size(model_dir), dir_size(output_dir)
     return {"size_bytes_before": before, "size_bytes_after": after, "size_ratio": after / before,
             "quantized_layers": len(names)}
+
+
+def _bf16(model_dir: Path, output_dir: Path) -> dict[str, float]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), use_safetensors=True, dtype=torch.bfloat16)
+    model.save_pretrained(output_dir, safe_serialization=True)
+    _copy_side_files(model_dir, output_dir, overwrite=False)
+    (output_dir / QUANT_FILE).write_text(json.dumps({"method": "bf16", "dtype": "bfloat16"}, indent=2))
+    before, after = dir_size(model_dir), dir_size(output_dir)
+    return {"size_bytes_before": before, "size_bytes_after": after, "size_ratio": after / before,
+            "quantized_layers": sum(isinstance(m, torch.nn.Linear) for m in model.modules())}
 
 
 def _copy_side_files(model_dir: Path, output_dir: Path, overwrite: bool = True) -> None:

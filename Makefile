@@ -33,7 +33,7 @@ $(BIN)/helm: scripts/install_helm.py | $(STAMP)
 helm: $(BIN)/helm
 
 demo: install
-	$(BIN)/shipyard demo -c pipelines/configs/tiny-cpu.yaml
+	$(BIN)/shipyard demo -c pipelines/configs/smollm2-cpu.yaml
 
 lint: install
 	$(BIN)/ruff check .

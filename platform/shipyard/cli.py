@@ -231,7 +231,7 @@ def ui(port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
 
 
 @app.command()
-def demo(config: ConfigOpt = Path("pipelines/configs/tiny-cpu.yaml"),
+def demo(config: ConfigOpt = Path("pipelines/configs/smollm2-cpu.yaml"),
          port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8080,
          tracking_uri: TrackingOpt = None) -> None:
     """Run the lifecycle pipeline, serve the champion, and chat with it once (``make demo``)."""

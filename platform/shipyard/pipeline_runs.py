@@ -56,6 +56,7 @@ class RunSummary:
     version: str | None = None
     gate: str | None = None
     gate_failures: str | None = None
+    decision: dict | None = None  # the register stage's decision.json: gate checks and stage-gain rows
 
 
 def summarize(tracking_uri: str, parent_run_id: str, wall_s: float = 0.0) -> RunSummary:
@@ -67,8 +68,10 @@ def summarize(tracking_uri: str, parent_run_id: str, wall_s: float = 0.0) -> Run
     parent = c.get_run(parent_run_id)
     summary = RunSummary(parent_run_id, tracking_uri, wall_s)
     for child in stage_runs(c, parent):
-        summary.stages[child.data.tags.get("shipyard.stage", child.info.run_name)] = \
-            child.data.metrics.get("duration_s", float("nan"))
+        stage = child.data.tags.get("shipyard.stage", child.info.run_name)
+        summary.stages[stage] = child.data.metrics.get("duration_s", float("nan"))
+        if stage == "register":
+            summary.decision = _decision(tracking_uri, child.info.run_id)
     for key, value in parent.data.metrics.items():
         model, _, metric = key.partition(".")
         summary.eval_table.setdefault(model, {})[metric] = value
@@ -77,6 +80,27 @@ def summarize(tracking_uri: str, parent_run_id: str, wall_s: float = 0.0) -> Run
     summary.gate = parent.data.tags.get("shipyard.gate")
     summary.gate_failures = parent.data.tags.get("shipyard.gate_failures") or None
     return summary
+
+
+def _decision(tracking_uri: str, run_id: str) -> dict | None:
+    import json
+
+    import mlflow
+
+    try:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="decision/decision.json",
+                                                    tracking_uri=tracking_uri)
+    except Exception:  # noqa: BLE001 - a run from before decisions were logged
+        return None
+    return json.loads(Path(local).read_text())
+
+
+def task_count(pipeline, cfg) -> int:
+    """How many tasks a local run executes: the DAG's, with the data-filter loop counted per shard."""
+    tasks = pipeline.pipeline_spec.root.dag.tasks
+    loops = [k for k in tasks if k.startswith("for-loop")]
+    inner = sum(len(pipeline.pipeline_spec.components[tasks[k].component_ref.name].dag.tasks) for k in loops)
+    return len(tasks) - len(loops) + inner * cfg.data_filter.fan_out
 
 
 def pipeline_arguments(pipeline, cfg, tracking_uri: str, parent_run_id: str) -> dict:
@@ -88,8 +112,10 @@ def pipeline_arguments(pipeline, cfg, tracking_uri: str, parent_run_id: str) -> 
 
 
 def run_local(pipeline_ref: str, config_path: str, tracking_uri: str | None = None,
-              pipeline_root: str | Path | None = None) -> RunSummary:
+              pipeline_root: str | Path | None = None, on_start=None) -> RunSummary:
     """Run a pipeline on kfp.local under one MLflow parent run; returns its summary.
+
+    ``on_start(parent_run_id, task_count)`` is called once the parent run exists, before any task.
 
     Raises:
         ConfigError: the profile is invalid (before anything runs).
@@ -103,6 +129,8 @@ def run_local(pipeline_ref: str, config_path: str, tracking_uri: str | None = No
     parent = start_pipeline_run(tracking_uri, cfg.experiment, pipeline.name, cfg, config_path)
     root = Path(pipeline_root or state_dir() / "kfp").resolve()
     kfp.local.init(runner=kfp.local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    if on_start is not None:
+        on_start(parent, task_count(pipeline, cfg))
     t0 = time.perf_counter()
     ok = False
     try:

@@ -3,7 +3,7 @@
 An import inside a function is still an edge: it runs when a pod calls that function, so a cycle kept
 alive only by an import's position breaks at start-up once someone moves the import. The layers are the
 README's (Layout): L0 schema, paths, images, templates · L1 data, models · L2 train, optimize, eval,
-features, apps · L3 tracking, serving, kube · L4 config, stages, pipeline_runs, cli, demo · L5 components ·
+features, apps · L3 tracking, serving, kube · L4 config, stages, pipeline_runs, cli, demo, console · L5 components ·
 L6 pipelines. A module may import its own layer or a lower one, never a higher one.
 """
 
@@ -23,7 +23,8 @@ LAYERS = [
     ["shipyard.data", "shipyard.models"],
     ["shipyard.train", "shipyard.optimize", "shipyard.eval", "shipyard.features", "shipyard.apps"],
     ["shipyard.tracking", "shipyard.serving", "shipyard.kube"],
-    ["shipyard.config", "shipyard.stages", "shipyard.pipeline_runs", "shipyard.cli", "shipyard.demo"],
+    ["shipyard.config", "shipyard.stages", "shipyard.pipeline_runs", "shipyard.cli", "shipyard.demo",
+     "shipyard.console"],
     ["shipyard.components"],
     ["shipyard.pipelines"],
 ]

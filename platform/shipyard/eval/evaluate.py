@@ -106,7 +106,8 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
             table[name], rows[name], timings[name] = {}, {}, {}
             for suite in (s for s in spec.suites if spec.runs(s, name)):
                 t0 = time.perf_counter()
-                result = run_suite(suite, data[suite.name], model, tok, spec, reward)
+                with _precision(suite, devices[name]):
+                    result = run_suite(suite, data[suite.name], model, tok, spec, reward)
                 seconds = time.perf_counter() - t0
                 timings[name][suite.name] = len(data[suite.name]) / seconds if seconds > 0 else float("inf")
                 table[name].update({f"{suite.name}.{k}": v for k, v in result.metrics.items()})
@@ -117,6 +118,16 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
                     f.write(json.dumps({"model": name, "suite": suite.name, **s}, ensure_ascii=False) + "\n")
             del model
     return table, rows, timings, devices, per_prompt
+
+
+def _precision(suite, device: str):
+    import contextlib
+
+    import torch
+
+    if suite.precision != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
 def intervals(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, list[float]]]:

@@ -47,6 +47,10 @@ class _Suite(StrictModel):
     max_examples: int | None = Field(None, gt=0, description="Rows used (default: the spec's max_examples).")
     models: list[str] | None = Field(None, min_length=1, description="Only these models run the suite (default: "
                                      "all); e.g. a few-shot baseline measured on the base model alone.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: the suite runs under bf16 autocast "
+                                               "(~2.7x faster forward passes where the device has native bf16); "
+                                               "every model on the suite shares it, so comparisons stay paired. "
+                                               "Keep fp32 where a float model is the reference for a quantized one.")
     METRICS: ClassVar[tuple[str, ...]] = ()
 
     def metric_names(self) -> tuple[str, ...]:

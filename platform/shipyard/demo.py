@@ -182,7 +182,9 @@ def format_stage_table(stages: list[dict]) -> str:
     for s in stages:
         ci = s.get("diff_ci95")
         ci_text = f"[{ci[0]:+.4g}, {ci[1]:+.4g}]" if ci else "—"
-        inp = "—" if s["input_value"] is None else f"{s['input_value']:.4g} ({s['input_model']})"
+        suite = (s.get("input_metric") or "").split(".")[1:2]  # the input's suite where it is not the output's
+        label = f"{s['input_model']}" + (f" {suite[0]}" if suite and suite[0] != s["metric"].split(".")[1] else "")
+        inp = "—" if s["input_value"] is None else f"{s['input_value']:.4g} ({label})"
         out = "—" if s["output_value"] is None else f"{s['output_value']:.4g} ({s['output_model']})"
         lines.append(f"| {s['stage']} | {s['metric'].split('.', 1)[1]} | {inp} | {out} | "
                      f"{_arrow(s['metric'], s['input_value'], s['output_value'])} | {ci_text} | "
@@ -192,7 +194,8 @@ def format_stage_table(stages: list[dict]) -> str:
 
 def write_summary(r: DemoResult, path: Path) -> Path:
     """``summary.json``: the champion, every stage row, the chat and the RAG answer."""
-    keys = ("stage", "metric", "input_model", "output_model", "input_value", "output_value", "diff_ci95", "passed")
+    keys = ("stage", "metric", "input_model", "output_model", "input_value", "output_value", "diff_ci95", "passed",
+            "input_metric")
     doc = {"champion_uri": r.model_uri, "pipeline_run": r.summary.parent_run_id,
            "registered_version": r.summary.version, "gate": r.summary.gate, "wall_s": r.summary.wall_s,
            "stage_seconds": r.summary.stages,

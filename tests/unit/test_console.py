@@ -49,6 +49,7 @@ def test_stage_progress_prints_one_line_per_finished_task(tmp_path):
 def test_stage_table_and_summary(tmp_path):
     stages = [
         {"stage": "finetune", "metric": "finetuned.instructions.answer_bpb", "input_model": "base",
+         "input_metric": "base.instructions_3shot.answer_bpb",
          "output_model": "finetuned", "input_value": 1.9, "output_value": 1.1, "diff_ci95": [-0.9, -0.7],
          "passed": True},
         {"stage": "reward_model", "metric": "reward_model.pairwise_accuracy", "input_model": "chance",
@@ -60,7 +61,8 @@ def test_stage_table_and_summary(tmp_path):
          "input_value": None, "output_value": 0.5, "diff_ci95": None, "passed": False},
     ]
     table = format_stage_table(stages)
-    assert "| finetune | instructions.answer_bpb | 1.9 (base) | 1.1 (finetuned) | ↓ better | [-0.9, -0.7] |" in table
+    assert ("| finetune | instructions.answer_bpb | 1.9 (base instructions_3shot) | 1.1 (finetuned) | ↓ better | "
+            "[-0.9, -0.7] |") in table
     assert "| align | win_rate | 0.5 (floor) | 0.72 (alignment) | ↑ better |" in table and "✗ failed" in table
     summary = RunSummary("run1", "sqlite:///x.db", 12.0, {"finetune": 3.0}, gate="failed", version="2")
     r = DemoResult(summary, "models:/m@champion", "q?", "an answer.", "ref", "idx@1", "rq?", "ra", [{"index": 1}],
@@ -68,6 +70,6 @@ def test_stage_table_and_summary(tmp_path):
     doc = json.loads(write_summary(r, tmp_path / "summary.json").read_text())
     assert doc["champion_uri"] == "models:/m@champion" and len(doc["stages"]) == 4
     assert set(doc["stages"][0]) == {"stage", "metric", "input_model", "output_model", "input_value",
-                                     "output_value", "diff_ci95", "passed"}
+                                     "output_value", "diff_ci95", "passed", "input_metric"}
     assert doc["chat"] == {"question": "q?", "answer": "an answer.", "reference": "ref"}
     assert doc["rag"]["citations"] == [{"index": 1}]

@@ -39,12 +39,16 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune",
                                    "align", "optimize",
                                    "reward_model", "evaluate", "rag_index", "register"}
-    assert set(summary.eval_table) == {"base", "finetuned", "aligned", "optimized", "alignment"}
+    # the models, and what the align, reward_model and optimize stages measured themselves
+    assert set(summary.eval_table) == {"base", "finetuned", "aligned", "optimized", "alignment", "reward_model",
+                                       "optimization"}
+    assert 0 <= summary.eval_table["reward_model"]["pairwise_accuracy"] <= 1
+    assert summary.eval_table["optimization"]["size_ratio"] < 1
     suites = {"heldout.perplexity", "instructions.rougeLsum", "instructions.chrf", "instructions.exact_match",
               "preferences.reward", "toxicity.rate", "python_cloze.acc_norm", "latency.ms_per_token",
               "rag.hit_rate", "rag.mrr", "rag.context_gain"}
     for name, scores in summary.eval_table.items():
-        if name != "alignment":
+        if name in ("base", "finetuned", "aligned", "optimized"):
             assert suites <= set(scores)
     # retrieval searched the index the rag_index stage built, once: the same figures for every model
     assert len({summary.eval_table[m]["rag.hit_rate"] for m in ("base", "optimized")}) == 1
@@ -54,6 +58,7 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     judged = summary.eval_table["alignment"]  # PPO's aligned model against the instruct model
     assert {"reward_instruct", "reward_aligned", "win_rate", "toxicity_rate_aligned", "kl_to_instruct"} <= set(judged)
     assert summary.gate == "passed" and summary.version == "1"
+    assert summary.decision["gate_passed"] and summary.decision["checks"]  # decision.json, read back from MLflow
     assert current_alias(uri, "shipyard-ci", "champion") == "1"
     assert current_alias(uri, "shipyard-ci", "candidate") == "1"
     assert result.model_uri == "models:/shipyard-ci@champion" and isinstance(result.answer, str)

@@ -27,7 +27,9 @@ def test_select_then_prompt_tuning_through_serving(tiny_base, monkeypatch, tmp_p
     profile["finetune"].pop("lora")
     profile["reward_model"].update(max_length=96, max_steps=4)
     profile["align"] = {"method": "dpo", "train": profile["align"]["train"], "max_length": 96, "max_steps": 3,
-                        "batch_size": 8, "lr": 0.0005, "eval_examples": 4, "generation": {"max_new_tokens": 8}}
+                        "batch_size": 8, "lr": 0.0005, "eval_examples": 4, "generation": {"max_new_tokens": 8},
+                        # judged by vaderSentiment: a 4-step reward model is at chance, and align would refuse it
+                        "judge": [{"kind": "sentiment"}]}
     profile["evaluate"].update(context_length=128, max_examples=4, max_new_tokens=8)
     profile["register"]["model_name"] = "shipyard-select"
     profile.pop("rag")  # RAG is the lifecycle test's, and so are its eval suite and gate

@@ -106,18 +106,15 @@ def _demo(config_path: str, port: int, tracking_uri: str | None, echo, log_path:
 def _run_pipeline(config_path: str, tracking_uri: str, log_path: Path, out) -> RunSummary:
     if out is None:
         return run_local("shipyard.pipelines.lifecycle", config_path, tracking_uri)
+    import contextlib
+
     from shipyard.console import StageProgress, stage_metric
 
-    progress = {}
+    with contextlib.ExitStack() as stack:  # the progress starts once the run exists, and stops with it
+        def started(parent_run_id: str, total: int):
+            stack.enter_context(StageProgress(log_path, out, total, stage_metric(tracking_uri, parent_run_id)))
 
-    def started(parent_run_id: str, total: int):
-        progress["p"] = StageProgress(log_path, out, total, stage_metric(tracking_uri, parent_run_id)).__enter__()
-
-    try:
         return run_local("shipyard.pipelines.lifecycle", config_path, tracking_uri, on_start=started)
-    finally:
-        if "p" in progress:
-            progress["p"].__exit__(None, None, None)
 
 
 def _chat(cfg, summary: RunSummary, tracking_uri: str, port: int) -> DemoResult:

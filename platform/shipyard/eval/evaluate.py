@@ -93,7 +93,7 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
     """Every model on every suite, one model loaded at a time; samples go to ``samples_path``."""
     from shipyard.eval.suites import run_suite
     from shipyard.models.causal_lm import load_tokenizer
-    from shipyard.models.device import load_for_inference
+    from shipyard.models.device import bf16_autocast, load_for_inference
 
     table: dict[str, dict[str, float]] = {}
     rows: dict[str, dict[str, list]] = {}
@@ -106,7 +106,7 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
             table[name], rows[name], timings[name] = {}, {}, {}
             for suite in (s for s in spec.suites if spec.runs(s, name)):
                 t0 = time.perf_counter()
-                with _precision(suite, devices[name]):
+                with bf16_autocast(suite.precision == "bf16", devices[name]):
                     result = run_suite(suite, data[suite.name], model, tok, spec, reward)
                 seconds = time.perf_counter() - t0
                 timings[name][suite.name] = len(data[suite.name]) / seconds if seconds > 0 else float("inf")
@@ -118,16 +118,6 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
                     f.write(json.dumps({"model": name, "suite": suite.name, **s}, ensure_ascii=False) + "\n")
             del model
     return table, rows, timings, devices, per_prompt
-
-
-def _precision(suite, device: str):
-    import contextlib
-
-    import torch
-
-    if suite.precision != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
 
 
 def intervals(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, list[float]]]:

@@ -220,9 +220,3 @@ def _generation(suite, rows: list, model, tokenizer, new_tokens: int) -> SuiteRe
 def win_rate_rows(candidate: list[float], baseline: list[float]) -> list[float]:
     """Per prompt: 1 where the candidate's reward beats the baseline's, 0.5 on a tie, else 0."""
     return [1.0 if c > b else 0.5 if c == b else 0.0 for c, b in zip(candidate, baseline, strict=True)]
-
-
-def win_rate(candidate: list[float], baseline: list[float]) -> float:
-    """Share of prompts where the candidate's reward beats the baseline's; ties count half."""
-    rows = win_rate_rows(candidate, baseline)
-    return sum(rows) / len(rows)

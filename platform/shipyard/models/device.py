@@ -52,6 +52,15 @@ def train_precision(requested: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def bf16_autocast(enabled: bool, device: str):
+    """bf16 autocast on ``device`` (``cpu``/``cuda``) when ``enabled``, else a no-op context."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast(device_type=device, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
 def cuda_available() -> bool:
     import torch
 

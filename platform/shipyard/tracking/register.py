@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shipyard.tracking.register_config import GateCheck, RegisterConfig
+from shipyard.tracking.register_config import BOUNDS, GateCheck, RegisterConfig
 from shipyard.tracking.registry import current_alias, promote
 from shipyard.tracking.runs import client
 from shipyard.tracking.tags import CANDIDATE, CHAMPION
@@ -118,8 +118,7 @@ def _vs_champion(check: GateCheck, value: float, champion: float) -> list[str]:
 
 
 def _has_absolute(check: GateCheck) -> bool:
-    return any(getattr(check, k) is not None for k in ("min", "max", "min_ci_low", "min_diff", "max_diff",
-                                                        "max_ratio", "min_ratio"))
+    return any(getattr(check, k) is not None for k in BOUNDS if not k.endswith("_vs_champion"))
 
 
 def stage_rows(results: list[dict]) -> list[dict]:

@@ -196,15 +196,9 @@ def evaluate_alignment(cfg: AlignConfig, instruct_dir, aligned_dir, prompts: lis
 
 
 def _autocast(cfg: AlignConfig, device: str):
-    import contextlib
+    from shipyard.models.device import bf16_autocast, train_precision
 
-    import torch
-
-    from shipyard.models.device import train_precision
-
-    if train_precision(cfg.precision) != "bf16":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return bf16_autocast(train_precision(cfg.precision) == "bf16", device)
 
 
 def _kl(models: dict, tok, prompts: list[str], cfg: AlignConfig, device: str) -> float:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from shipyard.schema import Precision, StrictModel
+from shipyard.schema import StrictModel, TrainPrecision
 from shipyard.train.finetune_config import LoraConfig
 from shipyard.train.rl_rewards import RewardTerm
 
@@ -98,9 +98,7 @@ class AlignConfig(StrictModel):
     lr: float = Field(5e-4, gt=0, le=1)
     max_examples: int | None = Field(None, gt=0)
     seed: int = 0
-    precision: Precision = Field("auto", description="fp32 or bf16 autocast (fp32 weights either way); auto: "
-                                 "bf16 where the device computes it natively (2.2x faster steps on an "
-                                 "AVX512-BF16 CPU), else fp32.")
+    precision: TrainPrecision = "auto"
 
     def judge_terms(self) -> list[RewardTerm]:
         return self.judge or self.rewards

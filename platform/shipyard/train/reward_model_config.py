@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from shipyard.schema import Precision, StrictModel
+from shipyard.schema import StrictModel, TrainPrecision
 
 
 class RewardModelConfig(StrictModel):
@@ -18,6 +18,4 @@ class RewardModelConfig(StrictModel):
     lr: float = Field(5e-4, gt=0, le=1)
     max_examples: int | None = Field(None, gt=0)
     seed: int = 0
-    precision: Precision = Field("auto", description="fp32 or bf16 autocast (fp32 weights either way); auto: "
-                                 "bf16 where the device computes it natively (2.2x faster steps on an "
-                                 "AVX512-BF16 CPU), else fp32.")
+    precision: TrainPrecision = "auto"

@@ -73,3 +73,24 @@ def test_stage_table_and_summary(tmp_path):
                                      "output_value", "diff_ci95", "passed", "input_metric"}
     assert doc["chat"] == {"question": "q?", "answer": "an answer.", "reference": "ref"}
     assert doc["rag"]["citations"] == [{"index": 1}]
+
+
+def test_the_demo_progress_starts_with_the_run_and_stops_with_it(tmp_path, monkeypatch):
+    from shipyard import demo
+
+    log, out, seen = tmp_path / "demo.log", io.StringIO(), {}
+    out.isatty = lambda: False
+    log.write_text("")
+
+    def fake_run_local(pipeline, config, uri, on_start):
+        on_start("run1", 1)
+        with open(log, "a") as f:
+            f.write("Executing task 'optimize'\nTask 'optimize' finished with status SUCCESS\n")
+        time.sleep(0.8)
+        seen["ran"] = True
+        return "summary"
+
+    monkeypatch.setattr(demo, "run_local", fake_run_local)
+    monkeypatch.setattr("shipyard.console.stage_metric", lambda uri, run: lambda stage: ("size x", 0.5))
+    assert demo._run_pipeline("p.yaml", "sqlite:///unused.db", log, out) == "summary" and seen["ran"]
+    assert "✓ optimize" in out.getvalue() and "size x 0.5" in out.getvalue()  # it followed the log, then stopped

@@ -53,11 +53,11 @@ def run_rag_suite(suite, rows: list[dict], model, tokenizer, spec):
     from shipyard.data.preferences import render_prompt
     from shipyard.eval.result import SuiteResult
     from shipyard.features.rag_prompt import MIN_CHUNK_TOKENS, TEMPLATE, augment, first_tokens
-    from shipyard.models.inference import continuation_logprobs
+    from shipyard.models.inference import score_continuations
 
     context = min(spec.context_length, model.config.max_position_embeddings)
     count = lambda text: len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-    nll = {"plain": [0.0, 0], "rag": [0.0, 0]}
+    pairs: dict[str, list[tuple[str, str]]] = {"plain": [], "rag": []}
     samples, cited = [], 0
     for row in rows:
         answer = " " + row["answer"]
@@ -71,9 +71,7 @@ def run_rag_suite(suite, rows: list[dict], model, tokenizer, spec):
         cited += bool(cites)
         prompts = {"plain": render_prompt(row["question"], tokenizer), "rag": render_prompt(text, tokenizer)}
         for key, prompt in prompts.items():
-            [(lp, n)] = continuation_logprobs(model, tokenizer, prompt, [answer])
-            nll[key][0] -= lp
-            nll[key][1] += n
+            pairs[key].append((prompt, answer))
         if len(samples) < 3:
             samples.append({"prompt": prompts["rag"], "reference": row["answer"],
                             "answer": f"(retrieved: {', '.join(c['doc_id'] for c in row['chunks'])}; "
@@ -81,7 +79,8 @@ def run_rag_suite(suite, rows: list[dict], model, tokenizer, spec):
     if not cited:
         raise ValueError(f"suite {suite.name!r}: no retrieved source fits a context of {context} tokens next to "
                          f"the question and answer; raise evaluate.context_length")
-    plain, rag = (math.exp(total / max(n, 1)) for total, n in nll.values())
+    nll = {key: score_continuations(model, tokenizer, p) for key, p in pairs.items()}  # batched
+    plain, rag = (math.exp(-sum(lp for lp, _ in s) / max(sum(n for _, n in s), 1)) for s in nll.values())
     return SuiteResult({**retrieval_metrics(rows), "answer_perplexity": plain, "answer_perplexity_rag": rag,
                         "context_gain": plain / rag}, samples)
 

@@ -166,8 +166,10 @@ def _multiple_choice(suite, rows: list, model, tokenizer) -> SuiteResult:
 
     prefix = _mc_prefix(suite)
     hits, norm_hits, samples = [], [], []
+    scored = iter(inference.score_continuations(  # every item's choices in one batched call
+        model, tokenizer, [(prefix + item["query"], c) for item in rows for c in item["choices"]]))
     for item in rows:
-        scores = inference.choice_logprobs(model, tokenizer, prefix + item["query"], item["choices"])
+        scores = [next(scored)[0] for _ in item["choices"]]
         normed = [s / max(len(c.encode()), 1) for s, c in zip(scores, item["choices"], strict=True)]
         pick = max(range(len(scores)), key=scores.__getitem__)
         pick_norm = max(range(len(normed)), key=normed.__getitem__)
@@ -209,8 +211,8 @@ def _generation(suite, rows: list, model, tokenizer, new_tokens: int) -> SuiteRe
     if "answer_bpb" in suite.metrics:
         from shipyard.eval.stats import LN2
 
-        per_row["answer_bpb"] = [[-inference.continuation_logprobs(model, tokenizer, p, [r])[0][0] / LN2,
-                                  len(r.encode())] for p, r in zip(prompts, refs, strict=True)]
+        scored = inference.score_continuations(model, tokenizer, list(zip(prompts, refs, strict=True)))
+        per_row["answer_bpb"] = [[-lp / LN2, len(r.encode())] for (lp, _), r in zip(scored, refs, strict=True)]
         scores["answer_bpb"] = sum(b for b, _ in per_row["answer_bpb"]) / sum(n for _, n in per_row["answer_bpb"])
     samples = [{"prompt": p, "reference": r, "answer": a}
                for p, r, a in list(zip(prompts, refs, answers, strict=True))[:5]]

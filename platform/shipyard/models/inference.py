@@ -92,31 +92,117 @@ def choice_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[fl
 
 def continuation_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[tuple[float, int]]:
     """(summed log-probability, token count) of each choice as the continuation of ``query``."""
+    return score_continuations(model, tokenizer, [(query, c) for c in choices])
+
+
+def score_continuations(model, tokenizer, pairs: list[tuple[str, str]], max_batch_tokens: int = 4096,
+                        min_shared: int = 8) -> list[tuple[float, int]]:
+    """(summed log-probability, token count) of each ``(query, continuation)`` pair, in order.
+
+    Batched (right padding, rows of like length together, at most ``max_batch_tokens`` per batch),
+    the vocabulary projection only where a continuation token is scored, and the token prefix every
+    pair shares (a system prompt, few-shot examples) run once: its key/value cache is reused for
+    every batch, so a 3-shot suite costs little more than a zero-shot one. Exact up to float rounding.
+    """
     import torch
 
-    ctx = tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"]
     room = model.config.max_position_embeddings
-    seqs, starts = [], []
-    for choice in choices:
-        whole = tokenizer(query + choice, add_special_tokens=False, verbose=False)["input_ids"]
-        start = min(len(ctx), len(whole) - 1)
-        cut = max(0, len(whole) - room)  # keep the end: the continuation and the nearest context
-        seqs.append(whole[cut:])
-        starts.append(max(start - cut, 1))
-    width = max(len(s) for s in seqs)
+    tokenized = [_tokenized_pair(tokenizer, q, c, room) for q, c in pairs]
+    seqs, starts = [s for s, _ in tokenized], [b for _, b in tokenized]
+    shared = _shared_prefix(seqs, starts) if seqs and _plain_causal_lm(model) else 0
+    device = model_device(model)
+    prefix = _prefix_cache(model, seqs[0][:shared], device) if shared >= min_shared else None
+    shared = shared if prefix is not None else 0
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+    for idx in _batches(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), seqs, shared, max_batch_tokens):
+        spans = [(starts[i] - 1 - shared, len(seqs[i]) - 1 - shared) for i in idx]
+        logp = _span_logprobs(model, tokenizer, [seqs[i][shared:] for i in idx], spans, prefix, shared)
+        for i, lp in zip(idx, logp, strict=True):
+            target = torch.tensor(seqs[i][starts[i]:], device=lp.device)
+            out[i] = (float(lp.gather(-1, target[:, None]).sum()), len(target))
+    return out
+
+
+def _batches(order: list[int], seqs, shared: int, max_tokens: int):
+    batch: list[int] = []
+    for i in order:  # ascending length: the newest row is the batch's longest
+        if batch and (len(batch) + 1) * (len(seqs[i]) - shared) > max_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def _span_logprobs(model, tokenizer, rest: list[list[int]], spans, prefix, shared: int):
+    """Each row's log-softmax over the vocabulary at its ``(lo, hi)`` positions (of ``rest``)."""
+    import torch
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = model_device(model)
-    ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=device)
-    mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+    width = max(len(r) for r in rest)
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest], device=device)
+    mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in rest], device=device)
+    kwargs = {"past_key_values": _repeat(prefix, len(rest))} if prefix is not None else {}
+    plain = _plain_causal_lm(model)
+    if plain:  # the vocabulary projection only where a token is scored
+        keep = torch.zeros(ids.shape, dtype=torch.bool, device=device)
+        for row, (lo, hi) in enumerate(spans):
+            keep[row, lo:hi] = True
+        kwargs["logits_to_keep"] = keep
     with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits
+    if plain:
+        sizes = [hi - lo for lo, hi in spans]
+        return [torch.log_softmax(x.float(), dim=-1) for x in torch.split(logits.reshape(-1, logits.shape[-1]), sizes)]
     # a prompt-tuned model (peft) puts its virtual tokens first: keep the positions of ``ids``
-    logp = torch.log_softmax(logits[:, -ids.shape[1]:].float(), dim=-1)
-    out = []
-    for i, (seq, start) in enumerate(zip(seqs, starts, strict=True)):
-        target = torch.tensor(seq[start:], device=device)
-        out.append((float(logp[i, start - 1 : len(seq) - 1].gather(-1, target[:, None]).sum()), len(target)))
-    return out
+    logits = logits[:, -ids.shape[1]:]
+    return [torch.log_softmax(logits[row, lo:hi].float(), dim=-1) for row, (lo, hi) in enumerate(spans)]
+
+
+def _tokenized_pair(tokenizer, query: str, continuation: str, room: int) -> tuple[list[int], int]:
+    """As lm-evaluation-harness: the pair is tokenized whole and the continuation is what follows
+    the query's tokens (a merge across the boundary is scored with the continuation); a sequence
+    over the context keeps its end (the continuation and the nearest context)."""
+    ctx = tokenizer(query, add_special_tokens=False, verbose=False)["input_ids"]
+    whole = tokenizer(query + continuation, add_special_tokens=False, verbose=False)["input_ids"]
+    start = min(len(ctx), len(whole) - 1)
+    cut = max(0, len(whole) - room)
+    return whole[cut:], max(start - cut, 1)
+
+
+def _shared_prefix(seqs, starts) -> int:
+    """Tokens every sequence starts with, short of the first scored position of each."""
+    first, n = seqs[0], min(starts) - 1
+    for s in seqs[1:]:
+        n = min(n, len(s))
+        n = next((k for k in range(n) if s[k] != first[k]), n)
+    return max(n, 0)
+
+
+def _plain_causal_lm(model) -> bool:
+    """A transformers causal LM that takes ``logits_to_keep`` and an outside key/value cache (a
+    prompt-tuned or unmerged peft model wraps it: it prepends virtual tokens or forwards kwargs)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def _prefix_cache(model, prefix: list[int], device):
+    import torch
+
+    with torch.no_grad():
+        cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+    return cache if hasattr(cache, "batch_repeat_interleave") else None
+
+
+def _repeat(cache, n: int):
+    """A copy of a batch-1 cache for ``n`` rows (the forward pass extends the cache it is given)."""
+    import copy
+
+    c = copy.deepcopy(cache)
+    c.batch_repeat_interleave(n)
+    return c
 
 
 def decode_latency(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict[str, float]:

@@ -34,6 +34,9 @@ def trainer_args(cfg) -> dict:
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         bf16=train_precision(getattr(cfg, "precision", "fp32")) == "bf16",
+        # TRL's configs turn activation recomputation on by default: more compute per step to save
+        # activation memory these batch sizes never run short of (SmolLM2 reward-model step 2.4 -> 2.1 s)
+        gradient_checkpointing=False,
     )
 
 

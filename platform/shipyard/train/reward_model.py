@@ -3,9 +3,10 @@
     shipyard run pipelines/lifecycle.py -c pipelines/configs/tiny-cpu.yaml   # beside finetune
 
 A one-logit sequence-classification head on the pretrained base. Reports held-out pairwise
-accuracy (share of test pairs where the chosen text scores higher) before and after training, with
-its 95% bootstrap interval, in the stage's metrics and in ``reward_model.json`` beside the model:
-the align stage refuses a reward model whose interval does not clear its floor.
+accuracy after training (share of test pairs where the chosen text scores higher; the untrained
+head is a random projection, so there is no "before" worth measuring), with its 95% bootstrap
+interval, in the stage's metrics and in ``reward_model.json`` beside the model: the align stage
+refuses a reward model whose interval does not clear its floor.
 """
 
 from __future__ import annotations
@@ -42,11 +43,6 @@ def pairwise_hits(model, tokenizer, rows: list[dict], max_length: int) -> list[f
     chosen = score_texts(model, tokenizer, [r["prompt"] + r["chosen"] for r in rows], max_length)
     rejected = score_texts(model, tokenizer, [r["prompt"] + r["rejected"] for r in rows], max_length)
     return [1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected, strict=True)]
-
-
-def pairwise_accuracy(model, tokenizer, rows: list[dict], max_length: int) -> float:
-    hits = pairwise_hits(model, tokenizer, rows, max_length)
-    return sum(hits) / len(hits)
 
 
 def read_accuracy(model_dir: str | Path) -> dict:
@@ -101,7 +97,6 @@ def run_reward_model(
     torch.manual_seed(cfg.seed)  # the score head is new: without this each run starts from another one
     model = load_reward_model(base_model_dir)
     model.config.pad_token_id = tokenizer.pad_token_id
-    acc_before = pairwise_accuracy(model, tokenizer, test, cfg.max_length)
     args = RewardConfig(**trainer_args(cfg), max_length=cfg.max_length)
     trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(train),
                                   processing_class=tokenizer, callbacks=[log_forwarder(log)]))
@@ -115,7 +110,7 @@ def run_reward_model(
     (output_dir / REPORT_FILE).write_text(json.dumps({"pairwise_accuracy": acc, "ci95": [lo, hi],
                                                       "test_pairs": len(test),
                                                       "rows": {"pairwise_accuracy": hits}}))
-    return {"pairwise_accuracy_before": acc_before, "pairwise_accuracy": acc, "pairwise_accuracy_ci95_low": lo,
+    return {"pairwise_accuracy": acc, "pairwise_accuracy_ci95_low": lo,
             "pairwise_accuracy_ci95_high": hi,
             "train_loss": out.training_loss, "train_pairs": len(train), "test_pairs": len(test),
             "quarantined": len(bad) + len(bad_test)}

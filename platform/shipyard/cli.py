@@ -200,6 +200,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           rag_port: Annotated[int | None, typer.Option(help="Sidecar port (default: PORT+1).")] = None,
           rag_top_k: Annotated[int, _serve_opt("rag_top_k")] = SERVE.rag_top_k,
           rag_timeout_s: Annotated[float, _serve_opt("rag_timeout_s")] = SERVE.rag_timeout_s,
+          rag_context_tokens: Annotated[int, _serve_opt("rag_context_tokens")] = SERVE.rag_context_tokens,
           feast_repo: RepoOpt = None,
           tracking_uri: TrackingOpt = None) -> None:
     """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1), with a RAG sidecar."""
@@ -209,7 +210,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
     opts = ServeOptions(host=host, port=port, name=name, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
                         max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout_s=request_timeout_s,
                         adapter=tuple(adapter or ()), device=device, dtype=dtype, rag_top_k=rag_top_k,
-                        rag_timeout_s=rag_timeout_s)
+                        rag_timeout_s=rag_timeout_s, rag_context_tokens=rag_context_tokens)
     serve_local(model_uri, opts, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, feast_repo=feast_repo,
                 tracking_uri=_tracking(tracking_uri))
 

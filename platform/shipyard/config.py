@@ -39,6 +39,7 @@ STAGE_REPORTS = {
     EVAL_ALIGNMENT: ("align", ALIGNMENT_KEYS),
     "reward_model": ("reward_model", ("pairwise_accuracy", "test_pairs")),
     "optimization": ("optimize", ("size_ratio", "latency_ratio", "perplexity_ratio", "tokens_per_s_ratio")),
+    "pretraining": ("pretrain", ("val_bpb", "unigram_bpb", "bigram_bpb", "val_tokens")),
 }
 
 

@@ -173,12 +173,15 @@ def _evaluate(cfg, inputs, outputs, run):
 
 
 def _stage_reports(models: dict, reward_model: str | None) -> dict[str, Path]:
-    """What the align, reward_model and optimize stages measured, for the eval table (and the gate)."""
+    """What the pretrain, align, reward_model and optimize stages measured, for the eval table (and the gate)."""
     from shipyard.optimize.optimize import REPORT_FILE as OPTIMIZE_FILE
     from shipyard.train.align import ALIGNMENT_FILE
+    from shipyard.train.pretrain import BASELINES_FILE
     from shipyard.train.reward_model import REPORT_FILE as REWARD_FILE
 
     out = {}
+    if "base" in models and (Path(models["base"]) / BASELINES_FILE).exists():  # pretrained here, not selected
+        out["pretraining"] = Path(models["base"]) / BASELINES_FILE
     if "aligned" in models:
         out["alignment"] = Path(models["aligned"]) / ALIGNMENT_FILE
     if reward_model:

@@ -130,6 +130,21 @@ def test_lower_is_better_ratio_and_interval_bounds():
     assert "no per-row scores" in res["problems"][0]  # a bound on an interval never passes without rows
 
 
+def test_the_gate_refuses_alignment_claims_made_through_a_reward_model_at_chance():
+    """A profile may switch align's floor off to exercise PPO; its win rate is still no claim."""
+    check = GateCheck(stage="align", metric="alignment.win_rate", min=0.5)
+    wins = {"alignment": {"win_rate": [1.0] * 40}}
+    chance = {"alignment": {"win_rate": 1.0, "reward_model_accuracy": 0.55, "reward_model_accuracy_ci95_low": 0.43}}
+    [res] = gate_results([check], chance, wins)
+    assert res["outcome"] == "failed" and "reward model at chance" in res["problems"][0]
+    sound = {"alignment": {"win_rate": 1.0, "reward_model_accuracy": 0.8, "reward_model_accuracy_ci95_low": 0.7}}
+    assert gate_results([check], sound, wins)[0]["outcome"] == "passed"
+    judged = {"alignment": {"win_rate": 1.0}}  # DPO judged by vaderSentiment: no reward model involved
+    assert gate_results([check], judged, wins)[0]["outcome"] == "passed"
+    other = GateCheck(stage="optimize", metric="optimization.size_ratio", max=0.55)
+    assert gate_results([other], {**chance, "optimization": {"size_ratio": 0.5}})[0]["outcome"] == "passed"
+
+
 def test_paired_bounds_need_vs():
     with pytest.raises(ValueError, match="go with vs"):
         GateCheck(metric="finetuned.task.acc", min_diff=0.0)

@@ -1,6 +1,7 @@
 """Each training stage on a tiny model: it must change the weights and improve its own objective."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -44,6 +45,33 @@ def test_pretrain_lowers_validation_loss(tiny_corpus, tiny_tokenizer, tmp_path):
     assert out["val_loss"] < out["val_loss_initial"] - 0.5
     assert (tmp_path / "model.safetensors").exists() and (tmp_path / "tokenizer.json").exists()
     assert any("train_loss" in m for _, m in logged)
+    # beside the model's held-out bits per byte: unigram and bigram counted on the training blocks,
+    # scored on the same tokens (the per-block rows make the difference a paired one)
+    report = json.loads((tmp_path / "pretraining.json").read_text())
+    rows = report["rows"]
+    assert len(rows["val_bpb"]) == len(rows["unigram_bpb"]) == len(rows["bigram_bpb"]) > 0
+    assert report["bigram_bpb"] < report["unigram_bpb"] and out["bigram_bpb"] == report["bigram_bpb"]
+    nats_per_token = report["val_bpb"] * sum(n for _, n in rows["val_bpb"]) * math.log(2) / report["val_tokens"]
+    assert nats_per_token == pytest.approx(out["val_loss"], abs=0.02)  # the same loss, counted per byte
+
+
+def test_ngram_baselines_on_known_sequences():
+    """A deterministic cycle costs the bigram ~0 bits and the unigram log2(V); iid uniform tokens cost
+    both log2(V) per token (the smoothing's excess vanishes with data)."""
+    import random
+
+    from shipyard.eval.ngram import fit_ngrams, ngram_bits
+
+    vocab = 16
+    cycle = [[i % vocab for i in range(s, s + 257)] for s in range(40)]
+    bits = ngram_bits(cycle[:4], fit_ngrams(cycle[4:], vocab), vocab)
+    assert sum(bits["bigram"]) / (4 * 256) < 0.05
+    assert sum(bits["unigram"]) / (4 * 256) == pytest.approx(math.log2(vocab), abs=0.01)
+    rng = random.Random(0)
+    iid = [[rng.randrange(vocab) for _ in range(257)] for _ in range(200)]
+    bits = ngram_bits(iid[:20], fit_ngrams(iid[20:], vocab), vocab)
+    for kind in ("unigram", "bigram"):
+        assert sum(bits[kind]) / (20 * 256) == pytest.approx(math.log2(vocab), abs=0.05)
 
 
 def test_pretrain_rejects_a_corpus_too_small(tiny_tokenizer, tmp_path):

@@ -46,8 +46,10 @@ def build_tokenizer(cfg: TokenizerConfig):
     special_list = list(specials.values()) + extra
     if cfg.kind == "bpe":
         tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=cfg.add_prefix_space)
+        # the prefix space comes off again when decoding (as Llama's tokenizer strips its "▁")
+        tok.decoder = (decoders.Sequence([decoders.ByteLevel(), decoders.Strip(" ", 1, 0)])
+                       if cfg.add_prefix_space else decoders.ByteLevel())
         tok.post_processor = processors.ByteLevel(trim_offsets=False)
         trainer = trainers.BpeTrainer(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency,
                                       special_tokens=special_list,

@@ -20,9 +20,9 @@ from pathlib import Path
 from shipyard.eval.evaluate_config import EvalSpec
 
 ALIGNMENT_ROW = "alignment"
-# Rows that are not models: what the align, reward_model and optimize stages measured themselves
+# Rows that are not models: what the align, reward_model, optimize and pretrain stages measured themselves
 # (their reports' numbers, and per-row scores where the report has them), named in gates as <row>.<key>.
-STAGE_ROWS = (ALIGNMENT_ROW, "reward_model", "optimization")
+STAGE_ROWS = (ALIGNMENT_ROW, "reward_model", "optimization", "pretraining")
 ROWS_FILE, CI_FILE = "eval_rows.json", "eval_ci.json"
 
 

@@ -298,8 +298,10 @@ class OpenAIEndpoints:
 
         llm = self.llm
 
+        budget = min(llm.context_length, self.rag.settings.context_tokens)
+
         def room(text: str) -> int:
-            return llm.context_length - llm.count_tokens(render(text)) - (0 if llm.seq2seq else max_tokens)
+            return budget - llm.count_tokens(render(text)) - (0 if llm.seq2seq else max_tokens)
 
         text, cites = augment(question, found["chunks"], llm.count_tokens, room)
         ref = f"{found['index']}@{found['version']}"

@@ -49,6 +49,9 @@ class ServeOptions:
                                      "every request.")
     rag_top_k: int = _opt(4, "Chunks retrieved per request unless it asks.")
     rag_timeout_s: float = _opt(2.0, "Retrieval limit; past it, the request is answered without RAG.")
+    rag_context_tokens: int = _opt(512, "Tokens a RAG request may fill (sources, question and max_tokens), as the "
+                                        "eval's rag suite measures it (evaluate.context_length): small models "
+                                        "answer worse from long contexts.")
 
     def limits(self) -> Limits:
         return Limits(self.max_batch_size, self.max_wait_ms, self.max_queue, self.request_timeout_s)

@@ -36,6 +36,7 @@ class RagSettings:
     index: str = ""
     top_k: int = 4
     timeout_s: float = 2.0
+    context_tokens: int = 512  # what a prompt with sources may fill, max_tokens included
 
 
 class Rejected(Exception):

@@ -38,7 +38,8 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
     llm.load()
     server = model_server.ModelServer(http_port=opts.port, enable_grpc=False, workers=1)
     server.register_model(llm)
-    rag = RagClient(RagSettings(opts.rag_url, rag_index, opts.rag_top_k, opts.rag_timeout_s)) if opts.rag_url else None
+    rag = RagClient(RagSettings(opts.rag_url, rag_index, opts.rag_top_k, opts.rag_timeout_s,
+                                 opts.rag_context_tokens)) if opts.rag_url else None
     model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag).router())
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,

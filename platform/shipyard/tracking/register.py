@@ -38,6 +38,7 @@ def gate_results(gate: list[GateCheck], table: dict[str, dict[str, float]],
                 problems += _ci_low(check, rows.get(model, {}).get(metric), extra)
             for other in check.vs:
                 problems += _paired(check, other, table, rows, extra)
+            problems += _reward_model_at_chance(check, table)
             if check.against_champion():
                 if champion is None:
                     notes.append(f"{check.metric}: no champion measured, champion bounds skipped")
@@ -49,6 +50,21 @@ def gate_results(gate: list[GateCheck], table: dict[str, dict[str, float]],
                         "skipped" if notes and not _has_absolute(check) else "passed"),
                     "problems": problems, "notes": notes})
     return out
+
+
+def _reward_model_at_chance(check: GateCheck, table: dict) -> list[str]:
+    """An align row fails when the alignment was judged by, or optimized against, a reward model at chance
+    (``REWARD_MODEL_FLOOR``: a profile may switch align's own refusal off to exercise PPO, but the gate
+    still refuses the claim)."""
+    from shipyard.train.align_config import REWARD_MODEL_FLOOR
+
+    if check.stage != "align" and not check.metric.startswith("alignment."):
+        return []
+    low = table.get("alignment", {}).get("reward_model_accuracy_ci95_low")
+    if low is None or low > REWARD_MODEL_FLOOR:
+        return []
+    return [f"{check.metric}: the alignment used a reward model at chance (held-out accuracy 95% CI low "
+            f"{low:.3f} <= {REWARD_MODEL_FLOOR}): no alignment claim"]
 
 
 def _absolute(check: GateCheck, value: float) -> list[str]:

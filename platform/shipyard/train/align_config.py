@@ -16,6 +16,10 @@ ALIGNMENT_KEYS = ("reward_instruct", "reward_aligned", "reward_gain", "win_rate"
                   "reward_model_accuracy_ci95_low", "win_rate_ci95_low", "win_rate_ci95_high")
 
 
+# The reward model's held-out accuracy interval must clear this before align uses it (and before the
+# register gate accepts an alignment claim measured through it).
+REWARD_MODEL_FLOOR = 0.6
+
 class GenerationSettings(StrictModel):
     """How the policy samples completions during RL (and the aligned-vs-instruct KL estimate)."""
 
@@ -81,10 +85,10 @@ class AlignConfig(StrictModel):
                                            "the held-out prompts (default: rewards). A judge the policy did not "
                                            "optimize against (sentiment: vaderSentiment) makes the win rate "
                                            "evidence rather than a measure of reward hacking.")
-    min_reward_accuracy: float = Field(0.6, ge=0, lt=1, description="Floor on the reward model's held-out "
-                                       "pairwise accuracy: when align uses the reward model (a reward or judge "
-                                       "term) and the accuracy's 95% interval does not lie above it, align "
-                                       "refuses to start (a reward model at chance rewards noise).")
+    min_reward_accuracy: float = Field(REWARD_MODEL_FLOOR, ge=0, lt=1, description="Floor on the reward "
+                                       "model's held-out pairwise accuracy: when align uses the reward model "
+                                       "(a reward or judge term) and the accuracy's 95% interval does not lie "
+                                       "above it, align refuses to start (a reward model at chance rewards noise).")
     lora: LoraConfig | None = Field(None, description="Train LoRA adapters on the policy (the reference is "
                                     "the same weights with adapters disabled); merged into the output.")
     generation: GenerationSettings = GenerationSettings()

@@ -4,9 +4,11 @@
 
 Objectives: causal LM (Llama, GPT-2), masked LM (BERT, RoBERTa), span corruption (T5). Documents
 are tokenized, joined with a separator and packed into fixed blocks (no padding wasted); a share
-of blocks is held out for validation loss. AdamW, warmup then cosine, gradient clipping and
-accumulation, bf16 on GPUs that have it (fp32 on CPU). The loop (``loop.py``) checkpoints every
-N steps and at SIGTERM; ``resume: auto`` continues the newest checkpoint. With
+of blocks is held out for validation loss, and for bits per byte beside unigram and bigram
+baselines counted on the training blocks (``pretraining.json``; causal LM). AdamW, warmup then
+cosine, gradient clipping and accumulation, bf16 on GPUs that have it (fp32 on CPU). The loop
+(``loop.py``) checkpoints every N steps and at SIGTERM; ``resume: auto`` continues the newest
+checkpoint. With
 ``nproc_per_node > 1`` the same loop runs under torchrun (DDP or FSDP; gloo on CPU).
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from shipyard.train.pretrain_config import PretrainConfig
 from shipyard.train.sizing import chinchilla, training_flops
 
 RESULT_FILE = "pretrain_result.json"
+BASELINES_FILE = "pretraining.json"  # held-out bits per byte: the model, unigram, bigram (write_baselines)
 
 
 def _noop(metrics: dict[str, float], step: int) -> None:
@@ -120,6 +124,8 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
         if budget:
             opt = chinchilla(budget)
             metrics.update(budget_flops=budget, chinchilla_params=opt["params"], chinchilla_tokens=opt["tokens"])
+        if cfg.objective == "clm" and dist.world == 1:  # sharded weights: no single-process forward
+            metrics.update(write_baselines(model, tokenizer, train, val, Path(output_dir)))
         if dist.main:
             output_dir = Path(output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -131,6 +137,37 @@ def train_process(cfg, corpus_dir, tokenizer_dir, output_dir, log, checkpoint_di
         return metrics
     finally:
         dist.close()
+
+
+def write_baselines(model, tokenizer, train, val, output_dir: Path) -> dict[str, float]:
+    """The model's bits per byte on the held-out blocks beside unigram and bigram models counted on
+    the training blocks, scored on the same positions; ``BASELINES_FILE`` keeps the per-block rows
+    ``[bits, bytes]`` so the evaluate stage can report (and a gate require) a paired difference."""
+    import torch
+
+    from shipyard.eval.ngram import fit_ngrams, ngram_bits
+
+    vocab = len(tokenizer)
+    counted = ngram_bits(val, fit_ngrams(train, vocab), vocab)
+    device = next(model.parameters()).device
+    model_bits = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for i in range(0, len(val), 16):
+            rows = val[i : i + 16].to(device)
+            logp = torch.log_softmax(model(input_ids=rows).logits[:, :-1].float(), dim=-1)
+            nats = -logp.gather(-1, rows[:, 1:, None]).squeeze(-1).sum(-1)
+            model_bits.extend((nats / math.log(2)).tolist())
+    model.train(was_training)
+    n_bytes = [max(len(tokenizer.decode(b[1:].tolist(), skip_special_tokens=True).encode()), 1) for b in val]
+    rows = {"val_bpb": [list(r) for r in zip(model_bits, n_bytes, strict=True)],
+            **{f"{k}_bpb": [list(r) for r in zip(bits, n_bytes, strict=True)] for k, bits in counted.items()}}
+    report = {k: sum(b for b, _ in r) / sum(n for _, n in r) for k, r in rows.items()}
+    report["val_tokens"] = int(val[:, 1:].numel())
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / BASELINES_FILE).write_text(json.dumps({**report, "rows": rows}))
+    return report
 
 
 def _exp(x: float) -> float:

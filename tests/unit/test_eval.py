@@ -178,7 +178,11 @@ def test_every_suite_runs_and_the_report_renders(tiny_base, tmp_path):
     fewshot.pop()
     spec = EvalSpec.model_validate({**SPEC, "suites": SPEC["suites"] + fewshot})
     table = run_evaluate(spec, {"base": tiny_base, "twin": twin}, tmp_path / "out", reward_model_dir=tiny_base,
-                         sources={"twin": "base"})
+                         sources={"twin": "base"}, reports={"pretraining": tiny_base / "pretraining.json"})
+    # the pretrain stage's own row: held-out bits per byte beside its n-gram baselines, with intervals
+    assert set(table["pretraining"]) == {"val_bpb", "unigram_bpb", "bigram_bpb", "val_tokens"}
+    for out_file in ("eval.md", "report.html"):
+        assert "unigram and bigram baselines" in (tmp_path / "out" / out_file).read_text()
     assert set(table["base"]) == {"heldout.perplexity", "heldout.bpb", "instructions.rouge1", "instructions.rouge2",
                                   "instructions.rougeL", "instructions.rougeLsum", "instructions.bleu",
                                   "instructions.chrf", "instructions.exact_match", "instructions.answer_bpb",

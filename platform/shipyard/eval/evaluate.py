@@ -23,6 +23,11 @@ ALIGNMENT_ROW = "alignment"
 # Rows that are not models: what the align, reward_model, optimize and pretrain stages measured themselves
 # (their reports' numbers, and per-row scores where the report has them), named in gates as <row>.<key>.
 STAGE_ROWS = (ALIGNMENT_ROW, "reward_model", "optimization", "pretraining")
+STAGE_TITLES = {
+    ALIGNMENT_ROW: "Aligned vs instruct on held-out prompts (align stage)",
+    "reward_model": "Reward model on held-out pairs (reward_model stage)",
+    "optimization": "Optimized vs its source, as served (optimize stage)",
+    "pretraining": "Held-out bits per byte beside unigram and bigram baselines (pretrain stage)"}
 ROWS_FILE, CI_FILE = "eval_rows.json", "eval_ci.json"
 
 
@@ -166,12 +171,9 @@ def format_table(table: dict[str, dict[str, float]], devices: dict[str, str] | N
     for key in metrics:
         cells = [_fmt(table[m].get(key)) + _fmt_ci(ci.get(m, {}).get(key)) for m in models]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    titles = {ALIGNMENT_ROW: "Aligned vs instruct on held-out prompts (align stage)",
-              "reward_model": "Reward model on held-out pairs (reward_model stage)",
-              "optimization": "Optimized vs its source, as served (optimize stage)"}
     for row in STAGE_ROWS:
         if row in table:
-            lines += ["", f"{titles[row]}:", "", "| metric | value |", "|---|---|"]
+            lines += ["", f"{STAGE_TITLES[row]}:", "", "| metric | value |", "|---|---|"]
             lines += [f"| {k} | {_fmt(v)}{_fmt_ci(ci.get(row, {}).get(k))} |" for k, v in table[row].items()]
     if devices:
         lines += ["", "Devices: " + ", ".join(f"{m} on {d}" for m, d in devices.items())]

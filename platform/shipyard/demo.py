@@ -167,7 +167,8 @@ def _arrow(metric: str, before, after) -> str:
     if before is None or after is None or before == after:
         return "="
     up = after > before
-    better = up != (metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER)
+    name = metric.rsplit(".", 1)[-1]
+    better = up != (name in LOWER_IS_BETTER or name.endswith("_bpb"))  # val_bpb, bigram_bpb, ...
     return ("↑" if up else "↓") + (" better" if better else " worse")
 
 

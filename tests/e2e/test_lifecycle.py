@@ -39,9 +39,11 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert set(summary.stages) == {"data_filter_shard", "data_filter", "train_tokenizer", "pretrain", "finetune",
                                    "align", "optimize",
                                    "reward_model", "evaluate", "rag_index", "register"}
-    # the models, and what the align, reward_model and optimize stages measured themselves
+    # the models, and what the align, reward_model, optimize and pretrain stages measured themselves
     assert set(summary.eval_table) == {"base", "finetuned", "aligned", "optimized", "alignment", "reward_model",
-                                       "optimization"}
+                                       "optimization", "pretraining"}
+    pretraining = summary.eval_table["pretraining"]  # held-out bits per byte beside its n-gram baselines
+    assert pretraining["bigram_bpb"] < pretraining["unigram_bpb"] and pretraining["val_tokens"] > 0
     assert 0 <= summary.eval_table["reward_model"]["pairwise_accuracy"] <= 1
     assert summary.eval_table["optimization"]["size_ratio"] < 1
     suites = {"heldout.perplexity", "instructions.rougeLsum", "instructions.chrf", "instructions.exact_match",

@@ -38,7 +38,7 @@ def test_unknown_key_names_file_line_and_key(monkeypatch, tmp_path):
 
 
 def test_wrong_type_and_impossible_values_are_named(monkeypatch, tmp_path):
-    bad = _profile_with(monkeypatch, "  max_steps: 200\n", "  max_steps: many\n", tmp_path)
+    bad = _profile_with(monkeypatch, "  max_steps: 600\n", "  max_steps: many\n", tmp_path)
     with pytest.raises(ConfigError, match=r"pretrain\.max_steps: .*integer.*'many'"):
         load_pipeline_config(bad)
     bad = _profile_with(monkeypatch, "lora: {r: 16,", "lora: {r: 0,", tmp_path)

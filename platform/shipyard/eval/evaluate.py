@@ -18,16 +18,8 @@ import time
 from pathlib import Path
 
 from shipyard.eval.evaluate_config import EvalSpec
+from shipyard.eval.result import ALIGNMENT_ROW, STAGE_ROWS, STAGE_TITLES  # noqa: F401  (rows that are not models)
 
-ALIGNMENT_ROW = "alignment"
-# Rows that are not models: what the align, reward_model, optimize and pretrain stages measured themselves
-# (their reports' numbers, and per-row scores where the report has them), named in gates as <row>.<key>.
-STAGE_ROWS = (ALIGNMENT_ROW, "reward_model", "optimization", "pretraining")
-STAGE_TITLES = {
-    ALIGNMENT_ROW: "Aligned vs instruct on held-out prompts (align stage)",
-    "reward_model": "Reward model on held-out pairs (reward_model stage)",
-    "optimization": "Optimized vs its source, as served (optimize stage)",
-    "pretraining": "Held-out bits per byte beside unigram and bigram baselines (pretrain stage)"}
 ROWS_FILE, CI_FILE = "eval_rows.json", "eval_ci.json"
 
 

@@ -86,7 +86,7 @@ def _ci_cell(interval) -> str:
 def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, sources: dict,
                  devices: dict | None = None, ci: dict | None = None) -> Path:
     """Write ``report.html`` and return its path."""
-    from shipyard.eval.evaluate import STAGE_ROWS, STAGE_TITLES
+    from shipyard.eval.result import STAGE_ROWS, STAGE_TITLES
 
     models = [m for m in table if m not in STAGE_ROWS]
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

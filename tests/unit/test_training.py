@@ -64,12 +64,12 @@ def test_ngram_baselines_on_known_sequences():
 
     vocab = 16
     cycle = [[i % vocab for i in range(s, s + 257)] for s in range(40)]
-    bits = ngram_bits(cycle[:4], fit_ngrams(cycle[4:], vocab), vocab)
+    bits = ngram_bits(cycle[:4], fit_ngrams(cycle[4:]), vocab)
     assert sum(bits["bigram"]) / (4 * 256) < 0.05
     assert sum(bits["unigram"]) / (4 * 256) == pytest.approx(math.log2(vocab), abs=0.01)
     rng = random.Random(0)
     iid = [[rng.randrange(vocab) for _ in range(257)] for _ in range(200)]
-    bits = ngram_bits(iid[:20], fit_ngrams(iid[20:], vocab), vocab)
+    bits = ngram_bits(iid[:20], fit_ngrams(iid[20:]), vocab)
     for kind in ("unigram", "bigram"):
         assert sum(bits[kind]) / (20 * 256) == pytest.approx(math.log2(vocab), abs=0.05)
 

@@ -13,12 +13,17 @@ import math
 from collections import Counter
 
 
-def fit_ngrams(blocks, vocab_size: int) -> tuple[Counter, Counter, Counter, Counter]:
+def _ids(block) -> list[int]:
+    """A block of token ids: a list, or a row of a 2-D tensor."""
+    return block.tolist() if hasattr(block, "tolist") else list(block)
+
+
+def fit_ngrams(blocks) -> tuple[Counter, Counter, Counter, Counter]:
     """(unigram counts, bigram counts, context counts, distinct followers per context) of ``blocks``
     (a list of token-id lists, or a 2-D tensor)."""
     uni, bi = Counter(), Counter()
     for block in blocks:
-        ids = block.tolist() if hasattr(block, "tolist") else list(block)
+        ids = _ids(block)
         uni.update(ids[1:])
         bi.update(zip(ids[:-1], ids[1:], strict=False))
     context, followers = Counter(), Counter()
@@ -35,7 +40,7 @@ def ngram_bits(blocks, counts, vocab_size: int) -> dict[str, list[float]]:
     p_uni = lambda w: (uni[w] + 1) / (total + vocab_size)
     out: dict[str, list[float]] = {"unigram": [], "bigram": []}
     for block in blocks:
-        ids = block.tolist() if hasattr(block, "tolist") else list(block)
+        ids = _ids(block)
         u = b = 0.0
         for v, w in zip(ids[:-1], ids[1:], strict=False):
             pu = p_uni(w)

@@ -79,10 +79,6 @@ def _interval(interval) -> str:
     return "" if interval is None else f"<br><small>[{interval[0]:.3g}, {interval[1]:.3g}]</small>"
 
 
-def _ci_cell(interval) -> str:
-    return f"[{interval[0]:.4g}, {interval[1]:.4g}]" if interval else ""
-
-
 def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, sources: dict,
                  devices: dict | None = None, ci: dict | None = None) -> Path:
     """Write ``report.html`` and return its path."""
@@ -113,9 +109,9 @@ def write_report(output_dir: Path, spec: EvalSpec, table: dict, timings: dict, s
         parts.append(_chart(models, keys, table))
     for row, title in STAGE_TITLES.items():  # what the stages measured themselves
         if row in table:
-            parts.append(f"<h2>{html.escape(title)}</h2><table><tr><th>metric</th><th>value</th><th>95% CI</th></tr>")
-            parts += [f"<tr><td>{html.escape(k)}</td><td>{v:.4g}</td><td>{_ci_cell((ci or {}).get(row, {}).get(k))}"
-                      f"</td></tr>" for k, v in table[row].items()]
+            parts.append(f"<h2>{html.escape(title)}</h2><table><tr><th>metric</th><th>value</th></tr>")
+            parts += [f"<tr><td>{html.escape(k)}</td><td>{v:.4g}{_interval((ci or {}).get(row, {}).get(k))}</td></tr>"
+                      for k, v in table[row].items()]
             parts.append("</table>")
     parts.append("<h2>Throughput <span class='meta'>(examples/s per suite, this machine)</span></h2>")
     parts.append("<table><tr><th>suite</th>" + "".join(f"<th>{html.escape(m)}</th>" for m in timings) + "</tr>")

@@ -109,14 +109,15 @@ def score_continuations(model, tokenizer, pairs: list[tuple[str, str]], max_batc
     room = model.config.max_position_embeddings
     tokenized = [_tokenized_pair(tokenizer, q, c, room) for q, c in pairs]
     seqs, starts = [s for s, _ in tokenized], [b for _, b in tokenized]
-    shared = _shared_prefix(seqs, starts) if seqs and _plain_causal_lm(model) else 0
+    plain = _plain_causal_lm(model)
+    shared = _shared_prefix(seqs, starts) if seqs and plain else 0
     device = model_device(model)
     prefix = _prefix_cache(model, seqs[0][:shared], device) if shared >= min_shared else None
     shared = shared if prefix is not None else 0
     out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     for idx in _batches(sorted(range(len(seqs)), key=lambda i: len(seqs[i])), seqs, shared, max_batch_tokens):
         spans = [(starts[i] - 1 - shared, len(seqs[i]) - 1 - shared) for i in idx]
-        logp = _span_logprobs(model, tokenizer, [seqs[i][shared:] for i in idx], spans, prefix, shared)
+        logp = _span_logprobs(model, tokenizer, [seqs[i][shared:] for i in idx], spans, prefix, shared, plain)
         for i, lp in zip(idx, logp, strict=True):
             target = torch.tensor(seqs[i][starts[i]:], device=lp.device)
             out[i] = (float(lp.gather(-1, target[:, None]).sum()), len(target))
@@ -134,8 +135,9 @@ def _batches(order: list[int], seqs, shared: int, max_tokens: int):
         yield batch
 
 
-def _span_logprobs(model, tokenizer, rest: list[list[int]], spans, prefix, shared: int):
-    """Each row's log-softmax over the vocabulary at its ``(lo, hi)`` positions (of ``rest``)."""
+def _span_logprobs(model, tokenizer, rest: list[list[int]], spans, prefix, shared: int, plain: bool):
+    """Each row's log-softmax over the vocabulary at its ``(lo, hi)`` positions (of ``rest``);
+    ``plain``: the model takes ``logits_to_keep`` (``_plain_causal_lm``)."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -144,7 +146,6 @@ def _span_logprobs(model, tokenizer, rest: list[list[int]], spans, prefix, share
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rest], device=device)
     mask = torch.tensor([[1] * (shared + len(r)) + [0] * (width - len(r)) for r in rest], device=device)
     kwargs = {"past_key_values": _repeat(prefix, len(rest))} if prefix is not None else {}
-    plain = _plain_causal_lm(model)
     if plain:  # the vocabulary projection only where a token is scored
         keep = torch.zeros(ids.shape, dtype=torch.bool, device=device)
         for row, (lo, hi) in enumerate(spans):

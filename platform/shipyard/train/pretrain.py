@@ -148,7 +148,7 @@ def write_baselines(model, tokenizer, train, val, output_dir: Path) -> dict[str,
     from shipyard.eval.ngram import fit_ngrams, ngram_bits
 
     vocab = len(tokenizer)
-    counted = ngram_bits(val, fit_ngrams(train, vocab), vocab)
+    counted = ngram_bits(val, fit_ngrams(train), vocab)
     device = next(model.parameters()).device
     model_bits = []
     was_training = model.training

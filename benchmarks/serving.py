@@ -29,7 +29,7 @@ def _serve(model: Path, port: int, batch: int) -> subprocess.Popen:
     from shipyard.serving.local import wait_ready
 
     proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(model), "--port", str(port),
-                             "--name", "bench", "--max-batch-size", str(batch), "--max-wait-ms", "5"],
+                             "--name", "bench", "--max-batch-size", str(batch)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_ready(f"http://127.0.0.1:{port}/v1/models/bench", proc, timeout=300)
     return proc

@@ -186,9 +186,9 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           name: Annotated[str | None, _serve_opt("name")] = SERVE.name,
           max_new_tokens: Annotated[int, _serve_opt("max_new_tokens")] = SERVE.max_new_tokens,
           max_batch_size: Annotated[int, _serve_opt("max_batch_size")] = SERVE.max_batch_size,
-          max_wait_ms: Annotated[float, _serve_opt("max_wait_ms")] = SERVE.max_wait_ms,
           max_queue: Annotated[int, _serve_opt("max_queue")] = SERVE.max_queue,
           request_timeout_s: Annotated[float, _serve_opt("request_timeout_s")] = SERVE.request_timeout_s,
+          max_body_kb: Annotated[int, _serve_opt("max_body_kb")] = SERVE.max_body_kb,
           adapter: Annotated[list[str] | None, _serve_opt("adapter")] = None,
           device: Annotated[str, _serve_opt("device")] = SERVE.device,
           dtype: Annotated[str, _serve_opt("dtype")] = SERVE.dtype,
@@ -208,7 +208,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
     from shipyard.serving.options import ServeOptions
 
     opts = ServeOptions(host=host, port=port, name=name, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
-                        max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout_s=request_timeout_s,
+                        max_queue=max_queue, request_timeout_s=request_timeout_s, max_body_kb=max_body_kb,
                         adapter=tuple(adapter or ()), device=device, dtype=dtype, rag_top_k=rag_top_k,
                         rag_timeout_s=rag_timeout_s, rag_context_tokens=rag_context_tokens)
     serve_local(model_uri, opts, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, feast_repo=feast_repo,

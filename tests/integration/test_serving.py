@@ -107,16 +107,19 @@ def test_generation_controls(server, tiny_base):
 def test_penalties_follow_openai_semantics():
     import torch
 
-    from shipyard.serving.llm import penalty_processor
+    from shipyard.serving.params import SamplingParams
+    from shipyard.serving.sampling import penalized
 
-    ids = torch.tensor([[5, 1, 2, 2]])  # prompt [5], generated [1, 2, 2]
-    scores = torch.zeros(1, 6)
-    out = penalty_processor(1, frequency=0.5, presence=1.0)(ids, scores)
-    assert out.tolist() == [[0.0, -1.5, -2.0, 0.0, 0.0, 0.0]]  # token 5 is prompt: untouched
+    p = SamplingParams(4, frequency_penalty=0.5, presence_penalty=1.0)
+    out = penalized(torch.zeros(6), p, torch.tensor([5]), torch.tensor([1, 2, 2]))  # prompt [5], generated [1, 2, 2]
+    assert out.tolist() == [0.0, -1.5, -2.0, 0.0, 0.0, 0.0]  # token 5 is prompt: untouched
+    ctrl = penalized(torch.tensor([2.0, -2.0, 1.0]), SamplingParams(4, repetition_penalty=2.0), torch.tensor([0]),
+                     torch.tensor([1]))
+    assert ctrl.tolist() == [1.0, -4.0, 1.0]  # CTRL: seen positive logits halve, seen negative ones double
 
 
 def test_stop_strings_are_held_back_while_they_might_start():
-    from shipyard.serving.llm import cut_at_stop, held_back
+    from shipyard.serving.engine import cut_at_stop, held_back
 
     assert cut_at_stop("abc END def", ("END",)) == ("abc ", True)
     assert held_back("abc E", ("END",)) == 1 and held_back("abc EN", ("END",)) == 2 and held_back("abc", ("END",)) == 0

@@ -36,11 +36,18 @@ def choose_index(requested: str | None, pinned: str | None) -> tuple[str | None,
 
 
 def start_sidecar(ref: str, port: int, repo: str | None = None, timeout: float = 180.0) -> subprocess.Popen:
-    """Start ``python -m shipyard.serving.rag_sidecar`` on 127.0.0.1:port and wait until it is ready."""
-    cmd = [sys.executable, "-m", "shipyard.serving.rag_sidecar", "--index", ref, "--port", str(port)]
+    """Start ``python -m shipyard.serving.rag_sidecar`` on 127.0.0.1:port and wait until it is ready.
+
+    A port another process holds is refused (a stale sidecar would answer the readiness probe and serve
+    an index nobody asked for); the sidecar ends with this process, however this one ends."""
+    from shipyard.serving.guards import die_with_parent, port_free
+
+    port_free("127.0.0.1", port, "the RAG sidecar")
+    cmd = [sys.executable, "-m", "shipyard.serving.rag_sidecar", "--index", ref, "--port", str(port),
+           "--parent-pid", str(os.getpid())]
     if repo:
         cmd += ["--repo", repo]
-    proc = subprocess.Popen(cmd, env=dict(os.environ))
+    proc = subprocess.Popen(cmd, env=dict(os.environ), preexec_fn=die_with_parent)
     try:
         wait_ready(f"http://127.0.0.1:{port}/readyz", proc, timeout, f"RAG sidecar for {ref}")
     except RuntimeError:

@@ -1,90 +1,43 @@
 """OpenAI-compatible routes (``/openai/v1``) mounted on KServe's own FastAPI app.
 
-``OpenAIEndpoints`` holds one served model's routes as small methods, after KServe's own
-``OpenAIEndpoints``: both routes share ``_answer`` (fit the prompt, retrieve, fit again with the sources,
-then stream or batch), and what differs between chat and text completions is a ``_Shape`` (the prompt
-rendering, the stream chunk and the response body).
+``OpenAIEndpoints`` holds one served model's routes: both generation routes share ``_answer`` (fit the
+prompt, retrieve, fit again with the sources, submit every choice to the engine, then stream or
+collect); what differs between chat and text completions is a shape (``openai_shapes``). Request
+bodies are ``openai_schema``'s.
+
+Failure is the client's (4xx, OpenAI error body) or documented (429 queue full, 503 not ready, 504
+past ``--request-timeout-s``); anything else is a bug, answered 500 with an error body and logged,
+without closing the connection. Prompts are rendered and tokenized off the event loop. A request's
+choices are engine jobs: they count against the queue and the timeout whether streamed or not, and a
+client that goes away cancels them (a stream when its connection closes, a plain request within
+``DISCONNECT_POLL_S``).
 
 Why not KServe's OpenAI layer: in KServe 0.21 ``kserve.protocol.rest.openai`` imports vLLM's
 protocol types, and without vLLM (656 MB, pinned to another torch) the routes silently do not
-register. This CPU/local runtime serves the same paths with transformers and builds every
-response with the ``openai`` package's own pydantic models, so the official client parses them.
+register. This runtime serves the same paths with its own engine and builds every response with the
+``openai`` package's own pydantic models, so the official client parses them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import time
-import uuid
-from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from kserve.errors import InvalidInput
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from shipyard.serving.llm import Generation, SamplingParams, ShipyardLLM
+from shipyard.serving.llm import QueueFull, ShipyardLLM
+from shipyard.serving.openai_schema import ChatRequest, CompletionRequest
+from shipyard.serving.openai_shapes import ChatShape, CompletionShape
 from shipyard.serving.options import Limits
-from shipyard.serving.rag import RagClient, RagOptions
+from shipyard.serving.params import Generation
+from shipyard.serving.rag import RagClient
 
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    include_usage: bool = False
-
-
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    max_tokens: int | None = Field(None, gt=0, le=1_000_000)
-    max_completion_tokens: int | None = Field(None, gt=0, le=1_000_000)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0, description="Extension (vLLM's): sample from the k most likely tokens; 0 = all.")
-    n: int = Field(1, ge=1, le=8)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    frequency_penalty: float = Field(0.0, ge=-2, le=2)
-    presence_penalty: float = Field(0.0, ge=-2, le=2)
-    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Extension (vLLM's): CTRL's penalty; 1 = off.")
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    rag: RagOptions | None = Field(None, description="Extension: retrieval for this request (see serving.rag).")
-
-    @field_validator("stop")
-    @classmethod
-    def _stops(cls, v):
-        stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
-            raise ValueError("stop: up to 4 non-empty strings of at most 200 characters")
-        return v
-
-    def params(self, max_tokens: int, index: int, adapter: str | None = None) -> SamplingParams:
-        stops = tuple([self.stop] if isinstance(self.stop, str) else (self.stop or []))
-        return SamplingParams(max_tokens, self.temperature, self.top_p, self.top_k, stops,
-                              None if self.seed is None else self.seed + index, self.frequency_penalty,
-                              self.presence_penalty, self.repetition_penalty, adapter)
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    role: Literal["system", "user", "assistant"]
-    content: str = Field(max_length=100_000)
-    name: str | None = None
-
-
-class ChatRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
-
-
-class CompletionRequest(_Request):
-    prompt: str = Field(max_length=100_000)
+DISCONNECT_POLL_S = 0.25
+log = logging.getLogger("shipyard.serving")
 
 
 def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
@@ -105,72 +58,14 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
     param = ".".join(loc) or None
     detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
                        for e in exc.errors()[:5])
-    return _error(400, detail, param)
-
-
-class _Shape:
-    """How one route renders its prompt and shapes its stream chunks and its response body."""
-
-    def __init__(self, req: _Request, prefix: str, render, question: str):
-        self.req, self.render, self.question = req, render, question
-        self.rid, self.created = f"{prefix}-{uuid.uuid4().hex}", int(time.time())
-
-
-class _ChatShape(_Shape):
-    """The last user message is the question (RAG rewrites it); the chat template renders the rest around it."""
-
-    def __init__(self, req: ChatRequest, llm: ShipyardLLM):
-        messages = [m.model_dump(exclude_none=True) for m in req.messages]
-        at = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
-        self.messages, self.at, self.llm = messages, at, llm
-        super().__init__(req, "chatcmpl", self._render, messages[at]["content"])
-
-    def _render(self, text: str) -> str:
-        m, at = self.messages, self.at
-        return self.llm.chat_prompt([*m[:at], {**m[at], "content": text}, *m[at + 1:]])
-
-    def chunk(self, i: int, text: str | None, finish: str | None) -> dict:
-        delta = {"role": "assistant", "content": ""} if text is None else ({"content": text} if text else {})
-        return {"id": self.rid, "object": "chat.completion.chunk", "created": self.created, "model": self.req.model,
-                "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
-
-    def body(self, gens: list[Generation], usage) -> dict:
-        from openai.types.chat import ChatCompletion, ChatCompletionMessage
-        from openai.types.chat.chat_completion import Choice
-
-        return ChatCompletion(
-            id=self.rid, object="chat.completion", created=self.created, model=self.req.model, usage=usage,
-            choices=[Choice(index=i, finish_reason=g.finish_reason,
-                            message=ChatCompletionMessage(role="assistant", content=g.text))
-                     for i, g in enumerate(gens)]).model_dump(exclude_none=True)
-
-
-class _CompletionShape(_Shape):
-    def __init__(self, req: CompletionRequest):
-        super().__init__(req, "cmpl", lambda text: text, req.prompt)
-
-    def chunk(self, i: int, text: str | None, finish: str | None) -> dict:
-        return {"id": self.rid, "object": "text_completion", "created": self.created, "model": self.req.model,
-                "choices": [{"index": i, "text": text or "", "finish_reason": finish, "logprobs": None}]}
-
-    def body(self, gens: list[Generation], usage) -> dict:
-        from openai.types import Completion, CompletionChoice
-
-        return Completion(
-            id=self.rid, object="text_completion", created=self.created, model=self.req.model, usage=usage,
-            choices=[CompletionChoice(index=i, text=g.text, finish_reason=g.finish_reason)
-                     for i, g in enumerate(gens)]).model_dump(exclude_none=True)
+    return _error(400, detail[:2000], param)
 
 
 class OpenAIEndpoints:
     """The ``/openai/v1`` routes for one served model; with ``rag``, answers cite retrieved chunks."""
 
     def __init__(self, llm: ShipyardLLM, limits: Limits | None = None, rag: RagClient | None = None):
-        from shipyard.serving.batcher import Batcher
-
-        limits = limits or Limits()
-        self.llm, self.limits, self.rag = llm, limits, rag
-        self.batcher = Batcher(llm, limits.max_batch_size, limits.max_wait_ms, limits.max_queue)
+        self.llm, self.limits, self.rag = llm, limits or Limits(), rag
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/openai/v1")
@@ -186,102 +81,150 @@ class OpenAIEndpoints:
                                            for name in self.llm.served_names]}
 
     async def chat(self, req: ChatRequest, request: Request):
-        t0 = time.perf_counter()
-        return self._observe("chat", t0, await self._answer(_ChatShape(req, self.llm), request.headers))
+        return await self._guarded("chat", lambda: self._answer(ChatShape(req, self.llm), request))
 
     async def completions(self, req: CompletionRequest, request: Request):
-        t0 = time.perf_counter()
-        return self._observe("completions", t0, await self._answer(_CompletionShape(req), request.headers))
+        return await self._guarded("completions", lambda: self._answer(CompletionShape(req, self.llm), request))
 
-    @staticmethod
-    def _observe(route: str, started: float, response):
+    async def _guarded(self, route: str, answer):
+        """The route's answer; a bug becomes a logged 500 with an OpenAI body (the connection stays open)."""
         from shipyard.serving.metrics import LATENCY, REQUESTS
 
+        started = time.perf_counter()
+        try:
+            response = await answer()
+        except InvalidInput as exc:
+            response = _error(400, str(exc))
+        except QueueFull as exc:
+            response = _error(429, str(exc), None, "rate_limit_error")
+        except Exception as exc:
+            log.exception("%s failed", route)
+            response = _error(500, f"internal error: {type(exc).__name__}", None, "server_error")
         REQUESTS.labels(route, str(getattr(response, "status_code", 200))).inc()
         LATENCY.labels(route).observe(time.perf_counter() - started)
         return response
 
-    async def _answer(self, shape: _Shape, headers):
-        """Fit the prompt, retrieve, fit again with the sources, then stream or batch the choices."""
+    async def _answer(self, shape, request: Request):
+        """Fit the prompts, retrieve, fit again with the sources, submit the choices, stream or collect."""
         req = shape.req
         if (err := self._check(req)) is not None:
             return err
-        prompt = shape.render(shape.question)
-        max_tokens, n_prompt, err = self._budget(req, prompt)
-        if err is not None:
-            return err
-        text, cites, extra = await self._retrieve(req, shape.question, shape.render, max_tokens, headers)
-        if text is None:
-            return extra
-        if cites:  # sources went in: the prompt changed
-            prompt = shape.render(text)
-            max_tokens, n_prompt, err = self._budget(req, prompt)
+        max_tokens = req.max_completion_tokens or (req.max_tokens if req.max_tokens is not None
+                                                   else self.llm.max_new_tokens)
+        prompts = req.prompts() if isinstance(shape, CompletionShape) else [shape.question]
+        cites, extra = None, {}
+        if self.rag is None and req.rag is not None and req.rag.enabled:
+            return _error(400, "rag: this server has no RAG index (start it with --rag-index)", "rag")
+        if self._rag_wanted(req, prompts):
+            ids, err = await self._fit(shape.render, shape.question, max_tokens)
             if err is not None:
                 return err
+            text, cites, extra = await self._retrieve(req, shape.question, shape.render, max_tokens, request.headers)
+            if text is None:
+                return extra
+            prompts = [text]
+        elif req.rag is not None and req.rag.enabled and self.rag is not None:
+            return _error(400, "rag: retrieval works on one text prompt; this request has several or token ids",
+                          "rag")
+        fitted = []
+        for p in prompts:
+            ids, err = await self._fit(shape.render, p, max_tokens)
+            if err is not None:
+                return err
+            fitted.append(ids)
+        jobs = self._submit(req, fitted, max_tokens)
         if req.stream:
-            return self._sse(req, prompt, max_tokens, n_prompt, shape.chunk, cites, extra)
-        result, err = await self._run(req, prompt, max_tokens, n_prompt)
-        if err is not None:
-            return err
-        body = shape.body(*result)
-        if cites is not None:
-            body["citations"] = cites
-        return JSONResponse(body, headers=extra)
+            return await self._sse(shape, jobs, fitted, cites, extra)
+        return await self._collect(shape, jobs, fitted, cites, extra, request)
 
-    def _check(self, req: _Request):
+    def _check(self, req):
         if req.model not in self.llm.served_names:
             return _error(404, f"model {req.model!r} not found; this server serves {self.llm.served_names}", "model",
                           "not_found_error")
         if not self.llm.ready:
             return _error(503, "model is not ready", None, "server_error")
+        if getattr(req, "echo", False) and req.stream and req.logprobs is not None:
+            return _error(400, "echo with logprobs is not streamed; ask without stream", "echo")
+        if getattr(req, "echo", False) and req.logprobs is not None and self.llm.seq2seq:
+            return _error(400, "echo with logprobs: a seq2seq model does not score its input", "echo")
         return None
 
-    def _adapter_of(self, req: _Request) -> str | None:
-        return None if req.model == self.llm.name else req.model
+    def _rag_wanted(self, req, prompts) -> bool:
+        if self.rag is None:
+            return False
+        return (req.rag is None or req.rag.enabled) and len(prompts) == 1 and isinstance(prompts[0], str)
 
-    def _budget(self, req: _Request, prompt: str):
-        max_tokens = req.max_completion_tokens or req.max_tokens or self.llm.max_new_tokens
+    async def _fit(self, render, prompt: str | list[int], max_tokens: int):
+        """(token ids, None) or (None, 400): rendered and tokenized in a worker thread, checked against the
+        context (token ids are taken as they are)."""
+        def fit():
+            return self.llm.check_fits(render(prompt) if isinstance(prompt, str) else prompt, max_tokens)
+
         try:
-            return max_tokens, self.llm.check_fits(prompt, max_tokens), None
+            return await asyncio.to_thread(fit), None
         except InvalidInput as exc:
-            return max_tokens, 0, _error(400, str(exc), "max_tokens")
+            return None, _error(400, str(exc), "max_tokens" if "max_tokens" in str(exc) else "prompt")
 
-    async def _run(self, req: _Request, prompt: str, max_tokens: int, n_prompt: int):
-        """(generations, usage) or (None, error response): n choices through the batcher, bounded in time."""
-        from openai.types import CompletionUsage
+    def _submit(self, req, fitted: list[list[int]], max_tokens: int) -> list:
+        """One engine job per (prompt, choice), prompt-major as OpenAI indexes choices; all or none."""
+        adapter = None if req.model == self.llm.name else req.model
+        echo = bool(getattr(req, "echo", False)) and req.top_logprobs_asked() is not None
+        jobs = []
+        try:
+            for ids in fitted:
+                for i in range(req.n):
+                    jobs.append(self.llm.submit(ids, req.params(max_tokens, i, adapter, echo),
+                                                self.limits.request_timeout_s))
+        except QueueFull:
+            for job in jobs:
+                job.cancel()
+            raise
+        return jobs
 
-        from shipyard.serving.batcher import QueueFull
-        from shipyard.serving.metrics import TOKENS
-
-        tasks = [asyncio.ensure_future(self.batcher.submit(prompt, req.params(max_tokens, i, self._adapter_of(req))))
-                 for i in range(req.n)]
+    async def _collect(self, shape, jobs, fitted, cites, extra, request: Request):
+        gathered = asyncio.ensure_future(asyncio.gather(*(job.result() for job in jobs)))
+        gone = asyncio.ensure_future(_disconnected(request))
         timeout = self.limits.request_timeout_s
         try:
-            gens = await asyncio.wait_for(asyncio.gather(*tasks), timeout=timeout)
-        except QueueFull as exc:
-            return None, _error(429, str(exc), None, "rate_limit_error")
-        except asyncio.TimeoutError:
-            return None, _error(504, f"generation did not finish within {timeout:g} s", None, "timeout_error")
-        finally:  # one choice refused or late: its siblings give their queue places back
-            for task in tasks:
-                if not task.done():
-                    task.cancel()
-        done = sum(g.completion_tokens for g in gens)
-        TOKENS.labels("prompt").inc(n_prompt)
-        TOKENS.labels("completion").inc(done)
-        return (gens, CompletionUsage(prompt_tokens=n_prompt, completion_tokens=done,
-                                      total_tokens=n_prompt + done)), None
+            await asyncio.wait({gathered, gone}, timeout=timeout + 5, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not gathered.done() or gathered.exception() is not None:
+            for job in jobs:
+                job.cancel()
+            exc = None if not gathered.done() else gathered.exception()
+            if gathered.done() and not isinstance(exc, TimeoutError):
+                raise exc
+            if not gathered.done():
+                gathered.cancel()
+            return _error(504, f"generation did not finish within {timeout:g} s", None, "timeout_error")
+        gens: list[Generation] = gathered.result()
+        body = shape.body(gens, _usage(fitted, gens))
+        if cites is not None:
+            body["citations"] = cites
+        return JSONResponse(body, headers=extra)
 
-    async def _retrieve(self, req: _Request, question: str, render, max_tokens: int, headers):
+    async def _sse(self, shape, jobs, fitted, cites, headers):
+        """Server-sent events (``openai_stream``). The first event of the first choice is awaited before the
+        response starts, so a request timed out while queued is a 504, not a cut stream."""
+        from shipyard.serving.openai_stream import ChoiceStream
+
+        stream = ChoiceStream(shape, jobs, fitted, cites, self.llm.tokenizer)
+        failure = await stream.start()
+        if isinstance(failure, TimeoutError):
+            return _error(504, f"generation did not finish within {self.limits.request_timeout_s:g} s", None,
+                          "timeout_error")
+        if failure is not None:
+            raise failure
+        return StreamingResponse(stream.events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
+
+    async def _retrieve(self, req, question: str, render, max_tokens: int, headers):
         """(user text, citations, response headers) or (None, None, error): the RAG step of one request.
-        Citations are None when retrieval was off or failed, and the text is then ``question``."""
+        Citations are None when retrieval failed, and the text is then ``question``."""
         from shipyard.serving.rag import Rejected, tenant_of
 
         rag = self.rag
-        if req.rag is not None and req.rag.enabled and rag is None:
-            return None, None, _error(400, "rag: this server has no RAG index (start it with --rag-index)", "rag")
-        if rag is None or (req.rag is not None and not req.rag.enabled):
-            return question, None, {}
         try:
             tenant = tenant_of(req.rag, headers)
             found = await rag.retrieve(question, tenant, (req.rag and req.rag.top_k) or rag.settings.top_k,
@@ -291,13 +234,12 @@ class OpenAIEndpoints:
             return None, None, _error(exc.status, str(exc), f"rag.{exc.param}" if exc.param else "rag", kind)
         except Exception as exc:  # sidecar down, slow or failing: answer without sources, say so
             return question, None, _degraded(exc)
-        return self._with_sources(question, found, render, max_tokens)
+        return await asyncio.to_thread(self._with_sources, question, found, render, max_tokens)
 
     def _with_sources(self, question: str, found: dict, render, max_tokens: int):
         from shipyard.features.rag_prompt import augment
 
         llm = self.llm
-
         budget = min(llm.context_length, self.rag.settings.context_tokens)
 
         def room(text: str) -> int:
@@ -310,37 +252,26 @@ class OpenAIEndpoints:
             return question, [], {"X-Shipyard-RAG": "no-room", "X-Shipyard-RAG-Index": ref, "Warning": warning}
         return text, cites, {"X-Shipyard-RAG": "used", "X-Shipyard-RAG-Index": ref}
 
-    def _sse(self, req: _Request, prompt: str, max_tokens: int, n_prompt: int, chunk, citations=None, headers=None):
-        """Server-sent events: ``chunk(index, text, finish_reason)`` per delta, then usage, then [DONE].
-        Citations ride on the first event."""
-        return StreamingResponse(self._events(req, prompt, max_tokens, n_prompt, chunk, citations),
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})})
 
-    async def _events(self, req: _Request, prompt: str, max_tokens: int, n_prompt: int, chunk, citations):
-        total = 0
-        for i in range(req.n):
-            it = self.llm.stream(prompt, req.params(max_tokens, i, self._adapter_of(req)))
-            first = chunk(i, None, None)
-            if i == 0 and citations is not None:
-                first["citations"] = citations
-            yield f"data: {json.dumps(first)}\n\n"
-            while (item := await asyncio.to_thread(next, it, None)) is not None:
-                if isinstance(item, Generation):
-                    total += item.completion_tokens
-                    yield f"data: {json.dumps(chunk(i, '', item.finish_reason))}\n\n"
-                elif item:
-                    yield f"data: {json.dumps(chunk(i, item, None))}\n\n"
-        if req.stream_options and req.stream_options.include_usage:
-            usage = {"prompt_tokens": n_prompt, "completion_tokens": total, "total_tokens": n_prompt + total}
-            yield f"data: {json.dumps({**chunk(0, None, None), 'choices': [], 'usage': usage})}\n\n"
-        yield "data: [DONE]\n\n"
+def _usage(fitted: list[list[int]], gens: list[Generation]):
+    from openai.types import CompletionUsage
+
+    from shipyard.serving.metrics import TOKENS
+
+    n_prompt, done = sum(len(ids) for ids in fitted), sum(g.completion_tokens for g in gens)
+    TOKENS.labels("prompt").inc(n_prompt)
+    TOKENS.labels("completion").inc(done)
+    return CompletionUsage(prompt_tokens=n_prompt, completion_tokens=done, total_tokens=n_prompt + done)
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns once the client has gone away."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
 
 
 def _degraded(exc: Exception) -> dict[str, str]:
     """The headers of an answer given without sources because retrieval failed; logged and counted."""
-    import logging
-
     from shipyard.serving.metrics import RAG_DEGRADED
 
     reason = f"{type(exc).__name__}: {exc}"[:200].replace('"', "'")

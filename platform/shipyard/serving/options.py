@@ -18,7 +18,6 @@ class Limits:
     """Batching and back-pressure of the runtime (``--max-batch-size ...``)."""
 
     max_batch_size: int = 8
-    max_wait_ms: float = 10.0
     max_queue: int = 64
     request_timeout_s: float = 120.0
 
@@ -35,10 +34,12 @@ class ServeOptions:
     port: int = _opt(8080, "HTTP port.")
     name: str | None = _opt(None, "Served model name (default: from the URI).")
     max_new_tokens: int = _opt(64, "Default max_tokens of a request that sets none.")
-    max_batch_size: int = _opt(Limits.max_batch_size, "Requests per generation batch.")
-    max_wait_ms: float = _opt(Limits.max_wait_ms, "How long a request waits to be batched.")
-    max_queue: int = _opt(Limits.max_queue, "Queued requests before answering 429.")
-    request_timeout_s: float = _opt(Limits.request_timeout_s, "Per-request limit (504 after).")
+    max_batch_size: int = _opt(Limits.max_batch_size, "Sequences decoded together (a request joins the running "
+                                                      "batch at its next step).")
+    max_queue: int = _opt(Limits.max_queue, "Waiting sequences before answering 429 (streams count too).")
+    request_timeout_s: float = _opt(Limits.request_timeout_s, "Per-request limit, queueing included (504 after; "
+                                                              "a stream past it ends with an error event).")
+    max_body_kb: int = _opt(2048, "Largest request body in KiB (413 above it).")
     adapter: tuple[str, ...] = _opt((), "NAME=DIR: a LoRA adapter served as model NAME on the same base (repeatable).",
                                     repeat=True)
     device: Device = _opt("auto", "auto, cpu or cuda (auto: a GPU when one is visible; a quantized model runs "
@@ -54,7 +55,7 @@ class ServeOptions:
                                         "answer worse from long contexts.")
 
     def limits(self) -> Limits:
-        return Limits(self.max_batch_size, self.max_wait_ms, self.max_queue, self.request_timeout_s)
+        return Limits(self.max_batch_size, self.max_queue, self.request_timeout_s)
 
 
 DEFAULTS = ServeOptions()

@@ -82,9 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8081)
     ap.add_argument("--backend", choices=("faiss", "feast"), default="faiss",
                     help="faiss: indexes built from the version's Feast rows; feast: Feast's online store")
+    ap.add_argument("--parent-pid", type=int, default=None, help="Stop when this process is gone (set by "
+                                                                    "`shipyard serve`, which starts the sidecar).")
     args = ap.parse_args(argv)
     import uvicorn
 
+    if args.parent_pid:
+        from shipyard.serving.guards import exit_with_parent
+
+        exit_with_parent(args.parent_pid)
     retriever, embedder, info = load_index(args.index, args.repo, args.backend)
     print(f"rag sidecar: index {info['ref']} ({info['chunks']} chunks, tenants {sorted(info['tenants'])}) "
           f"on http://{args.host}:{args.port}", flush=True)

@@ -29,12 +29,14 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
     model_server, RESTServer = _import_kserve_server()
     from fastapi.exceptions import RequestValidationError
 
+    from shipyard.serving.guards import BodyLimit, LastResort, port_free
     from shipyard.serving.llm import ShipyardLLM
     from shipyard.serving.openai_api import OpenAIEndpoints, validation_error_handler
     from shipyard.serving.rag import RagClient, RagSettings
 
+    port_free(opts.host, opts.port, "the model server")  # before the model loads: fail fast, never share a port
     llm = ShipyardLLM(name, model_dir, opts.max_new_tokens, parse_adapters(opts.adapter), device=opts.device,
-                      dtype=opts.dtype)
+                      dtype=opts.dtype, max_batch_size=opts.max_batch_size, max_queue=opts.max_queue)
     llm.load()
     server = model_server.ModelServer(http_port=opts.port, enable_grpc=False, workers=1)
     server.register_model(llm)
@@ -42,6 +44,8 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
                                  opts.rag_context_tokens)) if opts.rag_url else None
     model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag).router())
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
+    model_server.app.add_middleware(BodyLimit, max_bytes=opts.max_body_kb * 1024)
+    model_server.app.add_middleware(LastResort)  # outermost: whatever escapes a route is a 500, connection kept
     rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,
                       server.model_repository_extension, opts.port, workers=1, grace_period=10)
     rest.config.host = opts.host

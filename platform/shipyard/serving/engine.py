@@ -1,0 +1,296 @@
+"""The transformers engine: one thread owns the model and decodes every running request, one token per step.
+
+    engine = Engine(model, tokenizer, device, max_batch_size=8, max_queue=64); engine.start()
+    engine.submit(Job(prompt_ids, SamplingParams(16), sink))   # sink(kind, payload) per event
+
+Scheduling is per iteration: a request that arrives while others decode is prefilled and joins the
+running batch at the next step (``kv.CausalBatch.join``); a finished or cancelled row leaves it at once.
+An idle engine starts a lone request immediately (no batching wait). Admission is first come, first
+served, and a batch holds one adapter at a time: the oldest waiting request's adapter is the next
+batch's once the running rows finish. ``max_queue`` bounds the requests waiting (``QueueFull``, HTTP 429).
+
+Each row samples with its own settings and, when seeded, its own RNG (``sampling``). Events go to the
+job's ``sink`` from the engine thread: ``("delta", (text, TokenLogprob | None))`` per token (text that
+could begin a stop string is held back until it cannot), then ``("done", Generation)`` or
+``("error", exception)``. A job's ``cancel`` event (client gone) or ``deadline`` (monotonic seconds)
+ends it at the next step: cancelled jobs get no event, timed-out ones ``("error", TimeoutError)``.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from shipyard.serving.params import Generation, SamplingParams, TokenLogprob
+
+
+class QueueFull(RuntimeError):
+    """The engine already holds ``max_queue`` waiting requests."""
+
+
+@dataclass
+class Job:
+    prompt: list[int]
+    params: SamplingParams
+    sink: object  # callable(kind: str, payload) — called from the engine thread
+    cancel: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None  # time.monotonic() after which the job fails with TimeoutError
+
+
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    hits = [text.index(s) for s in stops if s and s in text]
+    return (text[: min(hits)], True) if hits else (text, False)
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of ``text`` might start a stop string (not safe to stream yet)."""
+    keep = 1 if text.endswith("\ufffd") else 0  # a character whose bytes are not all decoded yet
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = max(keep, k)
+                break
+    return keep
+
+
+class _Row:
+    """One running job: its tokens so far, the text sent, and when it is finished."""
+
+    def __init__(self, job: Job, engine: Engine, prompt_logprobs: list[TokenLogprob] | None):
+        import torch
+
+        from shipyard.serving.sampling import generator_for
+
+        self.job, self.engine, self.p = job, engine, job.params
+        self.prompt_t = torch.tensor(job.prompt, device=engine.device)
+        self.generator = generator_for(self.p.seed if self.p.temperature > 0 else None, engine.device)
+        self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] | None = [] if self.p.logprobs is not None else None
+        self.prompt_logprobs = prompt_logprobs
+        self.sent, self.finish = 0, None
+        if self.p.max_tokens == 0:
+            self.finish = "length"
+
+    @property
+    def last(self) -> int:
+        return self.tokens[-1]
+
+    def advance(self, logits) -> None:
+        """Choose the next token from ``logits`` [vocab], send what is safe, note whether the row ended."""
+        import torch
+
+        from shipyard.serving.sampling import choose
+
+        p = self.p
+        generated = torch.tensor(self.tokens, dtype=torch.long, device=logits.device)
+        pick = choose(logits, p, self.prompt_t, generated, self.generator, p.logprobs or 0)
+        self.tokens.append(pick.token)
+        entry = TokenLogprob(pick.token, pick.logprob, pick.top) if self.logprobs is not None else None
+        if entry is not None:
+            self.logprobs.append(entry)
+        text, stopped = cut_at_stop(self.engine.decode(self.tokens), p.stop)
+        if stopped or pick.token in self.engine.eos_ids:
+            self.finish = "stop"
+        elif len(self.tokens) >= p.max_tokens:
+            self.finish = "length"
+        safe = len(text) if self.finish else len(text) - held_back(text, p.stop)
+        delta = text[self.sent:safe] if safe > self.sent else ""
+        self.sent = max(self.sent, safe)
+        self.job.sink("delta", (delta, entry))
+        if self.finish:
+            self.job.sink("done", Generation(text, len(self.job.prompt), len(self.tokens), self.finish, self.tokens,
+                                             self.logprobs, self.prompt_logprobs, self.job.prompt))
+
+    def expired(self) -> bool:
+        """Cancelled (no event) or past its deadline (a TimeoutError event): the row leaves now."""
+        if self.job.cancel.is_set():
+            return True
+        if self.job.deadline is not None and time.monotonic() > self.job.deadline:
+            self.job.sink("error", TimeoutError("generation passed the request's deadline"))
+            return True
+        return False
+
+
+class Engine:
+    def __init__(self, model, tokenizer, device, *, seq2seq: bool = False, variant=None, max_batch_size: int = 8,
+                 max_queue: int = 64):
+        self.model, self.tokenizer, self.device, self.seq2seq = model, tokenizer, device, seq2seq
+        self.variant = variant or (lambda adapter: nullcontext())
+        self.max_batch_size, self.max_queue = max_batch_size, max_queue
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._rows: list[_Row] = []
+        self._batch = None
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="shipyard-engine", daemon=True)
+
+    def start(self) -> Engine:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; raises QueueFull when ``max_queue`` jobs already wait."""
+        from shipyard.serving.metrics import QUEUE_DEPTH
+
+        with self._cv:
+            if len(self._pending) >= self.max_queue:
+                raise QueueFull(f"the runtime is at its queue limit ({self.max_queue} requests); retry later")
+            self._pending.append(job)
+            QUEUE_DEPTH.set(len(self._pending))
+            self._cv.notify()
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _loop(self) -> None:
+        import torch
+
+        while True:
+            with self._cv:
+                while not self._pending and not self._rows and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+            with torch.inference_mode():
+                try:
+                    self._admit()
+                    if self._rows:
+                        self._step()
+                except Exception as exc:  # a failed forward fails the running rows, never the engine
+                    for row in self._rows:
+                        row.job.sink("error", exc)
+                    self._rows, self._batch = [], None
+
+    def _take(self) -> list[Job]:
+        """The waiting jobs that join now: first come first served, one adapter per batch."""
+        from shipyard.serving.metrics import QUEUE_DEPTH
+
+        room = self.max_batch_size - len(self._rows)
+        if room <= 0 or (self._rows and not self._batch.joinable):
+            return []
+        taken: list[Job] = []
+        with self._cv:
+            while self._pending and len(taken) < room:
+                job = self._pending[0]
+                if job.cancel.is_set() or _late(job):
+                    self._pending.popleft()
+                    continue
+                ref = self._rows[0].p if self._rows else (taken[0].params if taken else job.params)
+                if job.params.adapter != ref.adapter:
+                    break
+                taken.append(self._pending.popleft())
+            QUEUE_DEPTH.set(len(self._pending))
+        return taken
+
+    def _admit(self) -> None:
+        """Prefill the jobs that join now (a scored prompt alone, the rest together) and add them to the batch."""
+        jobs = self._take()
+        scored = [[j] for j in jobs if j.params.prompt_logprobs and not self.seq2seq]
+        groups = scored + ([plain] if (plain := [j for j in jobs if not j.params.prompt_logprobs or self.seq2seq])
+                           else [])
+        for n, group in enumerate(groups):
+            if self._batch is not None and not self._batch.joinable:  # e.g. a sliding-window cache: wait
+                with self._cv:
+                    self._pending.extendleft(reversed([j for g in groups[n:] for j in g]))
+                break
+            with self.variant(group[0].params.adapter):
+                batch, logits, prompt_lps = self._prefill(group)
+            rows = [_Row(j, self, lp) for j, lp in zip(group, prompt_lps, strict=True)]
+            self._grow(batch, rows)
+            for i, row in enumerate(rows):
+                if row.finish is None:
+                    row.advance(logits[i])
+                else:  # max_tokens 0: the prompt scored, nothing generated
+                    row.job.sink("done", Generation("", len(row.job.prompt), 0, row.finish, [], row.logprobs,
+                                                    row.prompt_logprobs, row.job.prompt))
+            self._drop_finished()
+
+    def _prefill(self, group: list[Job]):
+        from shipyard.serving.kv import CausalBatch, Seq2SeqBatch
+
+        batch = (Seq2SeqBatch if self.seq2seq else CausalBatch)(self.model, self.device)
+        if group[0].params.prompt_logprobs and not self.seq2seq:
+            logits, scored = self._prefill_scored(batch, group[0])
+            return batch, logits, [scored]
+        return batch, batch.prefill([j.prompt for j in group]), [None] * len(group)
+
+    def _prefill_scored(self, batch, job: Job):
+        """Prefill one row in chunks, scoring its prompt's tokens (echo): (next-token logits, prompt logprobs)."""
+        import torch
+
+        top = job.params.logprobs or 0
+        scored = [TokenLogprob(job.prompt[0], None, [])]
+
+        def on_logits(start: int, logits) -> None:
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            nxt = job.prompt[start + 1:start + 1 + logp.shape[0]]
+            best = torch.topk(logp[: len(nxt)], top) if top else None
+            for i, tok in enumerate(nxt):
+                pairs = list(zip(best.indices[i].tolist(), best.values[i].tolist(), strict=True)) if top else []
+                scored.append(TokenLogprob(tok, float(logp[i, tok]), pairs))
+
+        return batch.prefill_scored(job.prompt, on_logits), scored
+
+    def _grow(self, batch, rows: list[_Row]) -> None:
+        if self._batch is None or not self._rows:
+            self._batch = batch
+        else:
+            self._batch.join(batch)
+        self._rows.extend(rows)
+
+    def _step(self) -> None:
+        self._drop([i for i, r in enumerate(self._rows) if r.expired()])
+        if not self._rows:
+            return
+        with self.variant(self._rows[0].p.adapter):
+            logits = self._batch.step([r.last for r in self._rows])
+        for row, row_logits in zip(self._rows, logits, strict=True):
+            row.advance(row_logits)
+        self._drop_finished()
+
+    def _drop_finished(self) -> None:
+        self._drop([i for i, r in enumerate(self._rows) if r.finish])
+
+    def _drop(self, gone: list[int]) -> None:
+        if not gone:
+            return
+        keep = [i for i in range(len(self._rows)) if i not in set(gone)]
+        self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._batch = None
+        else:
+            self._batch.keep(keep)
+
+
+def _late(job: Job) -> bool:
+    """Past its deadline while waiting: told so (TimeoutError), never started."""
+    if job.deadline is not None and time.monotonic() > job.deadline:
+        job.sink("error", TimeoutError("the request waited past its deadline"))
+        return True
+    return False
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    """The tokenizer's EOS and the generation config's (a chat model may end turns with another token)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+    return ids

@@ -1,0 +1,144 @@
+"""The OpenAI request bodies the runtime accepts (``/openai/v1/completions`` and ``/chat/completions``).
+
+Unknown fields are refused (400), so a client never silently loses a setting. Every bound here is
+one the engine honours: any value inside them gets an answer (``tests/integration/test_serving_abuse.py``
+tries their extremes). Extensions beyond OpenAI's fields are vLLM's (``top_k``, ``repetition_penalty``)
+or Shipyard's (``rag``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shipyard.serving.params import SamplingParams
+from shipyard.serving.rag import RagOptions
+
+MAX_TEXT = 100_000  # characters of one message or prompt
+MAX_PROMPTS = 64  # prompts in one completions request
+MAX_TOP_LOGPROBS = 20
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(max_length=256)
+    max_tokens: int | None = Field(None, ge=0, le=1_000_000)
+    max_completion_tokens: int | None = Field(None, gt=0, le=1_000_000)
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, le=1_000_000, description="Extension (vLLM's): sample from the k most likely "
+                                                          "tokens; 0 = all.")
+    n: int = Field(1, ge=1, le=8)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), lt=2**64)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    repetition_penalty: float = Field(1.0, gt=0, le=10, description="Extension (vLLM's): CTRL's penalty; 1 = off.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256)
+    rag: RagOptions | None = Field(None, description="Extension: retrieval for this request (see serving.rag).")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        stops = [v] if isinstance(v, str) else list(v or [])
+        if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
+            raise ValueError("stop: up to 4 non-empty strings of at most 200 characters")
+        return v
+
+    def top_logprobs_asked(self) -> int | None:  # None: no logprobs
+        return None
+
+    def params(self, max_tokens: int, index: int, adapter: str | None = None, echo: bool = False) -> SamplingParams:
+        stops = tuple([self.stop] if isinstance(self.stop, str) else (self.stop or []))
+        return SamplingParams(max_tokens, self.temperature, self.top_p, self.top_k, stops,
+                              None if self.seed is None else self.seed + index, self.frequency_penalty,
+                              self.presence_penalty, self.repetition_penalty, adapter, self.top_logprobs_asked(),
+                              echo)
+
+
+class TextPart(BaseModel):
+    """A content part of a message; text is the only kind a text model reads."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_TEXT)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[list[TextPart], Field(max_length=256)]
+    name: str | None = Field(None, max_length=256)
+
+    def as_template_input(self) -> dict:
+        """What the chat template reads: parts joined into one text; ``developer`` is OpenAI's newer ``system``."""
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        if len(text) > MAX_TEXT:
+            raise ValueError(f"content: at most {MAX_TEXT} characters")
+        out = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        return {**out, "name": self.name} if self.name else out
+
+
+class ChatRequest(_Request):
+    max_tokens: int | None = Field(None, gt=0, le=1_000_000)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs: set logprobs to true to use it")
+        for m in self.messages:
+            m.as_template_input()
+        return self
+
+    def top_logprobs_asked(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+
+Prompt = str | list[str] | list[int] | list[list[int]]
+
+
+class CompletionRequest(_Request):
+    prompt: Prompt
+    echo: bool = False
+    logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, v):
+        prompts = [v] if isinstance(v, str) or (isinstance(v, list) and v and isinstance(v[0], int)) else v
+        if not prompts or len(prompts) > MAX_PROMPTS:
+            raise ValueError(f"prompt: 1 to {MAX_PROMPTS} prompts")
+        for p in prompts:
+            if len(p) > MAX_TEXT:
+                raise ValueError(f"prompt: at most {MAX_TEXT} characters or tokens each")
+            if isinstance(p, list) and any(t < 0 for t in p):
+                raise ValueError("prompt: token ids are not negative")
+        return v
+
+    @model_validator(mode="after")
+    def _checks(self):
+        if self.max_tokens == 0 and not self.echo:
+            raise ValueError("max_tokens: 0 only scores the prompt, with echo true")
+        return self
+
+    def prompts(self) -> list[str | list[int]]:
+        p = self.prompt
+        return [p] if isinstance(p, str) or (p and isinstance(p[0], int)) else list(p)
+
+    def top_logprobs_asked(self) -> int | None:
+        return self.logprobs

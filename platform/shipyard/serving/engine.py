@@ -257,9 +257,13 @@ class Engine:
         self._rows.extend(rows)
 
     def _step(self) -> None:
+        from shipyard.serving.metrics import BATCH_SIZE, RUNNING
+
         self._drop([i for i, r in enumerate(self._rows) if r.expired()])
+        RUNNING.set(len(self._rows))
         if not self._rows:
             return
+        BATCH_SIZE.observe(len(self._rows))
         with self.variant(self._rows[0].p.adapter):
             logits = self._batch.step([r.last for r in self._rows])
         for row, row_logits in zip(self._rows, logits, strict=True):
@@ -272,8 +276,11 @@ class Engine:
     def _drop(self, gone: list[int]) -> None:
         if not gone:
             return
+        from shipyard.serving.metrics import RUNNING
+
         keep = [i for i in range(len(self._rows)) if i not in set(gone)]
         self._rows = [self._rows[i] for i in keep]
+        RUNNING.set(len(keep))
         if not keep:
             self._batch = None
         else:

@@ -210,6 +210,12 @@ class ShipyardLLM(Model):
         prompt = item if isinstance(item, str) else item.get("prompt") if isinstance(item, dict) else None
         if not isinstance(prompt, str):
             raise InvalidInput("each instance must be a string or an object with a string 'prompt'")
+        from shipyard.serving.openai_schema import utf8
+
+        try:
+            utf8(prompt)
+        except ValueError as exc:
+            raise InvalidInput(f"prompt: {exc}") from None
         n = item.get("max_tokens", self.max_new_tokens) if isinstance(item, dict) else self.max_new_tokens
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= self.context_length:
             raise InvalidInput(f"max_tokens must be an integer from 1 to {self.context_length}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from shipyard.serving.params import SamplingParams
 from shipyard.serving.rag import RagOptions
@@ -18,6 +18,18 @@ from shipyard.serving.rag import RagOptions
 MAX_TEXT = 100_000  # characters of one message or prompt
 MAX_PROMPTS = 64  # prompts in one completions request
 MAX_TOP_LOGPROBS = 20
+
+
+def utf8(text: str) -> str:
+    """JSON can carry lone surrogates (``"\\ud800"``) that no tokenizer can encode: refuse them here."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"text is not valid Unicode (a lone surrogate at {exc.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(utf8)]
 
 
 class StreamOptions(BaseModel):
@@ -53,6 +65,8 @@ class _Request(BaseModel):
         stops = [v] if isinstance(v, str) else list(v or [])
         if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
             raise ValueError("stop: up to 4 non-empty strings of at most 200 characters")
+        for s in stops:
+            utf8(s)
         return v
 
     def top_logprobs_asked(self) -> int | None:  # None: no logprobs
@@ -72,14 +86,14 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     type: Literal["text"]
-    text: str = Field(max_length=MAX_TEXT)
+    text: Annotated[Text, Field(max_length=MAX_TEXT)]
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[str, Field(max_length=MAX_TEXT)] | Annotated[list[TextPart], Field(max_length=256)]
+    content: Annotated[Text, Field(max_length=MAX_TEXT)] | Annotated[list[TextPart], Field(max_length=256)]
     name: str | None = Field(None, max_length=256)
 
     def as_template_input(self) -> dict:
@@ -126,6 +140,8 @@ class CompletionRequest(_Request):
         for p in prompts:
             if len(p) > MAX_TEXT:
                 raise ValueError(f"prompt: at most {MAX_TEXT} characters or tokens each")
+            if isinstance(p, str):
+                utf8(p)
             if isinstance(p, list) and any(t < 0 for t in p):
                 raise ValueError("prompt: token ids are not negative")
         return v

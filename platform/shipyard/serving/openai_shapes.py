@@ -111,9 +111,11 @@ class CompletionShape(_Shape):
     def body(self, gens: list[Generation], usage) -> dict:
         from openai.types import Completion, CompletionChoice
 
-        choices = []
-        for i, g in enumerate(gens):
-            text, logprobs = self.text_and_logprobs(g)
-            choices.append(CompletionChoice(index=i, text=text, finish_reason=g.finish_reason, logprobs=logprobs))
-        return Completion(id=self.rid, object="text_completion", created=self.created, model=self.req.model,
-                          usage=usage, choices=choices).model_dump(exclude_none=True)
+        texts = [self.text_and_logprobs(g) for g in gens]
+        body = Completion(id=self.rid, object="text_completion", created=self.created, model=self.req.model,
+                          usage=usage, choices=[CompletionChoice(index=i, text=text, finish_reason=g.finish_reason)
+                                                for i, (g, (text, _)) in enumerate(zip(gens, texts, strict=True))]
+                          ).model_dump(exclude_none=True)
+        for choice, (_, logprobs) in zip(body["choices"], texts, strict=True):
+            choice["logprobs"] = logprobs  # set after validation: OpenAI's own null for the prompt's first token
+        return body

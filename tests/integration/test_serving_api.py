@@ -1,0 +1,116 @@
+"""The OpenAI surface beyond plain text: log-probs on both routes, echo with prompt scoring (what
+lm-evaluation-harness's local-completions backend sends), token-id and batched prompts, content parts."""
+
+import httpx
+import pytest
+
+from conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tiny_base):
+    from shipyard.serving.local import start_server, stop_server, wait_ready
+
+    port = free_port()
+    proc = start_server(str(tiny_base), port, "sqlite:///unused.db", max_new_tokens=8)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
+        yield port, tiny_base.name
+    finally:
+        stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def local(tiny_base):
+    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+
+    return load_causal_lm(tiny_base).eval(), load_tokenizer(tiny_base)
+
+
+def _logprobs(model, ids: list[int]) -> list[float]:
+    import torch
+
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+    return [float(logp[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def test_echo_scores_token_prompts_as_the_model_does(server, local):
+    """lm-evaluation-harness's loglikelihood request: token-id prompts, echo, logprobs=1, max_tokens=1."""
+    port, name = server
+    model, tok = local
+    prompts = [tok("The Python language is", add_special_tokens=False)["input_ids"],
+               tok("A list of things", add_special_tokens=False)["input_ids"]]
+    r = httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions", timeout=60,
+                   json={"model": name, "prompt": prompts, "max_tokens": 1, "temperature": 0, "logprobs": 1,
+                         "echo": True, "seed": 1234})
+    assert r.status_code == 200, r.text
+    choices = sorted(r.json()["choices"], key=lambda c: c["index"])
+    assert len(choices) == 2
+    for ids, choice in zip(prompts, choices, strict=True):
+        lp = choice["logprobs"]
+        assert lp["token_logprobs"][0] is None and len(lp["tokens"]) == len(ids) + 1
+        assert lp["token_logprobs"][1:len(ids)] == pytest.approx(_logprobs(model, ids), abs=1e-4)
+        greedy = lp["token_logprobs"][-1]  # the one generated token, greedy: the most likely one
+        assert greedy == pytest.approx(max(lp["top_logprobs"][-1].values()), abs=1e-6)
+        assert choice["text"].startswith(tok.decode(ids, skip_special_tokens=True))
+    scored_only = httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions", timeout=60,
+                             json={"model": name, "prompt": "The Python", "max_tokens": 0, "echo": True,
+                                   "logprobs": 0})
+    assert scored_only.status_code == 200 and scored_only.json()["usage"]["completion_tokens"] == 0
+    assert httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions",
+                      json={"model": name, "prompt": "x", "max_tokens": 0}).status_code == 400
+
+
+def test_chat_logprobs_follow_openais_layout_streamed_or_not(server):
+    from openai import OpenAI
+
+    port, name = server
+    c = OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="x", max_retries=0)
+    ask = dict(model=name, messages=[{"role": "user", "content": "Hello"}], max_tokens=5, temperature=0,
+               logprobs=True, top_logprobs=3)
+    reply = c.chat.completions.create(**ask)
+    content = reply.choices[0].logprobs.content
+    assert len(content) == reply.usage.completion_tokens
+    for t in content:
+        assert len(t.top_logprobs) == 3 and t.top_logprobs[0].logprob == pytest.approx(t.logprob)
+        assert t.bytes == list(t.token.encode())
+    streamed = [ch for ch in c.chat.completions.create(**ask, stream=True) if ch.choices and ch.choices[0].logprobs]
+    assert [t.logprob for ch in streamed for t in ch.choices[0].logprobs.content] == \
+        pytest.approx([t.logprob for t in content])
+    plain = c.chat.completions.create(**{**ask, "logprobs": False, "top_logprobs": None})
+    assert plain.choices[0].logprobs is None
+    r = httpx.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions",
+                   json={**ask, "logprobs": False, "top_logprobs": 2})
+    assert r.status_code == 400 and "top_logprobs" in r.text
+
+
+def test_content_parts_and_the_developer_role_render_as_plain_messages(server):
+    port, name = server
+    url = f"http://127.0.0.1:{port}/openai/v1/chat/completions"
+    base = {"model": name, "max_tokens": 6, "temperature": 0}
+    text = httpx.post(url, json={**base, "messages": [{"role": "system", "content": "Be brief."},
+                                                      {"role": "user", "content": "Hello there"}]}).json()
+    parts = httpx.post(url, json={**base, "messages": [
+        {"role": "developer", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Hello "}, {"type": "text", "text": "there"}]}]}).json()
+    assert parts["choices"][0]["message"] == text["choices"][0]["message"]
+    assert parts["usage"] == text["usage"]
+    image = httpx.post(url, json={**base, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]})
+    assert image.status_code == 400
+
+
+def test_several_prompts_and_choices_are_indexed_prompt_major(server):
+    port, name = server
+    r = httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions", timeout=60,
+                   json={"model": name, "prompt": ["The Python", "A list"], "n": 2, "max_tokens": 4,
+                         "temperature": 0})
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1, 2, 3]
+    assert choices[0]["text"] == choices[1]["text"] and choices[2]["text"] == choices[3]["text"]  # greedy
+    alone = httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions",
+                       json={"model": name, "prompt": "A list", "max_tokens": 4, "temperature": 0}).json()
+    assert choices[2]["text"] == alone["choices"][0]["text"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(model_dir: Path, *flags: str, name: str | None = None):
+    """``python -m shipyard.serving MODEL_DIR --port P FLAGS`` (as its container starts it) until the block
+    ends: yields (port, served name, process)."""
+    import subprocess
+    import sys
+
+    from shipyard.serving.local import stop_server, wait_ready
+
+    port, name = free_port(), name or model_dir.name
+    proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(model_dir), "--port", str(port),
+                             *(["--name", name] if name != model_dir.name else []), *flags])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/v1/models/{name}", proc, timeout=120)
+        yield port, name, proc
+    finally:
+        stop_server(proc)
 
 
 @pytest.fixture(autouse=True)

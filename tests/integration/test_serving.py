@@ -3,22 +3,15 @@
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import free_port, running_server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def server(tiny_base):
-    from shipyard.serving.local import start_server, stop_server, wait_ready
-
-    port = free_port()
-    proc = start_server(str(tiny_base), port, "sqlite:///unused.db", max_new_tokens=8)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
-        yield port, tiny_base.name
-    finally:
-        stop_server(proc)
+    with running_server(tiny_base, "--max-new-tokens", "8") as (port, name, _):
+        yield port, name
 
 
 def test_openai_chat_completions_and_models(server):
@@ -202,20 +195,9 @@ def test_concurrent_requests_are_batched_and_match_alone(server):
 @pytest.fixture(scope="module")
 def tight_server(tiny_base):
     """One request at a time, a queue of one, and a 50 ms budget per request."""
-    import subprocess
-    import sys
-
-    from shipyard.serving.local import stop_server, wait_ready
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tiny_base), "--port", str(port),
-                             "--max-new-tokens", "8", "--max-batch-size", "1", "--max-queue", "1",
-                             "--request-timeout-s", "0.05"])
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
-        yield port, tiny_base.name, proc
-    finally:
-        stop_server(proc)
+    with running_server(tiny_base, "--max-new-tokens", "8", "--max-batch-size", "1", "--max-queue", "1",
+                        "--request-timeout-s", "0.05") as server:
+        yield server
 
 
 def test_a_full_queue_is_429_and_a_slow_request_504(tight_server):

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import free_port
+from conftest import running_server
 
 pytestmark = pytest.mark.integration
 
@@ -18,19 +18,8 @@ DOCUMENTED = {200, 400, 404, 413, 429, 503, 504}
 
 @pytest.fixture(scope="module")
 def server(tiny_base):
-    import subprocess
-    import sys
-
-    from shipyard.serving.local import stop_server, wait_ready
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tiny_base), "--port", str(port),
-                             "--max-new-tokens", "4", "--max-body-kb", "64"])
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
-        yield port, tiny_base.name
-    finally:
-        stop_server(proc)
+    with running_server(tiny_base, "--max-new-tokens", "4", "--max-body-kb", "64") as (port, name, _):
+        yield port, name
 
 
 def _edges(lo, hi, integer=False):
@@ -134,19 +123,9 @@ def test_errors_keep_the_connection_and_big_bodies_get_413(server):
 
 @pytest.fixture(scope="module")
 def tight_server(tiny_base):
-    import subprocess
-    import sys
-
-    from shipyard.serving.local import stop_server, wait_ready
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "shipyard.serving", str(tiny_base), "--port", str(port),
-                             "--max-batch-size", "1", "--max-queue", "1", "--request-timeout-s", "0.05"])
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
-        yield port, tiny_base.name
-    finally:
-        stop_server(proc)
+    with running_server(tiny_base, "--max-batch-size", "1", "--max-queue", "1", "--request-timeout-s", "0.05") \
+            as (port, name, _):
+        yield port, name
 
 
 def test_streams_count_against_the_queue_and_the_timeout(tight_server):

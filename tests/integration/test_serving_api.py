@@ -4,22 +4,15 @@ lm-evaluation-harness's local-completions backend sends), token-id and batched p
 import httpx
 import pytest
 
-from conftest import free_port
+from conftest import running_server
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def server(tiny_base):
-    from shipyard.serving.local import start_server, stop_server, wait_ready
-
-    port = free_port()
-    proc = start_server(str(tiny_base), port, "sqlite:///unused.db", max_new_tokens=8)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/models/{tiny_base.name}", proc, timeout=120)
-        yield port, tiny_base.name
-    finally:
-        stop_server(proc)
+    with running_server(tiny_base, "--max-new-tokens", "8") as (port, name, _):
+        yield port, name
 
 
 @pytest.fixture(scope="module")

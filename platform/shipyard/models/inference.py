@@ -109,7 +109,7 @@ def score_continuations(model, tokenizer, pairs: list[tuple[str, str]], max_batc
     room = model.config.max_position_embeddings
     tokenized = [_tokenized_pair(tokenizer, q, c, room) for q, c in pairs]
     seqs, starts = [s for s, _ in tokenized], [b for _, b in tokenized]
-    plain = _plain_causal_lm(model)
+    plain = takes_logits_to_keep(model)
     shared = _shared_prefix(seqs, starts) if seqs and plain else 0
     device = model_device(model)
     prefix = _prefix_cache(model, seqs[0][:shared], device) if shared >= min_shared else None
@@ -137,7 +137,7 @@ def _batches(order: list[int], seqs, shared: int, max_tokens: int):
 
 def _span_logprobs(model, tokenizer, rest: list[list[int]], spans, prefix, shared: int, plain: bool):
     """Each row's log-softmax over the vocabulary at its ``(lo, hi)`` positions (of ``rest``);
-    ``plain``: the model takes ``logits_to_keep`` (``_plain_causal_lm``)."""
+    ``plain``: the model takes ``logits_to_keep`` (``takes_logits_to_keep``)."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -181,7 +181,7 @@ def _shared_prefix(seqs, starts) -> int:
     return max(n, 0)
 
 
-def _plain_causal_lm(model) -> bool:
+def takes_logits_to_keep(model) -> bool:
     """A transformers causal LM that takes ``logits_to_keep`` and an outside key/value cache (a
     prompt-tuned or unmerged peft model wraps it: it prepends virtual tokens or forwards kwargs)."""
     import inspect

@@ -102,17 +102,15 @@ class _Row:
         self.sent = max(self.sent, safe)
         self.job.sink("delta", (delta, entry))
         if self.finish:
-            self.job.sink("done", Generation(text, len(self.job.prompt), len(self.tokens), self.finish, self.tokens,
-                                             self.logprobs, self.prompt_logprobs, self.job.prompt))
+            self.job.sink("done", self.result(text))
+
+    def result(self, text: str) -> Generation:
+        return Generation(text, len(self.job.prompt), len(self.tokens), self.finish, self.tokens, self.logprobs,
+                          self.prompt_logprobs, self.job.prompt)
 
     def expired(self) -> bool:
         """Cancelled (no event) or past its deadline (a TimeoutError event): the row leaves now."""
-        if self.job.cancel.is_set():
-            return True
-        if self.job.deadline is not None and time.monotonic() > self.job.deadline:
-            self.job.sink("error", TimeoutError("generation passed the request's deadline"))
-            return True
-        return False
+        return self.job.cancel.is_set() or _late(self.job, "generation passed the request's deadline")
 
 
 class Engine:
@@ -122,6 +120,7 @@ class Engine:
         self.variant = variant or (lambda adapter: nullcontext())
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.keep_logits = _takes_logits_to_keep(model)
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._rows: list[_Row] = []
@@ -190,7 +189,7 @@ class Engine:
         with self._cv:
             while self._pending and len(taken) < room:
                 job = self._pending[0]
-                if job.cancel.is_set() or _late(job):
+                if job.cancel.is_set() or _late(job, "the request waited past its deadline"):
                     self._pending.popleft()
                     continue
                 ref = self._rows[0].p if self._rows else (taken[0].params if taken else job.params)
@@ -219,14 +218,13 @@ class Engine:
                 if row.finish is None:
                     row.advance(logits[i])
                 else:  # max_tokens 0: the prompt scored, nothing generated
-                    row.job.sink("done", Generation("", len(row.job.prompt), 0, row.finish, [], row.logprobs,
-                                                    row.prompt_logprobs, row.job.prompt))
+                    row.job.sink("done", row.result(""))
             self._drop_finished()
 
     def _prefill(self, group: list[Job]):
         from shipyard.serving.kv import CausalBatch, Seq2SeqBatch
 
-        batch = (Seq2SeqBatch if self.seq2seq else CausalBatch)(self.model, self.device)
+        batch = (Seq2SeqBatch if self.seq2seq else CausalBatch)(self.model, self.device, self.keep_logits)
         if group[0].params.prompt_logprobs and not self.seq2seq:
             logits, scored = self._prefill_scored(batch, group[0])
             return batch, logits, [scored]
@@ -287,12 +285,19 @@ class Engine:
             self._batch.keep(keep)
 
 
-def _late(job: Job) -> bool:
-    """Past its deadline while waiting: told so (TimeoutError), never started."""
+def _late(job: Job, message: str) -> bool:
+    """Past its deadline: the job is told so (a TimeoutError event) and leaves."""
     if job.deadline is not None and time.monotonic() > job.deadline:
-        job.sink("error", TimeoutError("the request waited past its deadline"))
+        job.sink("error", TimeoutError(message))
         return True
     return False
+
+
+def _takes_logits_to_keep(model) -> bool:
+    """Asked once per engine: a LoRA (peft) wrapper passes ``logits_to_keep`` on to the model it wraps."""
+    from shipyard.models.inference import takes_logits_to_keep
+
+    return takes_logits_to_keep(model.get_base_model() if hasattr(model, "get_base_model") else model)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -13,20 +13,12 @@ from __future__ import annotations
 PREFILL_CHUNK = 512  # prompt positions per forward when a row's prompt is scored (echo): bounds the logits
 
 
-def _model_kwargs(model) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(model.forward).parameters)
-
-
 class CausalBatch:
     """Rows of a decoder-only model. ``prefill`` starts rows; ``join`` merges two batches; ``step`` decodes one."""
 
-    def __init__(self, model, device):
-        self.model, self.device = model, device
+    def __init__(self, model, device, keep_logits: bool):
+        self.model, self.device, self.keep_logits = model, device, keep_logits
         self.cache = self.mask = self.pos = None
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a PEFT wrapper passes it on
-        self.keep_logits = "logits_to_keep" in _model_kwargs(inner)
 
     @property
     def joinable(self) -> bool:
@@ -120,7 +112,7 @@ class Seq2SeqBatch:
 
     joinable = False
 
-    def __init__(self, model, device):
+    def __init__(self, model, device, keep_logits: bool = False):
         self.model, self.device = model, device
         self.cache = self.enc = self.enc_mask = None
 

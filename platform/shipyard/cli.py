@@ -190,6 +190,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           request_timeout_s: Annotated[float, _serve_opt("request_timeout_s")] = SERVE.request_timeout_s,
           max_body_kb: Annotated[int, _serve_opt("max_body_kb")] = SERVE.max_body_kb,
           adapter: Annotated[list[str] | None, _serve_opt("adapter")] = None,
+          engine: Annotated[str, _serve_opt("engine")] = SERVE.engine,
           device: Annotated[str, _serve_opt("device")] = SERVE.device,
           dtype: Annotated[str, _serve_opt("dtype")] = SERVE.dtype,
           rag_index: Annotated[str | None, typer.Option(
@@ -209,7 +210,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
 
     opts = ServeOptions(host=host, port=port, name=name, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
                         max_queue=max_queue, request_timeout_s=request_timeout_s, max_body_kb=max_body_kb,
-                        adapter=tuple(adapter or ()), device=device, dtype=dtype, rag_top_k=rag_top_k,
+                        adapter=tuple(adapter or ()), engine=engine, device=device, dtype=dtype, rag_top_k=rag_top_k,
                         rag_timeout_s=rag_timeout_s, rag_context_tokens=rag_context_tokens)
     serve_local(model_uri, opts, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, feast_repo=feast_repo,
                 tracking_uri=_tracking(tracking_uri))

@@ -132,7 +132,8 @@ def _chat(cfg, summary: RunSummary, tracking_uri: str, port: int) -> DemoResult:
     try:
         # RAG prompts fitted to the budget the eval's rag suite measured them in
         proc = start_server(model_uri, port, tracking_uri, cfg.serve.max_new_tokens,
-                            f"http://127.0.0.1:{port + 1}" if pinned else None, cfg.evaluate.context_length)
+                            f"http://127.0.0.1:{port + 1}" if pinned else None, cfg.evaluate.context_length,
+                            cfg.serve.engine)
         try:
             wait_ready(f"http://127.0.0.1:{port}/v1/models/{name}", proc)
             answer, _ = chat_once(port, name, question, cfg.serve.max_new_tokens, rag=False if pinned else None)

@@ -32,6 +32,8 @@ def test_dockerfile_is_multistage_pinned_and_non_root(name):
     assert re.search(rf"pip install [^\n]*--no-deps --require-hashes[^&]*-r requirements/{lock}", text), name
     assert "pip install --no-cache-dir --no-deps --no-build-isolation ." in text and "pip check" in text
     assert [p for p in re.findall(r"(\S+==\S+)", text)] == ["pip==25.3"], f"{name}: a pin outside the lock"
+    if name == "Dockerfile":  # the llama.cpp engine's libllama, built in the build stage, portable
+        assert "scripts/build_llama.py /opt/shipyard --portable" in stages[0] and "build_llama" not in final
 
 
 def test_one_tag_everywhere():

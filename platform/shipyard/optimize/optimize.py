@@ -146,6 +146,12 @@ def run_optimize(cfg: OptimizeConfig, model_dir: str | Path, output_dir: str | P
             metrics.update({f"quantize.{k}": v for k, v in q.items() if k != "size_ratio"})
             current = output_dir
             rows.append({"step": f"quantize ({cfg.quantize.method})", **measure(current, texts, cfg, device)})
+    if cfg.gguf:
+        from shipyard.optimize.gguf_step import export_and_measure
+
+        if current == source:  # gguf alone: the output is the source, plus its GGUF files
+            shutil.copytree(source, output_dir, dirs_exist_ok=True)
+        rows += export_and_measure(cfg.gguf, output_dir, texts, cfg)
     base = rows[0]
     for row in rows[1:]:
         row.update({"size_ratio": row["size_bytes"] / base["size_bytes"],

@@ -56,12 +56,35 @@ class DistillConfig(StrictModel):
     seed: int = 0
 
 
+GGUF_KINDS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
+
+
+class GGUFConfig(StrictModel):
+    """Export the final model to GGUF for the llama.cpp engine, with llama.cpp's own tools.
+
+    The float file comes from llama.cpp's convert_hf_to_gguf.py, the quantized ones from it through
+    llama_model_quantize (llama-quantize). Each file is measured as served (llama.cpp on the CPU: size,
+    ms per token, perplexity) beside the other steps; ``serve`` is the one ``shipyard serve`` picks
+    (``--engine auto`` on a CPU) and the one the report's final ratios describe.
+    """
+
+    types: list[Literal[GGUF_KINDS]] = Field(["f16", "q8_0", "q4_k_m"], min_length=1)  # type: ignore[valid-type]
+    serve: Literal[GGUF_KINDS] = "q8_0"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _served_is_exported(self) -> GGUFConfig:
+        if self.serve not in self.types:
+            raise ValueError(f"gguf.serve {self.serve!r} must be one of gguf.types {self.types}")
+        return self
+
+
 class OptimizeConfig(StrictModel):
     """Turn the aligned model into the deployable one; every step is measured against the source."""
 
     distill: DistillConfig | None = None
     prune: PruneConfig | None = None
     quantize: QuantizeConfig | None = QuantizeConfig()
+    gguf: GGUFConfig | None = Field(None, description="Also export GGUF files for llama.cpp (after the other steps).")
     report_docs: int = Field(16, gt=0, description="Held-out documents for the perplexity delta of each step.")
     context_length: int = Field(128, gt=8, description="Perplexity window of the report.")
     latency_prompts: int = Field(3, gt=0, description="Prompts timed for ms per new token.")
@@ -72,6 +95,9 @@ class OptimizeConfig(StrictModel):
 
     @model_validator(mode="after")
     def _something(self) -> OptimizeConfig:
-        if self.distill is None and self.prune is None and self.quantize is None:
-            raise ValueError("optimize needs at least one of distill, prune, quantize")
+        if self.distill is None and self.prune is None and self.quantize is None and self.gguf is None:
+            raise ValueError("optimize needs at least one of distill, prune, quantize, gguf")
+        if self.gguf and self.quantize and self.quantize.method != "bf16":
+            raise ValueError(f"gguf converts a float model: quantize.method {self.quantize.method!r} leaves none "
+                             "(use bf16, or quantize: null, and let gguf.types quantize)")
         return self

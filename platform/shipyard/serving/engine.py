@@ -114,13 +114,17 @@ class _Row:
 
 
 class Engine:
+    """``model`` is a transformers model, or None with ``new_batch`` (a callable returning an empty batch of
+    another engine's, e.g. ``LlamaRuntime.new_batch``) and ``eos_ids``."""
+
     def __init__(self, model, tokenizer, device, *, seq2seq: bool = False, variant=None, max_batch_size: int = 8,
-                 max_queue: int = 64):
+                 max_queue: int = 64, new_batch=None, eos_ids: set[int] | None = None):
         self.model, self.tokenizer, self.device, self.seq2seq = model, tokenizer, device, seq2seq
         self.variant = variant or (lambda adapter: nullcontext())
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
-        self.eos_ids = _eos_ids(model, tokenizer)
-        self.keep_logits = _takes_logits_to_keep(model)
+        self.eos_ids = eos_ids if eos_ids is not None else _eos_ids(model, tokenizer)
+        self.new_batch = new_batch or self._transformers_batch
+        self.keep_logits = new_batch is None and _takes_logits_to_keep(model)
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._rows: list[_Row] = []
@@ -136,6 +140,8 @@ class Engine:
         with self._cv:
             self._closed = True
             self._cv.notify()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout=60)  # the step in flight ends before the model is let go
 
     @property
     def depth(self) -> int:
@@ -176,7 +182,8 @@ class Engine:
                 except Exception as exc:  # a failed forward fails the running rows, never the engine
                     for row in self._rows:
                         row.job.sink("error", exc)
-                    self._rows, self._batch = [], None
+                    self._rows = []
+                    self._discard()
 
     def _take(self) -> list[Job]:
         """The waiting jobs that join now: first come first served, one adapter per batch."""
@@ -221,14 +228,27 @@ class Engine:
                     row.job.sink("done", row.result(""))
             self._drop_finished()
 
-    def _prefill(self, group: list[Job]):
+    def _transformers_batch(self):
         from shipyard.serving.kv import CausalBatch, Seq2SeqBatch
 
-        batch = (Seq2SeqBatch if self.seq2seq else CausalBatch)(self.model, self.device, self.keep_logits)
-        if group[0].params.prompt_logprobs and not self.seq2seq:
-            logits, scored = self._prefill_scored(batch, group[0])
-            return batch, logits, [scored]
-        return batch, batch.prefill([j.prompt for j in group]), [None] * len(group)
+        return (Seq2SeqBatch if self.seq2seq else CausalBatch)(self.model, self.device, self.keep_logits)
+
+    def _prefill(self, group: list[Job]):
+        batch = self.new_batch()
+        try:
+            if group[0].params.prompt_logprobs and not self.seq2seq:
+                logits, scored = self._prefill_scored(batch, group[0])
+                return batch, logits, [scored]
+            return batch, batch.prefill([j.prompt for j in group]), [None] * len(group)
+        except Exception:
+            _close(batch)
+            raise
+
+    def _discard(self) -> None:
+        """The running batch is gone (its rows finished or failed): what it holds is released."""
+        if self._batch is not None:
+            _close(self._batch)
+        self._batch = None
 
     def _prefill_scored(self, batch, job: Job):
         """Prefill one row in chunks, scoring its prompt's tokens (echo): (next-token logits, prompt logprobs)."""
@@ -249,6 +269,7 @@ class Engine:
 
     def _grow(self, batch, rows: list[_Row]) -> None:
         if self._batch is None or not self._rows:
+            self._discard()
             self._batch = batch
         else:
             self._batch.join(batch)
@@ -280,9 +301,15 @@ class Engine:
         self._rows = [self._rows[i] for i in keep]
         RUNNING.set(len(keep))
         if not keep:
-            self._batch = None
+            self._discard()
         else:
             self._batch.keep(keep)
+
+
+def _close(batch) -> None:
+    close = getattr(batch, "close", None)
+    if close is not None:
+        close()
 
 
 def _late(job: Job, message: str) -> bool:

@@ -38,8 +38,10 @@ class ShipyardLLM(Model):
 
     def __init__(self, name: str, model_dir: str | Path, max_new_tokens: int = 64,
                  adapters: dict[str, str | Path] | None = None, device: str = "auto", dtype: str = "auto",
-                 max_batch_size: int = 8, max_queue: int = 64):
+                 max_batch_size: int = 8, max_queue: int = 64, engine: str = "auto"):
         super().__init__(name)
+        self.requested_engine, self.engine_kind = engine, None  # engine_kind: set by load()
+        self.runtime = None  # the llama.cpp engine's LlamaRuntime
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
         self.model_dir = Path(model_dir)
         self.max_new_tokens = max_new_tokens
@@ -56,6 +58,21 @@ class ShipyardLLM(Model):
         return [self.name, *self.adapters]
 
     def load(self) -> bool:
+        from shipyard.serving.engines import choose_engine
+
+        self.engine_kind, gguf = choose_engine(self.model_dir, self.requested_engine, self.requested_device,
+                                               bool(self.adapters))
+        if self.engine_kind == "llamacpp":
+            from shipyard.serving.llamacpp import load_llamacpp
+
+            load_llamacpp(self, gguf)
+        else:
+            self._load_transformers()
+        self.start_engine(self.max_batch_size, self.max_queue)
+        self.ready = True
+        return self.ready
+
+    def _load_transformers(self) -> None:
         from transformers import AutoConfig
 
         from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
@@ -87,9 +104,6 @@ class ShipyardLLM(Model):
         self.context_length = int(getattr(config, "max_position_embeddings", None)
                                   or getattr(config, "n_positions", None) or self.tokenizer.model_max_length)
         self.vocab_size = int(getattr(getattr(self.model, "config", None), "vocab_size", 0) or len(self.tokenizer))
-        self.start_engine(self.max_batch_size, self.max_queue)
-        self.ready = True
-        return self.ready
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
@@ -137,6 +151,13 @@ class ShipyardLLM(Model):
 
         if self.engine is not None:
             self.engine.close()
+        if self.runtime is not None:  # llama.cpp: the engine's rows are the runtime's sequences
+            from shipyard.serving.llamacpp import LlamaBatch, fit_runtime
+
+            fit_runtime(self, max_batch_size)
+            self.engine = Engine(None, self.tokenizer, "cpu", new_batch=lambda: LlamaBatch(self.runtime),
+                                 eos_ids=self.eos_ids, max_batch_size=max_batch_size, max_queue=max_queue).start()
+            return self.engine
         self.engine = Engine(self.model, self.tokenizer, self.device, seq2seq=self.seq2seq, variant=self._variant,
                              max_batch_size=max_batch_size, max_queue=max_queue).start()
         return self.engine

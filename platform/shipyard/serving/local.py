@@ -108,11 +108,12 @@ def serve_local(model_uri: str, opts: ServeOptions, *, rag_index: str | None = N
 
 
 def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int,
-                 rag_url: str | None = None, rag_context_tokens: int | None = None) -> subprocess.Popen:
+                 rag_url: str | None = None, rag_context_tokens: int | None = None,
+                 engine: str = "auto") -> subprocess.Popen:
     """The runtime in a child process, started as its container starts it (``python -m shipyard.serving``)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     return subprocess.Popen([sys.executable, "-m", "shipyard.serving", model_uri, "--host", "127.0.0.1",
-                             "--port", str(port), "--max-new-tokens", str(max_new_tokens)]
+                             "--port", str(port), "--max-new-tokens", str(max_new_tokens), "--engine", engine]
                             + (["--rag-url", rag_url] if rag_url else [])
                             + (["--rag-context-tokens", str(rag_context_tokens)] if rag_context_tokens else []),
                             env=env)

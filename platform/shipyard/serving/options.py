@@ -42,6 +42,9 @@ class ServeOptions:
     max_body_kb: int = _opt(2048, "Largest request body in KiB (413 above it).")
     adapter: tuple[str, ...] = _opt((), "NAME=DIR: a LoRA adapter served as model NAME on the same base (repeatable).",
                                     repeat=True)
+    engine: str = _opt("auto", "auto, transformers, llamacpp or vllm (auto: llama.cpp for a model directory with a "
+                                "GGUF export on a CPU without adapters, else transformers).",
+                       choices=("auto", "transformers", "llamacpp", "vllm"))
     device: Device = _opt("auto", "auto, cpu or cuda (auto: a GPU when one is visible; a quantized model runs "
                                   "where its kernels do).", choices=get_args(Device))
     dtype: Dtype = _opt("auto", "auto, float32, bfloat16 or float16: a float model's weights (auto: bfloat16 on "

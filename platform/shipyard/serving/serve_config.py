@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from shipyard.schema import StrictModel
@@ -9,3 +11,6 @@ from shipyard.schema import StrictModel
 
 class ServeConfig(StrictModel):
     max_new_tokens: int = Field(64, gt=0, description="Default max_tokens for requests that set none.")
+    engine: Literal["auto", "transformers", "llamacpp"] = Field(
+        "auto", description="What decodes (shipyard serve --engine): auto picks llama.cpp for a model with a GGUF "
+                            "export (optimize.gguf) on a CPU, transformers otherwise.")

@@ -36,7 +36,8 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
 
     port_free(opts.host, opts.port, "the model server")  # before the model loads: fail fast, never share a port
     llm = ShipyardLLM(name, model_dir, opts.max_new_tokens, parse_adapters(opts.adapter), device=opts.device,
-                      dtype=opts.dtype, max_batch_size=opts.max_batch_size, max_queue=opts.max_queue)
+                      dtype=opts.dtype, max_batch_size=opts.max_batch_size, max_queue=opts.max_queue,
+                      engine=opts.engine)
     llm.load()
     server = model_server.ModelServer(http_port=opts.port, enable_grpc=False, workers=1)
     server.register_model(llm)
@@ -61,7 +62,7 @@ def serve_model(model_uri: str, opts: ServeOptions, tracking_uri: str | None = N
     name = opts.name or default_name(model_uri)
     server, rest, llm = build_server(model_dir, name, opts, rag_index)
     where = f"http://{opts.host}:{opts.port}"
-    print(f"serving {model_uri} as {name!r} on {llm.device} ({llm.dtype_name}) at {where} "
+    print(f"serving {model_uri} as {name!r} with {llm.engine_kind} on {llm.device} ({llm.dtype_name}) at {where} "
           f"(OpenAI API at {where}/openai/v1)"
           + (f" with RAG from {opts.rag_url} ({rag_index or 'index of the sidecar'})" if opts.rag_url else ""),
           flush=True)

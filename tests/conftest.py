@@ -80,6 +80,34 @@ def tiny_base(tiny_corpus, tiny_tokenizer, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_base, tmp_path_factory) -> Path:
+    """tiny_base with an f32 GGUF export (llama.cpp's converter), under the same name: what the llama.cpp engine
+    serves. Skips where libllama is not built."""
+    import shutil
+
+    from shipyard.models.llamacpp import available
+
+    if not available():
+        pytest.skip("libllama is not built here (make install builds it)")
+    from shipyard.models.gguf import export_gguf
+
+    out = tmp_path_factory.mktemp("gguf") / tiny_base.name
+    shutil.copytree(tiny_base, out)
+    export_gguf(out, ["f32"], serve="f32")
+    return out
+
+
+ENGINES = ("transformers", "llamacpp")
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def engine_model(request, tiny_base) -> tuple[Path, tuple[str, ...]]:
+    """(model dir, flags): the tiny model as each engine serves it; a module using it runs once per engine."""
+    model = request.getfixturevalue("tiny_gguf") if request.param == "llamacpp" else tiny_base
+    return model, ("--engine", request.param)
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path

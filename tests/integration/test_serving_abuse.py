@@ -17,8 +17,9 @@ DOCUMENTED = {200, 400, 404, 413, 429, 503, 504}
 
 
 @pytest.fixture(scope="module")
-def server(tiny_base):
-    with running_server(tiny_base, "--max-new-tokens", "4", "--max-body-kb", "64") as (port, name, _):
+def server(engine_model):
+    model, engine = engine_model
+    with running_server(model, "--max-new-tokens", "4", "--max-body-kb", "64", *engine) as (port, name, _):
         yield port, name
 
 

@@ -10,8 +10,9 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def server(tiny_base):
-    with running_server(tiny_base, "--max-new-tokens", "8") as (port, name, _):
+def server(engine_model):
+    model, engine = engine_model
+    with running_server(model, "--max-new-tokens", "8", *engine) as (port, name, _):
         yield port, name
 
 

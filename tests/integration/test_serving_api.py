@@ -108,3 +108,60 @@ def test_several_prompts_and_choices_are_indexed_prompt_major(server):
     alone = httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions",
                        json={"model": name, "prompt": "A list", "max_tokens": 4, "temperature": 0}).json()
     assert choices[2]["text"] == alone["choices"][0]["text"]
+
+
+def _client(port):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="x", max_retries=0)
+
+
+ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]},
+                                           "n": {"type": "integer", "minimum": 0, "maximum": 9}},
+          "required": ["answer", "n"], "additionalProperties": False}
+
+
+def test_response_format_json_schema_is_enforced_streamed_or_not(server):
+    import json
+
+    import jsonschema
+
+    port, name = server
+    c = _client(port)
+    fmt = {"type": "json_schema", "json_schema": {"name": "verdict", "schema": ANSWER}}
+    for q in ("Is Python a language?", "Count to three", "Hello"):
+        msg = [{"role": "user", "content": q}]
+        reply = c.chat.completions.create(model=name, messages=msg, max_tokens=40, temperature=0, response_format=fmt)
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content), ANSWER)
+        chunks = c.chat.completions.create(model=name, messages=msg, max_tokens=40, temperature=0, stream=True,
+                                           response_format=fmt)
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert streamed == reply.choices[0].message.content
+    sampled = c.chat.completions.create(model=name, messages=msg, max_tokens=40, temperature=1.0, seed=3, n=3,
+                                        response_format=fmt, logprobs=True)
+    for choice in sampled.choices:
+        jsonschema.validate(json.loads(choice.message.content), ANSWER)
+        assert all(t.logprob <= 0 for t in choice.logprobs.content)
+
+
+def test_response_format_json_object_and_bad_schemas(server):
+    import json
+
+    import httpx
+
+    port, name = server
+    c = _client(port)
+    reply = c.completions.create(model=name, prompt="A JSON object:", max_tokens=60, temperature=0,
+                                 extra_body={"response_format": {"type": "json_object"}})
+    text = reply.choices[0].text
+    assert text.startswith("{")
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(text), dict)
+    url = f"http://127.0.0.1:{port}/openai/v1/chat/completions"
+    msg = [{"role": "user", "content": "Hi"}]
+    for fmt in [{"type": "json_schema"}, {"type": "xml"},
+                {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "frob"}}},
+                {"type": "json_schema", "json_schema": {"name": "bad name!", "schema": {}}}]:
+        r = httpx.post(url, json={"model": name, "messages": msg, "response_format": fmt}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["message"], (fmt, r.text)

@@ -72,6 +72,11 @@ class _Row:
         self.logprobs: list[TokenLogprob] | None = [] if self.p.logprobs is not None else None
         self.prompt_logprobs = prompt_logprobs
         self.sent, self.finish = 0, None
+        try:
+            self.constraint = engine.constraint(self.p.grammar) if self.p.grammar else None
+        except ValueError as exc:  # this row fails alone (the API checked the grammar, so this is rare)
+            self.constraint, self.finish = None, "error"
+            job.sink("error", exc)
         if self.p.max_tokens == 0:
             self.finish = "length"
 
@@ -83,17 +88,21 @@ class _Row:
         """Choose the next token from ``logits`` [vocab], send what is safe, note whether the row ended."""
         import torch
 
-        from shipyard.serving.sampling import choose
+        from shipyard.serving.sampling import choose, logprobs_of
 
         p = self.p
         generated = torch.tensor(self.tokens, dtype=torch.long, device=logits.device)
-        pick = choose(logits, p, self.prompt_t, generated, self.generator, p.logprobs or 0)
+        scores = self.constraint.masked(logits) if self.constraint else logits
+        pick = choose(scores, p, self.prompt_t, generated, self.generator, p.logprobs or 0)
+        if self.constraint and self.logprobs is not None:  # log-probs stay the model's own, as without a format
+            pick = logprobs_of(logits, pick.token, p.logprobs or 0)
+        complete = self.constraint.accept(pick.token) if self.constraint else False
         self.tokens.append(pick.token)
         entry = TokenLogprob(pick.token, pick.logprob, pick.top) if self.logprobs is not None else None
         if entry is not None:
             self.logprobs.append(entry)
         text, stopped = cut_at_stop(self.engine.decode(self.tokens), p.stop)
-        if stopped or pick.token in self.engine.eos_ids:
+        if stopped or complete or pick.token in self.engine.eos_ids:
             self.finish = "stop"
         elif len(self.tokens) >= p.max_tokens:
             self.finish = "length"
@@ -130,6 +139,7 @@ class Engine:
         self._rows: list[_Row] = []
         self._batch = None
         self._closed = False
+        self._tokenizers = None
         self._thread = threading.Thread(target=self._loop, name="shipyard-engine", daemon=True)
 
     def start(self) -> Engine:
@@ -164,6 +174,14 @@ class Engine:
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def constraint(self, grammar: str):
+        """A row's response_format state (``serving.constrain``), over this engine's tokenizer."""
+        from shipyard.serving.constrain import Constraint, Tokenizers
+
+        if self._tokenizers is None:
+            self._tokenizers = Tokenizers()
+        return Constraint(grammar, self._tokenizers.get(self.tokenizer, self.eos_ids))
 
     def _loop(self) -> None:
         import torch
@@ -224,7 +242,7 @@ class Engine:
             for i, row in enumerate(rows):
                 if row.finish is None:
                     row.advance(logits[i])
-                else:  # max_tokens 0: the prompt scored, nothing generated
+                elif row.finish != "error":  # max_tokens 0: the prompt scored, nothing generated
                     row.job.sink("done", row.result(""))
             self._drop_finished()
 

@@ -107,7 +107,7 @@ class OpenAIEndpoints:
     async def _answer(self, shape, request: Request):
         """Fit the prompts, retrieve, fit again with the sources, submit the choices, stream or collect."""
         req = shape.req
-        if (err := self._check(req)) is not None:
+        if (err := self._check(req)) is not None or (err := await self._format_fits(req)) is not None:
             return err
         max_tokens = req.max_completion_tokens or (req.max_tokens if req.max_tokens is not None
                                                    else self.llm.max_new_tokens)
@@ -147,6 +147,17 @@ class OpenAIEndpoints:
             return _error(400, "echo with logprobs is not streamed; ask without stream", "echo")
         if getattr(req, "echo", False) and req.logprobs is not None and self.llm.seq2seq:
             return _error(400, "echo with logprobs: a seq2seq model does not score its input", "echo")
+        return None
+
+    async def _format_fits(self, req):
+        """None, or a 400 when the response_format's grammar cannot be built over this model's tokenizer."""
+        grammar = req.response_format.grammar() if req.response_format else None
+        if grammar is None:
+            return None
+        try:
+            await asyncio.to_thread(self.llm.engine.constraint, grammar)
+        except ValueError as exc:
+            return _error(400, str(exc), "response_format")
         return None
 
     def _rag_wanted(self, req, prompts) -> bool:

@@ -38,6 +38,36 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: str = Field(max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = Field(None, max_length=MAX_TEXT)
+    schema_: dict | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's ``response_format``: enforced by constrained decoding (``serving.constrain``), not by asking."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _compiles(self):
+        from shipyard.serving.constrain import grammar_for
+
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("response_format: json_schema is given exactly when type is json_schema")
+        self._grammar = grammar_for(self.type, self.json_schema.schema_ if self.json_schema else None)
+        return self
+
+    def grammar(self) -> str | None:
+        return self._grammar
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -58,6 +88,7 @@ class _Request(BaseModel):
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     rag: RagOptions | None = Field(None, description="Extension: retrieval for this request (see serving.rag).")
+    response_format: ResponseFormat | None = None
 
     @field_validator("stop")
     @classmethod
@@ -77,7 +108,7 @@ class _Request(BaseModel):
         return SamplingParams(max_tokens, self.temperature, self.top_p, self.top_k, stops,
                               None if self.seed is None else self.seed + index, self.frequency_penalty,
                               self.presence_penalty, self.repetition_penalty, adapter, self.top_logprobs_asked(),
-                              echo)
+                              echo, self.response_format.grammar() if self.response_format else None)
 
 
 class TextPart(BaseModel):

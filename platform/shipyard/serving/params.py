@@ -19,6 +19,7 @@ class SamplingParams:
     adapter: str | None = None  # a LoRA adapter served under its own model name; None = the base
     logprobs: int | None = None  # None: none; k >= 0: each token's logprob and the k most likely alternatives
     prompt_logprobs: bool = False  # also score the prompt's tokens (completions' echo)
+    grammar: str | None = None  # llguidance grammar the output must follow (response_format; serving.constrain)
 
 
 @dataclass

@@ -84,7 +84,8 @@ def logprobs_of(logits, token: int, top: int) -> TokenChoice:
 
     logp = torch.log_softmax(logits.float(), dim=-1)
     best = torch.topk(logp, top) if top else None
-    pairs = list(zip(best.indices.tolist(), best.values.tolist(), strict=True)) if best is not None else []
+    pairs = [(t, v) for t, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)
+             if v > float("-inf")] if best is not None else []  # a token no row can take is no alternative
     return TokenChoice(token, float(logp[token]), pairs)
 
 

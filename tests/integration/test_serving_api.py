@@ -165,3 +165,94 @@ def test_response_format_json_object_and_bad_schemas(server):
                 {"type": "json_schema", "json_schema": {"name": "bad name!", "schema": {}}}]:
         r = httpx.post(url, json={"model": name, "messages": msg, "response_format": fmt}, timeout=30)
         assert r.status_code == 400 and r.json()["error"]["message"], (fmt, r.text)
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "properties": {
+                                                "city": {"type": "string", "maxLength": 12}},
+                                                "required": ["city"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "enum": ["UTC", "CET"]}}, "required": ["zone"],
+    "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module", params=["transformers", "llamacpp"])
+def long_server(request, tiny_base, tmp_path_factory):
+    """The tiny model with room for a tool preamble (1,024 positions; RoPE has no learned positions to outgrow)."""
+    import json
+    import shutil
+
+    from shipyard.models.llamacpp import available
+
+    if request.param == "llamacpp" and not available():
+        pytest.skip("libllama is not built here")
+    model = tmp_path_factory.mktemp("long") / tiny_base.name
+    shutil.copytree(tiny_base, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    if request.param == "llamacpp":
+        from shipyard.models.gguf import export_gguf
+
+        export_gguf(model, ["f32"], serve="f32")
+    with running_server(model, "--max-new-tokens", "8", "--engine", request.param) as (port, name, _):
+        yield port, name
+
+
+def test_forced_tool_calls_parse_validate_and_stream(long_server):
+    import json
+
+    port, name = long_server
+    c = _client(port)
+    msg = [{"role": "user", "content": "What is the weather in Paris?"}]
+    for choice, want in [("required", {"get_weather", "get_time"}),
+                         ({"type": "function", "function": {"name": "get_time"}}, {"get_time"})]:
+        reply = c.chat.completions.create(model=name, messages=msg, tools=[WEATHER, TIME], tool_choice=choice,
+                                          max_tokens=80, temperature=0, parallel_tool_calls=False)
+        ch = reply.choices[0]
+        assert ch.finish_reason == "tool_calls" and len(ch.message.tool_calls) == 1, ch
+        call = ch.message.tool_calls[0]
+        assert call.type == "function" and call.function.name in want and call.id.startswith("call_")
+        args = json.loads(call.function.arguments)
+        assert set(args) == ({"city"} if call.function.name == "get_weather" else {"zone"})
+        chunks = list(c.chat.completions.create(model=name, messages=msg, tools=[WEATHER, TIME], tool_choice=choice,
+                                                max_tokens=80, temperature=0, parallel_tool_calls=False,
+                                                stream=True))
+        calls = [t for k in chunks if k.choices for t in (k.choices[0].delta.tool_calls or [])]
+        assert [(t.function.name, t.function.arguments) for t in calls] == \
+            [(call.function.name, call.function.arguments)]
+        assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # the call and its result go back in the conversation; tool_choice none answers in text
+    history = [*msg, {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+               {"role": "tool", "tool_call_id": call.id, "content": "UTC"}]
+    again = c.chat.completions.create(model=name, messages=history, tools=[WEATHER, TIME], tool_choice="none",
+                                      max_tokens=8, temperature=0)
+    assert again.choices[0].message.tool_calls is None and isinstance(again.choices[0].message.content, str)
+    auto = c.chat.completions.create(model=name, messages=msg, tools=[WEATHER], max_tokens=8, temperature=0)
+    assert auto.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_bad_tool_requests_are_400(server):  # checked before any prompt is built
+    import httpx
+
+    port, name = server
+    url = f"http://127.0.0.1:{port}/openai/v1/chat/completions"
+    msg = [{"role": "user", "content": "Hi"}]
+    for extra in [{"tool_choice": "required"}, {"tools": [WEATHER], "tool_choice": {"type": "function",
+                                                                                      "function": {"name": "nope"}}},
+                  {"tools": [WEATHER, WEATHER]}, {"tools": [{"type": "function", "function": {"name": "bad name"}}]},
+                  {"messages": [{"role": "tool", "content": "x"}]},
+                  {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+                      {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{not json"}}]}]}]:
+        r = httpx.post(url, json={"model": name, "messages": msg, **extra}, timeout=30)
+        assert r.status_code == 400, (extra, r.text)
+
+
+def test_calls_are_parsed_only_when_they_parse_and_name_a_tool():
+    from shipyard.serving.tools import ToolDef, parse_calls
+
+    tools = [ToolDef(**WEATHER)]
+    text = ('Sure. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+            '<tool_call>{"name": "other", "arguments": {}}</tool_call><tool_call>{broken</tool_call>')
+    content, calls = parse_calls(text, tools)
+    assert [c["function"]["name"] for c in calls] == ["get_weather"] and content == "Sure."
+    assert parse_calls("no calls here", tools) == ("no calls here", [])

@@ -111,9 +111,11 @@ class ShipyardLLM(Model):
     def count_tokens(self, text: str) -> int:
         return len(self.encode(text))
 
-    def chat_prompt(self, messages: list[dict]) -> str:
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        """The chat template's prompt; ``tools`` (function specs) go to a template that renders them."""
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            extra = {"tools": tools} if tools else {}
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
 
     def check_fits(self, prompt: str | list[int], max_tokens: int) -> list[int]:

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from shipyard.serving.params import SamplingParams
 from shipyard.serving.rag import RagOptions
+from shipyard.serving.tools import NamedToolChoice, ToolCallIn, ToolDef
 
 MAX_TEXT = 100_000  # characters of one message or prompt
 MAX_PROMPTS = 64  # prompts in one completions request
@@ -108,7 +109,11 @@ class _Request(BaseModel):
         return SamplingParams(max_tokens, self.temperature, self.top_p, self.top_k, stops,
                               None if self.seed is None else self.seed + index, self.frequency_penalty,
                               self.presence_penalty, self.repetition_penalty, adapter, self.top_logprobs_asked(),
-                              echo, self.response_format.grammar() if self.response_format else None)
+                              echo, self.grammar())
+
+    def grammar(self) -> str | None:
+        """What the output must follow: a forced tool call's grammar, else the response_format's."""
+        return self.response_format.grammar() if self.response_format else None
 
 
 class TextPart(BaseModel):
@@ -123,16 +128,38 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Annotated[Text, Field(max_length=MAX_TEXT)] | Annotated[list[TextPart], Field(max_length=256)]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Annotated[Text, Field(max_length=MAX_TEXT)] | Annotated[list[TextPart], Field(max_length=256)] \
+        | None = None
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=64)
+    tool_call_id: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content: required (only an assistant message with tool_calls may omit it)")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls: only on assistant messages")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("tool_call_id: required on, and only on, tool messages")
+        return self
 
     def as_template_input(self) -> dict:
-        """What the chat template reads: parts joined into one text; ``developer`` is OpenAI's newer ``system``."""
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        """What the chat template reads: parts joined into one text; ``developer`` is OpenAI's newer ``system``;
+        earlier tool calls with their arguments as objects (what templates iterate over)."""
+        import json
+
+        content = self.content or ""
+        text = content if isinstance(content, str) else "".join(p.text for p in content)
         if len(text) > MAX_TEXT:
             raise ValueError(f"content: at most {MAX_TEXT} characters")
         out = {"role": "system" if self.role == "developer" else self.role, "content": text}
+        if self.tool_calls:
+            out["tool_calls"] = [{"id": c.id, "type": "function", "function": {
+                "name": c.function.name, "arguments": json.loads(c.function.arguments)}} for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
         return {**out, "name": self.name} if self.name else out
 
 
@@ -141,14 +168,36 @@ class ChatRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
 
     @model_validator(mode="after")
     def _checks(self):
+        from shipyard.serving.tools import forced_grammar
+
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs: set logprobs to true to use it")
         for m in self.messages:
             m.as_template_input()
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise ValueError("tool_choice: give tools to choose from")
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: function names must be distinct")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice: no tool named {self.tool_choice.function.name!r}")
+        self._forced = (forced_grammar(self.tools, self.tool_choice, self.parallel_tool_calls)
+                        if self.tools and (self.tool_choice == "required" or isinstance(self.tool_choice,
+                                                                                      NamedToolChoice)) else None)
         return self
+
+    def tools_on(self) -> bool:
+        """Tools are shown to the model and its calls parsed (tool_choice is not none)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
+    def grammar(self) -> str | None:
+        return self._forced or super().grammar()
 
     def top_logprobs_asked(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None

@@ -35,14 +35,45 @@ class ChatShape(_Shape):
     """The last user message is the question (RAG rewrites it); the chat template renders the rest around it."""
 
     def __init__(self, req, llm):
+        from shipyard.serving.tools import template_knows_tools, with_tools
+
         messages = [m.as_template_input() for m in req.messages]
+        self.tools, self.native_tools = (req.tools if req.tools_on() else None), template_knows_tools(llm.tokenizer)
+        if self.tools:
+            messages = with_tools(messages, self.tools, self.native_tools)
         at = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
         self.messages, self.at, self.llm, self.text_of = messages, at, llm, TokenText(llm.tokenizer)
         super().__init__(req, "chatcmpl", messages[at]["content"])
 
+    @property
+    def holds_text(self) -> bool:
+        """With tools the answer may be a call: a stream sends it whole at the end, parsed (not as raw text)."""
+        return bool(self.tools)
+
     def render(self, text: str) -> str:
         m, at = self.messages, self.at
-        return self.llm.chat_prompt([*m[:at], {**m[at], "content": text}, *m[at + 1:]])
+        specs = [t.model_dump(exclude_none=True) for t in self.tools] if self.tools and self.native_tools else None
+        return self.llm.chat_prompt([*m[:at], {**m[at], "content": text}, *m[at + 1:]], specs)
+
+    def message(self, g: Generation) -> tuple[dict, str]:
+        """(the assistant message, the finish reason): tool calls parsed out of the text when tools are on."""
+        from shipyard.serving.tools import parse_calls
+
+        if not self.tools:
+            return {"role": "assistant", "content": g.text}, g.finish_reason
+        content, calls = parse_calls(g.text, self.tools)
+        if not calls:
+            return {"role": "assistant", "content": g.text}, g.finish_reason
+        return {"role": "assistant", "content": content, "tool_calls": calls}, "tool_calls"
+
+    def final_chunk(self, i: int, g: Generation) -> dict:
+        """A stream's one delta when ``holds_text``: the content or the calls, with the finish reason."""
+        message, finish = self.message(g)
+        delta = {k: v for k, v in message.items() if k != "role" and v is not None}
+        if "tool_calls" in delta:
+            delta["tool_calls"] = [{"index": n, **c} for n, c in enumerate(delta["tool_calls"])]
+        return {"id": self.rid, "object": "chat.completion.chunk", "created": self.created, "model": self.req.model,
+                "choices": [{"index": i, "delta": delta, "finish_reason": finish}]}
 
     def _entries(self, entries: list[TokenLogprob]) -> list[dict]:
         def one(token: int, logprob: float) -> dict:
@@ -67,11 +98,13 @@ class ChatShape(_Shape):
         def logprobs(g: Generation):
             return None if g.logprobs is None else ChoiceLogprobs(content=self._entries(g.logprobs))
 
+        shaped = [self.message(g) for g in gens]
         return ChatCompletion(
             id=self.rid, object="chat.completion", created=self.created, model=self.req.model, usage=usage,
-            choices=[Choice(index=i, finish_reason=g.finish_reason, logprobs=logprobs(g),
-                            message=ChatCompletionMessage(role="assistant", content=g.text))
-                     for i, g in enumerate(gens)]).model_dump(exclude_none=True)
+            choices=[Choice(index=i, finish_reason=finish, logprobs=logprobs(g),
+                            message=ChatCompletionMessage(**message))
+                     for i, (g, (message, finish)) in enumerate(zip(gens, shaped, strict=True))]
+        ).model_dump(exclude_none=True)
 
 
 class CompletionShape(_Shape):

@@ -64,7 +64,7 @@ class ChoiceStream:
 
     def _delta(self, i: int, payload) -> str | None:
         text, entry = payload
-        if not text and entry is None:
+        if getattr(self.shape, "holds_text", False) or (not text and entry is None):
             return None
         chunk = self.shape.chunk(i, text, None, entry, offset=self.offsets[i])
         self.offsets[i] += len(text)
@@ -84,7 +84,8 @@ class ChoiceStream:
                     break
                 if kind == "done":
                     done, total = done + 1, total + payload.completion_tokens
-                    yield event(self.shape.chunk(i, "", payload.finish_reason))
+                    yield event(self.shape.final_chunk(i, payload) if getattr(self.shape, "holds_text", False)
+                                else self.shape.chunk(i, "", payload.finish_reason))
                     if done == len(self.jobs):
                         if usage := usage_event(self.shape, self.fitted, total):
                             yield usage

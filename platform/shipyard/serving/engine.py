@@ -1,13 +1,15 @@
-"""The transformers engine: one thread owns the model and decodes every running request, one token per step.
+"""The scheduler of every engine: one thread owns the model and decodes every running request, one token per step.
 
     engine = Engine(model, tokenizer, device, max_batch_size=8, max_queue=64); engine.start()
     engine.submit(Job(prompt_ids, SamplingParams(16), sink))   # sink(kind, payload) per event
 
 Scheduling is per iteration: a request that arrives while others decode is prefilled and joins the
 running batch at the next step (``kv.CausalBatch.join``); a finished or cancelled row leaves it at once.
-An idle engine starts a lone request immediately (no batching wait). Admission is first come, first
-served, and a batch holds one adapter at a time: the oldest waiting request's adapter is the next
-batch's once the running rows finish. ``max_queue`` bounds the requests waiting (``QueueFull``, HTTP 429).
+An idle engine starts a lone request immediately (no batching wait). The forward pass is a batch
+object's: ``kv.CausalBatch``/``kv.Seq2SeqBatch`` for transformers, ``serving.llamacpp.LlamaBatch`` for
+llama.cpp. Admission is first come, first served, and a batch holds one adapter at a time: the oldest
+waiting request's adapter is the next batch's once the running rows finish. ``max_queue`` bounds the
+requests waiting (``QueueFull``, HTTP 429).
 
 Each row samples with its own settings and, when seeded, its own RNG (``sampling``). Events go to the
 job's ``sink`` from the engine thread: ``("delta", (text, TokenLogprob | None))`` per token (text that
@@ -124,7 +126,7 @@ class _Row:
 
 class Engine:
     """``model`` is a transformers model, or None with ``new_batch`` (a callable returning an empty batch of
-    another engine's, e.g. ``LlamaRuntime.new_batch``) and ``eos_ids``."""
+    another engine's, e.g. ``lambda: serving.llamacpp.LlamaBatch(runtime)``) and ``eos_ids``."""
 
     def __init__(self, model, tokenizer, device, *, seq2seq: bool = False, variant=None, max_batch_size: int = 8,
                  max_queue: int = 64, new_batch=None, eos_ids: set[int] | None = None):

@@ -108,6 +108,24 @@ def engine_model(request, tiny_base) -> tuple[Path, tuple[str, ...]]:
     return model, ("--engine", request.param)
 
 
+def done_collector(count: int):
+    """(results, done, sink): ``sink(name)`` is an engine job's sink storing its finished tokens under ``name``;
+    ``done`` is set once ``count`` jobs finished."""
+    import threading
+
+    results, done = {}, threading.Event()
+
+    def sink(name):
+        def put(kind, payload):
+            if kind == "done":
+                results[name] = payload.tokens
+                if len(results) == count:
+                    done.set()
+        return put
+
+    return results, done, sink
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path

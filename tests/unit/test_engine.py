@@ -1,10 +1,11 @@
 """The transformers engine: what it decodes equals transformers' own greedy ``generate``, alone, batched and
 joined mid-generation; log-probs are the model's; rows end on EOS, stop strings, limits, cancel and deadline."""
 
-import threading
 import time
 
 import pytest
+
+from conftest import done_collector
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +46,8 @@ def test_a_request_joins_a_running_batch_and_decodes_as_alone(llm):
     from shipyard.serving.params import SamplingParams
 
     want_long = _reference(llm, "The Python", 60)
-    results, done = {}, threading.Event()
+    results, done, sink = done_collector(4)
     seen_running = []
-
-    def sink(name):
-        def put(kind, payload):
-            if kind == "done":
-                results[name] = payload.tokens
-                if len(results) == 4:
-                    done.set()
-        return put
 
     llm.engine.submit(Job(llm.encode("The Python"), SamplingParams(60), sink("long")))
     time.sleep(0.05)

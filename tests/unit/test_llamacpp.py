@@ -2,10 +2,11 @@
 Shipyard's engine decoding it gives transformers' greedy tokens, alone, batched and joined mid-run."""
 
 import shutil
-import threading
 import time
 
 import pytest
+
+from conftest import done_collector
 
 pytestmark = pytest.mark.skipif(not __import__("shipyard.models.llamacpp", fromlist=["x"]).available(),
                                 reason="libllama not built (make install builds it)")
@@ -109,15 +110,7 @@ def test_a_request_joins_the_running_llamacpp_batch(both):
     hf, lc = both
     want = {p: hf.generate(p, SamplingParams(n)).tokens for p, n in [("The Python", 60), ("import", 4),
                                                                        ("A list of", 4)]}
-    results, done = {}, threading.Event()
-
-    def sink(name):
-        def put(kind, payload):
-            if kind == "done":
-                results[name] = payload.tokens
-                if len(results) == 3:
-                    done.set()
-        return put
+    results, done, sink = done_collector(3)
 
     lc.engine.submit(Job(lc.encode("The Python"), SamplingParams(60), sink("The Python")))
     time.sleep(0.02)

@@ -44,6 +44,25 @@ COMMON = {
 }
 
 
+SCHEMA = st.recursive(
+    st.sampled_from([{"type": "string"}, {"type": "integer", "minimum": 5, "maximum": 1}, {"type": "frob"}, {},
+                     {"enum": []}, {"type": "string", "pattern": "("}, {"const": None}, {"type": "number"},
+                     {"$ref": "#/nowhere"}, {"type": "string", "maxLength": 3}, True, False]),
+    lambda kids: st.one_of(
+        st.fixed_dictionaries({"type": st.just("object"), "properties": st.dictionaries(TEXT, kids, max_size=3)},
+                              optional={"required": st.lists(TEXT, max_size=2),
+                                        "additionalProperties": st.booleans()}),
+        st.fixed_dictionaries({"type": st.just("array"), "items": kids}),
+        st.fixed_dictionaries({"anyOf": st.lists(kids, max_size=3)})), max_leaves=6)
+RESPONSE_FORMAT = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "json_object", "json_schema", "xml"])},
+    optional={"json_schema": st.fixed_dictionaries({"name": st.sampled_from(["a", "bad name", ""]),
+                                                    "schema": SCHEMA})})
+TOOLS = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "g", "bad name"])}, optional={"parameters": SCHEMA})}), max_size=2)
+TOOL_CHOICE = st.sampled_from(["none", "auto", "required", {"type": "function", "function": {"name": "f"}}, "x"])
+
+
 def _body(draw_fields: dict) -> dict:
     return {k: v for k, v in draw_fields.items() if v is not None}
 
@@ -63,7 +82,8 @@ def _post(port, path, body, stream):
 @given(fields=st.fixed_dictionaries({}, optional={**COMMON, "prompt": st.one_of(
     TEXT, st.lists(TEXT, max_size=3), st.lists(st.integers(-1, 10**6), max_size=6),
     st.lists(st.lists(st.integers(0, 700), max_size=4), max_size=3)),
-    "echo": st.booleans(), "logprobs": st.sampled_from([None, 0, 1, 5, 20, 21, -1])}))
+    "echo": st.booleans(), "logprobs": st.sampled_from([None, 0, 1, 5, 20, 21, -1]),
+    "response_format": RESPONSE_FORMAT}))
 def test_completions_never_5xx(server, fields):
     port, name = server
     body = {"model": name, **_body(fields)}
@@ -76,7 +96,9 @@ def test_completions_never_5xx(server, fields):
     {"role": st.sampled_from(["system", "developer", "user", "assistant"]),
      "content": st.one_of(TEXT, st.lists(st.fixed_dictionaries({"type": st.just("text"), "text": TEXT}),
                                          max_size=3))}), max_size=4)},
-    optional={**COMMON, "logprobs": st.booleans(), "top_logprobs": st.sampled_from([None, 0, 3, 20, 21])}))
+    optional={**COMMON, "logprobs": st.booleans(), "top_logprobs": st.sampled_from([None, 0, 3, 20, 21]),
+              "response_format": RESPONSE_FORMAT, "tools": TOOLS, "tool_choice": TOOL_CHOICE,
+              "parallel_tool_calls": st.booleans()}))
 def test_chat_never_5xx(server, fields):
     port, name = server
     body = {"model": name, **_body(fields)}

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from shipyard.models.gguf import GGUF_TYPES
 from shipyard.schema import Device, StrictModel
 
 QUANT_METHODS = ("bf16", "dynamic_int8", "int8_weight_only", "int4_weight_only", "bnb_int8", "bnb_nf4")
@@ -56,7 +57,7 @@ class DistillConfig(StrictModel):
     seed: int = 0
 
 
-GGUF_KINDS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
+GGUF_KINDS = GGUF_TYPES  # what models.gguf can write
 
 
 class GGUFConfig(StrictModel):

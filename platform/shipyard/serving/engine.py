@@ -348,8 +348,12 @@ def _takes_logits_to_keep(model) -> bool:
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
+    return eos_ids_of(tokenizer, getattr(model, "generation_config", None))
+
+
+def eos_ids_of(tokenizer, generation_config) -> set[int]:
     """The tokenizer's EOS and the generation config's (a chat model may end turns with another token)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = getattr(generation_config, "eos_token_id", None)
     ids |= set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     return ids

@@ -110,9 +110,10 @@ def _context(model_dir) -> int:
 def _eos_ids(model_dir, tokenizer) -> set[int]:
     from transformers import GenerationConfig
 
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    from shipyard.serving.engine import eos_ids_of
+
     try:
-        configured = GenerationConfig.from_pretrained(str(model_dir)).eos_token_id
+        config = GenerationConfig.from_pretrained(str(model_dir))
     except OSError:
-        configured = None
-    return ids | set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
+        config = None
+    return eos_ids_of(tokenizer, config)

@@ -129,7 +129,7 @@ def test_batched_scores_with_a_shared_prefix_match_one_pair_at_a_time(tiny_base)
     import torch
 
     from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
-    from shipyard.models.inference import _shared_prefix, _tokenized_pair, score_continuations
+    from shipyard.models.inference import _shared_prefix, score_continuations, tokenized_pair
 
     model, tok = load_causal_lm(tiny_base), load_tokenizer(tiny_base)
     shots = "Q: what is a list? A: a mutable sequence.\nQ: what is a tuple? A: an immutable sequence.\n"
@@ -137,7 +137,7 @@ def test_batched_scores_with_a_shared_prefix_match_one_pair_at_a_time(tiny_base)
     pairs.append(("A different start entirely", " and its end"))
     want = []
     for query, cont in pairs:
-        seq, start = _tokenized_pair(tok, query, cont, model.config.max_position_embeddings)
+        seq, start = tokenized_pair(tok, query, cont, model.config.max_position_embeddings)
         with torch.no_grad():
             logp = torch.log_softmax(model(input_ids=torch.tensor([seq])).logits[0], -1)
         want.append((sum(logp[i - 1, seq[i]].item() for i in range(start, len(seq))), len(seq) - start))
@@ -147,7 +147,7 @@ def test_batched_scores_with_a_shared_prefix_match_one_pair_at_a_time(tiny_base)
         assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], abs=1e-4)
     shared = score_continuations(model, tok, pairs[:-1], min_shared=1)  # every pair shares the shots
     assert [lp for lp, _ in shared] == pytest.approx([lp for lp, _ in want[:-1]], abs=1e-4)
-    tokenized = [_tokenized_pair(tok, q, c, 10_000) for q, c in pairs[:-1]]
+    tokenized = [tokenized_pair(tok, q, c, 10_000) for q, c in pairs[:-1]]
     assert _shared_prefix([s for s, _ in tokenized], [b for _, b in tokenized]) >= 20
     assert score_continuations(model, tok, []) == []
 

@@ -79,7 +79,7 @@ def test_f32_gguf_scores_text_as_the_transformers_model(gguf_dir):
 
 
 def test_auto_picks_llamacpp_for_a_gguf_on_the_cpu(both, tiny_base):
-    from shipyard.serving.engines import choose_engine
+    from shipyard.models.engines import choose_engine
 
     hf, lc = both
     assert (hf.engine_kind, lc.engine_kind) == ("transformers", "llamacpp")
@@ -165,3 +165,48 @@ def test_optimize_exports_and_measures_each_gguf(tiny_base, tmp_path):
     assert 0.9 < metrics["perplexity_ratio"] < 1.1 and metrics["size_ratio"] < 1
     with pytest.raises(ValueError, match="gguf converts a float model"):
         OptimizeConfig(quantize={"method": "dynamic_int8"}, gguf={})
+
+
+def test_a_gguf_generates_and_scores_as_the_transformers_model(gguf_dir):
+    from shipyard.models import inference
+    from shipyard.models.causal_lm import load_causal_lm, load_tokenizer
+    from shipyard.models.gguf_model import GGUFModel
+
+    tok, hf = load_tokenizer(gguf_dir), load_causal_lm(gguf_dir).eval()
+    model = GGUFModel(gguf_dir / "gguf" / "model-f32.gguf", gguf_dir, n_seq=4)
+    try:  # six prompts: two decode groups of the four sequences, rows of different lengths stopping apart
+        assert inference.generate(model, tok, PROMPTS, 12) == inference.generate(hf, tok, PROMPTS, 12)
+        pairs = [(p, " the answer") for p in PROMPTS] + [("Q: 2+2?\nA:", " 4"), ("x", " y z")]
+        for (lw, nw), (lg, ng) in zip(inference.score_continuations(hf, tok, pairs),
+                                      inference.score_continuations(model, tok, pairs), strict=True):
+            assert ng == nw and lg == pytest.approx(lw, rel=1e-4, abs=1e-3)
+        assert model.config.max_position_embeddings == hf.config.max_position_embeddings
+        with pytest.raises(ValueError, match="sampled generation from a GGUF"):
+            inference.generate(model, tok, PROMPTS[:1], 4, temperature=0.7)
+    finally:
+        model.close()
+
+
+def test_evaluate_measures_the_gguf_as_served(tiny_gguf, tmp_path):
+    """auto: the directory with a GGUF is measured by llama.cpp, and its numbers are the f32 model's."""
+    import json
+
+    from test_eval import SPEC
+
+    from shipyard.eval.evaluate import run_evaluate
+    from shipyard.eval.evaluate_config import EvalSpec
+
+    suites = [s for s in SPEC["suites"] if s["kind"] in ("perplexity", "generation", "multiple_choice", "latency")]
+    spec = EvalSpec.model_validate({**SPEC, "baseline": None, "suites": suites})
+    served = run_evaluate(spec, {"m": tiny_gguf}, tmp_path / "served")
+    plain = run_evaluate(spec.model_copy(update={"engine": "transformers"}), {"m": tiny_gguf}, tmp_path / "hf")
+    devices = {k: json.loads((tmp_path / k / "timings.json").read_text())["device"]["m"] for k in ("served", "hf")}
+    assert devices == {"served": "cpu (llama.cpp f32)", "hf": "cpu"}
+    assert "m on cpu (llama.cpp f32)" in (tmp_path / "served" / "eval.md").read_text()
+    for key in ("heldout.perplexity", "instructions.rougeL", "instructions.answer_bpb", "cloze.acc"):
+        assert served["m"][key] == pytest.approx(plain["m"][key], rel=1e-3), key
+    answers = [[json.loads(line)["answer"] for line in open(tmp_path / k / "samples.jsonl")
+                if '"instructions"' in line] for k in ("served", "hf")]
+    assert answers[0] == answers[1] and answers[0]
+    with pytest.raises(ValueError, match="has no GGUF"):
+        run_evaluate(spec.model_copy(update={"engine": "llamacpp"}), {"m": tmp_path / "served"}, tmp_path / "x")

@@ -5,7 +5,8 @@
 
 Suite data is loaded and checked before any model is (a bad reference row stops the run with its
 file:line). Each model is loaded once, on ``spec.device`` (a GPU when there is one, unless the
-model is quantized for the CPU), and runs every suite; the table is
+model is quantized for the CPU), and runs every suite; a model with a GGUF export runs as llama.cpp serves
+it (``spec.engine``: auto picks it on the CPU). The table is
 ``{model: {"<suite>.<metric>": value}}``. Win rates compare each model's per-prompt rewards with
 the spec's baseline model; ``<suite>.perplexity_ratio`` compares a model with the model it was
 made from (``sources``: optimized -> aligned in the lifecycle).
@@ -62,11 +63,13 @@ def _prepare(spec: EvalSpec, models: dict, reward_model_dir, rag_index: str | No
     input fails before any work."""
     from shipyard.eval.suites import load_suite_data
     from shipyard.models.device import inference_device
+    from shipyard.models.engines import choose_engine
 
     if spec.baseline and spec.of_kind("reward") and spec.baseline not in models:
         raise ValueError(f"evaluate.baseline {spec.baseline!r} is not among the evaluated models: {sorted(models)}")
     for path in models.values():  # a model that cannot run on spec.device fails before any work
         inference_device(spec.device, path)
+        choose_engine(Path(path), spec.engine, spec.device, (Path(path) / "adapter_config.json").exists())
     if spec.of_kind("rag") and not rag_index:
         raise ValueError(f"suites {[s.name for s in spec.of_kind('rag')]} (rag) need a RAG index: the lifecycle "
                          f"passes the one its rag: section builds; shipyard eval takes --rag-index NAME@VERSION")
@@ -90,7 +93,7 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
     """Every model on every suite, one model loaded at a time; samples go to ``samples_path``."""
     from shipyard.eval.suites import run_suite
     from shipyard.models.causal_lm import load_tokenizer
-    from shipyard.models.device import bf16_autocast, load_for_inference
+    from shipyard.models.device import bf16_autocast
 
     table: dict[str, dict[str, float]] = {}
     rows: dict[str, dict[str, list]] = {}
@@ -99,11 +102,11 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
     per_prompt: dict[tuple[str, str], list[float]] = {}
     with open(samples_path, "w", encoding="utf-8") as f:
         for name, path in models.items():
-            (model, devices[name]), tok = load_for_inference(path, spec.device), load_tokenizer(path)
+            (model, where, devices[name]), tok = _load(spec, Path(path)), load_tokenizer(path)
             table[name], rows[name], timings[name] = {}, {}, {}
             for suite in (s for s in spec.suites if spec.runs(s, name)):
                 t0 = time.perf_counter()
-                with bf16_autocast(suite.precision == "bf16", devices[name]):
+                with bf16_autocast(suite.precision == "bf16", where):
                     result = run_suite(suite, data[suite.name], model, tok, spec, reward)
                 seconds = time.perf_counter() - t0
                 timings[name][suite.name] = len(data[suite.name]) / seconds if seconds > 0 else float("inf")
@@ -113,8 +116,25 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
                     per_prompt[(name, suite.name)] = result.per_prompt
                 for s in result.samples:
                     f.write(json.dumps({"model": name, "suite": suite.name, **s}, ensure_ascii=False) + "\n")
+            getattr(model, "close", lambda: None)()
             del model
     return table, rows, timings, devices, per_prompt
+
+
+def _load(spec: EvalSpec, path: Path):
+    """(model, torch device, the device as the report names it): a model directory with a GGUF is loaded as
+    ``shipyard serve`` would decode it (``spec.engine``, models.engines.choose_engine), else by transformers."""
+    from shipyard.models.device import load_for_inference
+    from shipyard.models.engines import choose_engine
+
+    engine, gguf = choose_engine(path, spec.engine, spec.device, (path / "adapter_config.json").exists())
+    if engine == "llamacpp":
+        from shipyard.models.gguf_model import GGUFModel
+
+        model = GGUFModel(gguf, path)
+        return model, "cpu", f"cpu (llama.cpp {model.kind})"
+    model, where = load_for_inference(path, spec.device)
+    return model, where, where
 
 
 def intervals(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, list[float]]]:

@@ -153,6 +153,10 @@ class EvalSpec(StrictModel):
     device: Device = Field(
         "auto", description="Where the models and the reward model run: auto is a GPU when one is visible (a "
                             "quantized model runs where its kernels do). Weights stay float32 on either.")
+    engine: Literal["auto", "transformers", "llamacpp"] = Field(
+        "auto", description="What decodes each model: auto is llama.cpp for a model directory with a GGUF (optimize's "
+                            "gguf export) on the CPU, so it is measured and gated as `shipyard serve` decodes it; "
+                            "transformers otherwise. llamacpp fails for a model without a GGUF.")
 
     @model_validator(mode="after")
     def _unique_names(self) -> EvalSpec:

@@ -1,7 +1,8 @@
 """Inference helpers every stage shares: batched generation, log-probabilities, perplexity, latency.
 
 They sit with the model loaders (layer L1) because training (forgetting checks, PPO samples), optimize
-(each step measured), evaluation and serving all call them.
+(each step measured), evaluation and serving all call them. Each takes a transformers model or a GGUF as
+llama.cpp serves it (``models.gguf_model.GGUFModel``: ``is_gguf``), which its own functions measure alike.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ def text_nll(model, tokenizer, texts: list[str], context_length: int) -> list[tu
     EOS) token, so its first token is scored too, and windows of ``context_length`` overlap by
     one token, so every token is scored exactly once.
     """
+    if getattr(model, "is_gguf", False):
+        from shipyard.models import gguf_model
+
+        return gguf_model.text_nll(model, tokenizer, texts, context_length)
     import torch
 
     device = model_device(model)
@@ -60,6 +65,13 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
     Prompts longer than the model's context minus ``max_new_tokens`` keep their end (where the
     instruction template puts the response header).
     """
+    if getattr(model, "is_gguf", False):
+        from shipyard.models import gguf_model
+
+        if temperature:
+            raise ValueError(f"{model.path.name}: sampled generation from a GGUF runs in the server (shipyard "
+                             "serve --engine llamacpp); measurements decode it greedily")
+        return gguf_model.generate(model, tokenizer, prompts, max_new_tokens)
     import torch
 
     tokenizer.padding_side = "left"
@@ -104,10 +116,14 @@ def score_continuations(model, tokenizer, pairs: list[tuple[str, str]], max_batc
     pair shares (a system prompt, few-shot examples) run once: its key/value cache is reused for
     every batch, so a 3-shot suite costs little more than a zero-shot one. Exact up to float rounding.
     """
+    room = model.config.max_position_embeddings
+    tokenized = [tokenized_pair(tokenizer, q, c, room) for q, c in pairs]
+    if getattr(model, "is_gguf", False):
+        from shipyard.models import gguf_model
+
+        return gguf_model.score_tokenized(model, tokenized)
     import torch
 
-    room = model.config.max_position_embeddings
-    tokenized = [_tokenized_pair(tokenizer, q, c, room) for q, c in pairs]
     seqs, starts = [s for s, _ in tokenized], [b for _, b in tokenized]
     plain = takes_logits_to_keep(model)
     shared = _shared_prefix(seqs, starts) if seqs and plain else 0
@@ -161,7 +177,7 @@ def _span_logprobs(model, tokenizer, rest: list[list[int]], spans, prefix, share
     return [torch.log_softmax(logits[row, lo:hi].float(), dim=-1) for row, (lo, hi) in enumerate(spans)]
 
 
-def _tokenized_pair(tokenizer, query: str, continuation: str, room: int) -> tuple[list[int], int]:
+def tokenized_pair(tokenizer, query: str, continuation: str, room: int) -> tuple[list[int], int]:
     """As lm-evaluation-harness: the pair is tokenized whole and the continuation is what follows
     the query's tokens (a merge across the boundary is scored with the continuation); a sequence
     over the context keeps its end (the continuation and the nearest context)."""
@@ -208,6 +224,10 @@ def _repeat(cache, n: int):
 
 def decode_latency(model, tokenizer, prompts: list[str], max_new_tokens: int) -> dict[str, float]:
     """Batch-1 greedy decoding: time to first token, ms per further token, tokens/s (medians)."""
+    if getattr(model, "is_gguf", False):
+        from shipyard.models import gguf_model
+
+        return gguf_model.decode_latency(model, tokenizer, prompts, max_new_tokens)
     import statistics
     import time
 

@@ -12,6 +12,7 @@ that leaves frees its sequence's cells. Logits come back as float32 rows (the en
 
 from __future__ import annotations
 
+from shipyard.models.gguf_model import context_of
 from shipyard.models.llamacpp import PREFILL_BATCH, LlamaRuntime
 
 
@@ -93,18 +94,8 @@ def fit_runtime(llm, n_seq: int) -> None:
         return
     if llm.runtime is not None:
         llm.runtime.close()
-    llm.runtime = LlamaRuntime(llm.gguf, n_seq=n_seq, n_ctx_seq=_context(llm.model_dir))
+    llm.runtime = LlamaRuntime(llm.gguf, n_seq=n_seq, n_ctx_seq=context_of(llm.model_dir))
     llm.context_length, llm.vocab_size = llm.runtime.n_ctx_seq, llm.runtime.vocab_size
-
-
-MAX_CTX_SEQ = 4096  # positions per sequence: llama.cpp allocates max_batch_size of them at load
-
-
-def _context(model_dir) -> int:
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    return min(int(getattr(config, "max_position_embeddings", None) or MAX_CTX_SEQ), MAX_CTX_SEQ)
 
 
 def _eos_ids(model_dir, tokenizer) -> set[int]:

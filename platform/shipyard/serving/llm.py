@@ -58,7 +58,7 @@ class ShipyardLLM(Model):
         return [self.name, *self.adapters]
 
     def load(self) -> bool:
-        from shipyard.serving.engines import choose_engine
+        from shipyard.models.engines import choose_engine
 
         self.engine_kind, gguf = choose_engine(self.model_dir, self.requested_engine, self.requested_device,
                                                bool(self.adapters))

@@ -1,6 +1,7 @@
 """The KServe ModelServer with Shipyard's LLM runtime, on 127.0.0.1, spoken to by the openai client."""
 
 import httpx
+import openai
 import pytest
 
 from conftest import free_port, running_server
@@ -31,6 +32,12 @@ def test_openai_chat_completions_and_models(server):
     comp = c.completions.create(model=name, prompt="The Python", max_tokens=4, n=2, temperature=0.9, seed=1)
     assert len(comp.choices) == 2 and comp.usage.completion_tokens <= 8
     assert [m.id for m in c.models.list().data] == [name]
+    raw = c.completions.with_raw_response.create(model=name, prompt="The Python", max_tokens=2, temperature=0)
+    assert raw.parse().usage.completion_tokens <= 2
+    timing = raw.headers["server-timing"]  # the engine's share of the wait: benchmarks/serving.py's overhead
+    assert timing.startswith("engine;dur=") and 0 < float(timing.split("dur=")[1]) < 60_000
+    with pytest.raises(openai.BadRequestError, match="exceeds the model's context"):  # a big body: in a thread
+        c.completions.create(model=name, prompt="word " * 3000, max_tokens=2)
 
 
 def _client(port):

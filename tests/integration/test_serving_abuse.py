@@ -208,3 +208,34 @@ def test_a_sidecar_ends_when_its_parent_is_killed(tmp_path):
         time.sleep(0.1)
     os.kill(child, signal.SIGKILL)
     pytest.fail("the child outlived its parent")
+
+
+def cancelled_count(port: int) -> float:
+    """The runtime's shipyard_cancelled_total (sequences stopped because their client went away)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("shipyard_cancelled_total"))
+
+
+def abandon_streams(port: int, name: str, count: int) -> None:
+    """``count`` streamed 120-token completions, each dropped (connection closed) after its first event."""
+    for _ in range(count):
+        with httpx.Client(timeout=30) as client, client.stream(
+                "POST", f"http://127.0.0.1:{port}/openai/v1/completions",
+                json={"model": name, "prompt": "The Python", "max_tokens": 120, "temperature": 0, "stream": True,
+                      "stop": ["never-said"]}) as r:
+            assert r.status_code == 200
+            next(line for line in r.iter_lines() if line.startswith("data: "))
+
+
+def test_a_client_that_goes_away_stops_its_generation(server):
+    import time
+
+    port, name = server
+    before = cancelled_count(port)
+    abandon_streams(port, name, 3)
+    deadline = time.monotonic() + 10
+    while cancelled_count(port) < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert cancelled_count(port) == before + 3  # each one stopped in the engine, not decoded to the end
+    assert httpx.post(f"http://127.0.0.1:{port}/openai/v1/completions", timeout=30,
+                      json={"model": name, "prompt": "Hi", "max_tokens": 4}).status_code == 200

@@ -16,7 +16,7 @@ def rendered():
 
 
 def test_helm_lint_passes_for_every_profile():
-    assert PROFILES == ["cpu-dev-values.yaml", "external-values.yaml", "gpu-values.yaml"]
+    assert PROFILES == ["cpu-dev-values.yaml", "external-values.yaml", "gpu-values.yaml", "gpu-vllm-values.yaml"]
     for p in PROFILES:
         out = helm("lint", str(CHART), "--strict", "-f", str(CHART / "ci" / p), check=False)
         assert out.returncode == 0, f"{p}: {out.stdout}{out.stderr}"
@@ -97,6 +97,28 @@ def test_gpu_pools_place_the_serving_runtime_and_replicas_get_pdbs(rendered):
     pdbs = sorted(o["metadata"]["name"] for o in objects if o["kind"] == "PodDisruptionBudget")
     assert pdbs == ["shipyard-feast-registry", "shipyard-feast-server", "shipyard-mlflow"]
     assert not [o for o in rendered["cpu-dev-values.yaml"] if o["kind"] == "PodDisruptionBudget"]
+
+
+def test_engine_vllm_pairs_the_front_with_vllm_on_the_gpu(rendered):
+    rt = _by(rendered["gpu-vllm-values.yaml"], "ServingRuntime", "shipyard-llm")["spec"]
+    front, vllm = rt["containers"]
+    assert (front["name"], vllm["name"]) == ("kserve-container", "vllm")
+    assert front["image"].startswith("ghcr.io/shipyard-llmops/shipyard:")  # the front needs no CUDA
+    assert "nvidia.com/gpu" not in front["resources"]["limits"] and vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    port = vllm["readinessProbe"]["httpGet"]["port"]
+    assert f"--vllm-url=http://127.0.0.1:{port}/v1" in front["args"] and "--engine=vllm" in front["args"]
+    assert vllm["command"] == ["vllm", "serve"] and vllm["args"][0] == "/mnt/models"
+    for flag in ("--host=127.0.0.1", f"--port={port}", "--served-model-name={{.Name}}", "--return-tokens-as-token-ids"):
+        assert flag in vllm["args"]  # what serving.vllm_engine expects of its upstream
+    mounts = {m["name"]: m for m in vllm["volumeMounts"]}
+    assert mounts["kserve-provision-location"] == {"name": "kserve-provision-location", "mountPath": "/mnt/models",
+                                                   "readOnly": True}
+    wait = next(a for a in front["args"] if a.startswith("--vllm-wait-s="))
+    assert front["livenessProbe"]["initialDelaySeconds"] > int(wait.split("=")[1])  # not killed while vLLM loads
+    assert rt["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    out = helm("template", "t", str(CHART), "-f", str(CHART / "ci" / "cpu-dev-values.yaml"),
+               "--set", "serving.runtime.engine=vllm", check=False)
+    assert out.returncode != 0 and "serving.runtime.engine vllm: set serving.runtime.gpuPool" in out.stderr
 
 
 def test_external_services_replace_the_bundled_ones(rendered):

@@ -13,7 +13,7 @@ RUNTIME_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_valid_restricted_covered_objects(overlay):
-    assert OVERLAYS == ["cpu-dev", "gpu"]
+    assert OVERLAYS == ["cpu-dev", "gpu", "gpu-vllm"]
     objects = kustomize(overlay)
     kinds = sorted(o["kind"] for o in objects)
     assert kinds == ["InferenceService", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "Role",
@@ -24,13 +24,14 @@ def test_overlay_renders_valid_restricted_covered_objects(overlay):
     bad += [v for o in objects for v in workload_violations(o) if o["kind"] != "TrainJob"]
     bad += [f"{w}: selected by no NetworkPolicy" for w in unselected_pods(objects)]
     assert not bad, "\n".join(bad)
-    ns = {"cpu-dev": "shipyard-dev", "gpu": "shipyard"}[overlay]
+    ns = {"cpu-dev": "shipyard-dev", "gpu": "shipyard", "gpu-vllm": "shipyard"}[overlay]
     assert {o["metadata"].get("namespace") for o in objects} == {ns}
     images = {c["image"] for o in objects if o["kind"] in ("ServingRuntime", "InferenceService")
               for c in (o["spec"].get("containers") or o["spec"].get("predictor", {}).get("containers", []))}
     images.add(next(o for o in objects if o["kind"] == "TrainJob")["spec"]["trainer"]["image"])
-    want = "shipyard-cuda" if overlay == "gpu" else "shipyard"
-    assert images == {f"ghcr.io/shipyard-llmops/{want}:0.1.0"}, images
+    want = "shipyard-cuda" if overlay.startswith("gpu") else "shipyard"
+    vllm = {"vllm/vllm-openai:v0.33.0"} if overlay == "gpu-vllm" else set()
+    assert images == {f"ghcr.io/shipyard-llmops/{want}:0.1.0"} | vllm, images
 
 
 def test_gpu_overlay_puts_serving_and_training_on_gpus():
@@ -41,6 +42,21 @@ def test_gpu_overlay_puts_serving_and_training_on_gpus():
     assert objects["ServingRuntime"]["spec"]["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     trainer = objects["TrainJob"]["spec"]["trainer"]
     assert trainer["numProcPerNode"] == 8 and trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
+
+
+def test_gpu_vllm_overlay_renders_what_the_charts_vllm_engine_does():
+    """The overlay and the chart's gpu-vllm profile give the two containers the same command, args and mounts."""
+    from kube_checks import render
+
+    over = next(o for o in kustomize("gpu-vllm") if o["kind"] == "ServingRuntime")["spec"]["containers"]
+    chart = next(o for o in render("gpu-vllm-values.yaml") if o["kind"] == "ServingRuntime")["spec"]["containers"]
+    assert [c["name"] for c in over] == [c["name"] for c in chart] == ["kserve-container", "vllm"]
+    for a, b in zip(over, chart, strict=True):
+        assert (a["command"], a["volumeMounts"]) == (b["command"], b["volumeMounts"])
+    assert sorted(over[0]["args"]) == sorted(chart[0]["args"])
+    assert over[1]["args"] == chart[1]["args"] and over[1]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    isvc = next(o for o in kustomize("gpu-vllm") if o["kind"] == "InferenceService")
+    assert "nvidia.com/gpu" not in isvc["spec"]["predictor"]["model"]["resources"]["limits"]  # vLLM holds the GPU
 
 
 def test_base_objects_are_what_the_code_builds():

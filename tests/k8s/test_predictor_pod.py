@@ -70,3 +70,30 @@ def test_runtime_and_sidecar_containers_serve_a_cited_answer(tiny_base, tmp_path
     finally:
         stop(proc)
         stop(side)
+
+
+def test_the_vllm_profiles_front_container_serves_through_the_vllm_port(tiny_base):
+    """engine vllm: the front container as rendered, with Shipyard's transformers server standing in for the vllm
+    container on its port (vLLM needs a GPU; tests/integration/test_vllm_engine.py checks the dialect)."""
+    import openai
+
+    from conftest import running_server
+    from shipyard.serving.local import stop, wait_ready
+
+    rt = next(o for o in render("gpu-vllm-values.yaml") if o["kind"] == "ServingRuntime")["spec"]
+    front, vllm = rt["containers"]
+    vllm_port = str(vllm["readinessProbe"]["httpGet"]["port"])
+    with running_server(tiny_base, "--engine", "transformers", name="tiny") as (up, _, _):
+        port = free_port()
+        argv = _argv(front, {"/mnt/models": str(tiny_base), "{{.Name}}": "tiny", "--host=0.0.0.0": "--host=127.0.0.1",
+                             "--port=8080": f"--port={port}",
+                             f"127.0.0.1:{vllm_port}/v1": f"127.0.0.1:{up}/openai/v1"})
+        proc = subprocess.Popen([sys.executable, *argv[1:]])
+        try:
+            wait_ready(f"http://127.0.0.1:{port}{front['readinessProbe']['httpGet']['path']}", proc, 180, "front")
+            c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="x", max_retries=0)
+            reply = c.chat.completions.create(model="tiny", max_tokens=4, temperature=0,
+                                              messages=[{"role": "user", "content": "Hello"}])
+            assert 0 < reply.usage.completion_tokens <= 4
+        finally:
+            stop(proc)

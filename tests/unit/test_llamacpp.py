@@ -88,8 +88,9 @@ def test_auto_picks_llamacpp_for_a_gguf_on_the_cpu(both, tiny_base):
     assert choose_engine(lc.model_dir, "auto", "cpu", True)[0] == "transformers"  # adapters need transformers
     with pytest.raises(ValueError, match="no GGUF"):
         choose_engine(tiny_base, "llamacpp", "cpu", False)
-    with pytest.raises(ValueError, match="CUDA image"):
-        choose_engine(tiny_base, "vllm", "cpu", False)
+    assert choose_engine(tiny_base, "vllm", "cpu", False) == ("vllm", None)  # asked for by name only
+    with pytest.raises(ValueError, match="LoRA adapters need --engine transformers"):
+        choose_engine(tiny_base, "vllm", "auto", True)
 
 
 def test_greedy_tokens_equal_the_transformers_engine_alone_and_batched(both):

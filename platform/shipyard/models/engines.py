@@ -1,7 +1,8 @@
 """Which engine decodes a model: ``--engine auto|transformers|llamacpp|vllm``.
 
 auto: llama.cpp when the model directory carries a GGUF (``optimize``'s ``gguf`` export), the model runs on
-the CPU, no LoRA adapter is attached and libllama loads here; transformers otherwise. The application
+the CPU, no LoRA adapter is attached and libllama loads here; transformers otherwise. vllm is asked for
+by name: a vLLM server beside the runtime generates (``serving.vllm_engine``; the chart's GPU values). The application
 features (OpenAI routes, RAG, tenancy, limits, metrics) are Shipyard's and the same for every engine.
 """
 
@@ -10,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 ENGINES = ("auto", "transformers", "llamacpp", "vllm")
-VLLM_NOTE = ("the vllm engine runs in the CUDA image on a GPU node (helm values engine: vllm, overlay "
-             "manifests/overlays/gpu); it is not installed in this environment")
 
 
 def choose_engine(model_dir: Path, requested: str, device: str, adapters: bool) -> tuple[str, Path | None]:
@@ -20,8 +19,10 @@ def choose_engine(model_dir: Path, requested: str, device: str, adapters: bool) 
 
     if requested not in ENGINES:
         raise ValueError(f"engine {requested!r}: one of {ENGINES}")
-    if requested == "vllm":
-        raise ValueError(VLLM_NOTE)
+    if requested == "vllm":  # generation by a vLLM server (serving.vllm_engine); Shipyard keeps everything else
+        if adapters:
+            raise ValueError("--engine vllm serves the base model: LoRA adapters need --engine transformers")
+        return "vllm", None
     gguf = served_gguf(model_dir)
     if requested == "transformers":
         return "transformers", None

@@ -33,6 +33,10 @@ class QueueFull(RuntimeError):
     """The engine already holds ``max_queue`` waiting requests."""
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine cannot generate now (a remote engine is down or failing): HTTP 503."""
+
+
 @dataclass
 class Job:
     prompt: list[int]
@@ -121,7 +125,7 @@ class _Row:
 
     def expired(self) -> bool:
         """Cancelled (no event) or past its deadline (a TimeoutError event): the row leaves now."""
-        return self.job.cancel.is_set() or _late(self.job, "generation passed the request's deadline")
+        return was_cancelled(self.job) or _late(self.job, "generation passed the request's deadline")
 
 
 class Engine:
@@ -216,7 +220,7 @@ class Engine:
         with self._cv:
             while self._pending and len(taken) < room:
                 job = self._pending[0]
-                if job.cancel.is_set() or _late(job, "the request waited past its deadline"):
+                if was_cancelled(job) or _late(job, "the request waited past its deadline"):
                     self._pending.popleft()
                     continue
                 ref = self._rows[0].p if self._rows else (taken[0].params if taken else job.params)
@@ -330,6 +334,16 @@ def _close(batch) -> None:
     close = getattr(batch, "close", None)
     if close is not None:
         close()
+
+
+def was_cancelled(job: Job) -> bool:
+    """The job's client went away (counted in /metrics); it leaves without an event."""
+    if job.cancel.is_set():
+        from shipyard.serving.metrics import CANCELLED
+
+        CANCELLED.inc()
+        return True
+    return False
 
 
 def _late(job: Job, message: str) -> bool:

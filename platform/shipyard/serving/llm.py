@@ -38,8 +38,10 @@ class ShipyardLLM(Model):
 
     def __init__(self, name: str, model_dir: str | Path, max_new_tokens: int = 64,
                  adapters: dict[str, str | Path] | None = None, device: str = "auto", dtype: str = "auto",
-                 max_batch_size: int = 8, max_queue: int = 64, engine: str = "auto"):
+                 max_batch_size: int = 8, max_queue: int = 64, engine: str = "auto",
+                 vllm: tuple[str, float] = ("http://127.0.0.1:8001/v1", 900.0)):
         super().__init__(name)
+        self.vllm_url, self.vllm_wait_s = vllm  # --engine vllm: the upstream server, and the wait for it
         self.requested_engine, self.engine_kind = engine, None  # engine_kind: set by load()
         self.runtime = None  # the llama.cpp engine's LlamaRuntime
         self.max_batch_size, self.max_queue = max_batch_size, max_queue
@@ -66,6 +68,10 @@ class ShipyardLLM(Model):
             from shipyard.serving.llamacpp import load_llamacpp
 
             load_llamacpp(self, gguf)
+        elif self.engine_kind == "vllm":
+            from shipyard.serving.vllm_engine import load_vllm
+
+            load_vllm(self)
         else:
             self._load_transformers()
         self.start_engine(self.max_batch_size, self.max_queue)
@@ -153,6 +159,12 @@ class ShipyardLLM(Model):
 
         if self.engine is not None:
             self.engine.close()
+        if self.engine_kind == "vllm":
+            from shipyard.serving.vllm_engine import VLLMEngine
+
+            self.engine = VLLMEngine(self.vllm_url, self.vllm_model, self.tokenizer, self.eos_ids,
+                                     max_batch_size, max_queue).start()
+            return self.engine
         if self.runtime is not None:  # llama.cpp: the engine's rows are the runtime's sequences
             from shipyard.serving.llamacpp import LlamaBatch, fit_runtime
 

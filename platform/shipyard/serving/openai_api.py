@@ -5,9 +5,11 @@ prompt, retrieve, fit again with the sources, submit every choice to the engine,
 collect); what differs between chat and text completions is a shape (``openai_shapes``). Request
 bodies are ``openai_schema``'s.
 
-Failure is the client's (4xx, OpenAI error body) or documented (429 queue full, 503 not ready, 504
+Failure is the client's (4xx, OpenAI error body) or documented (429 queue full, 503 not ready or the
+engine unavailable, 504
 past ``--request-timeout-s``); anything else is a bug, answered 500 with an error body and logged,
-without closing the connection. Prompts are rendered and tokenized off the event loop. A request's
+without closing the connection. Prompts are rendered and tokenized off the event loop (a request under
+``INLINE_BODY_BYTES`` on it: the thread hop would cost more than the work). A request's
 choices are engine jobs: they count against the queue and the timeout whether streamed or not, and a
 client that goes away cancels them (a stream when its connection closes, a plain request within
 ``DISCONNECT_POLL_S``).
@@ -29,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from kserve.errors import InvalidInput
 
+from shipyard.serving.engine import EngineUnavailable
 from shipyard.serving.llm import QueueFull, ShipyardLLM
 from shipyard.serving.openai_schema import ChatRequest, CompletionRequest
 from shipyard.serving.openai_shapes import ChatShape, CompletionShape
@@ -37,6 +40,7 @@ from shipyard.serving.params import Generation
 from shipyard.serving.rag import RagClient
 
 DISCONNECT_POLL_S = 0.25
+INLINE_BODY_BYTES = 8192  # a smaller request renders and tokenizes on the loop (~0.1 ms); a thread hop costs more
 log = logging.getLogger("shipyard.serving")
 
 
@@ -97,6 +101,8 @@ class OpenAIEndpoints:
             response = _error(400, str(exc))
         except QueueFull as exc:
             response = _error(429, str(exc), None, "rate_limit_error")
+        except EngineUnavailable as exc:
+            response = _error(503, str(exc), None, "server_error")
         except Exception as exc:
             log.exception("%s failed", route)
             response = _error(500, f"internal error: {type(exc).__name__}", None, "server_error")
@@ -112,11 +118,12 @@ class OpenAIEndpoints:
         max_tokens = req.max_completion_tokens or (req.max_tokens if req.max_tokens is not None
                                                    else self.llm.max_new_tokens)
         prompts = req.prompts() if isinstance(shape, CompletionShape) else [shape.question]
+        inline = _small(request)
         cites, extra = None, {}
         if self.rag is None and req.rag is not None and req.rag.enabled:
             return _error(400, "rag: this server has no RAG index (start it with --rag-index)", "rag")
         if self._rag_wanted(req, prompts):
-            ids, err = await self._fit(shape.render, shape.question, max_tokens)
+            ids, err = await self._fit(shape.render, shape.question, max_tokens, inline)
             if err is not None:
                 return err
             text, cites, extra = await self._retrieve(req, shape.question, shape.render, max_tokens, request.headers)
@@ -128,14 +135,15 @@ class OpenAIEndpoints:
                           "rag")
         fitted = []
         for p in prompts:
-            ids, err = await self._fit(shape.render, p, max_tokens)
+            ids, err = await self._fit(shape.render, p, max_tokens, inline and len(prompts) == 1)
             if err is not None:
                 return err
             fitted.append(ids)
+        submitted = time.perf_counter()
         jobs = self._submit(req, fitted, max_tokens)
         if req.stream:
             return await self._sse(shape, jobs, fitted, cites, extra)
-        return await self._collect(shape, jobs, fitted, cites, extra, request)
+        return await self._collect(shape, jobs, fitted, cites, extra, request, submitted)
 
     def _check(self, req):
         if req.model not in self.llm.served_names:
@@ -165,14 +173,14 @@ class OpenAIEndpoints:
             return False
         return (req.rag is None or req.rag.enabled) and len(prompts) == 1 and isinstance(prompts[0], str)
 
-    async def _fit(self, render, prompt: str | list[int], max_tokens: int):
-        """(token ids, None) or (None, 400): rendered and tokenized in a worker thread, checked against the
-        context (token ids are taken as they are)."""
+    async def _fit(self, render, prompt: str | list[int], max_tokens: int, inline: bool = False):
+        """(token ids, None) or (None, 400): rendered and tokenized (in a worker thread unless ``inline``: a
+        small request), checked against the context (token ids are taken as they are)."""
         def fit():
             return self.llm.check_fits(render(prompt) if isinstance(prompt, str) else prompt, max_tokens)
 
         try:
-            return await asyncio.to_thread(fit), None
+            return (fit() if inline else await asyncio.to_thread(fit)), None
         except InvalidInput as exc:
             return None, _error(400, str(exc), "max_tokens" if "max_tokens" in str(exc) else "prompt")
 
@@ -192,7 +200,9 @@ class OpenAIEndpoints:
             raise
         return jobs
 
-    async def _collect(self, shape, jobs, fitted, cites, extra, request: Request):
+    async def _collect(self, shape, jobs, fitted, cites, extra, request: Request, submitted: float):
+        """The finished choices as one body; its ``Server-Timing: engine;dur=MS`` header is the time from
+        submitting the jobs to their results (the rest of the client's wait is tokenization and HTTP)."""
         gathered = asyncio.ensure_future(asyncio.gather(*(job.result() for job in jobs)))
         gone = asyncio.ensure_future(_disconnected(request))
         timeout = self.limits.request_timeout_s
@@ -210,10 +220,11 @@ class OpenAIEndpoints:
                 gathered.cancel()
             return _error(504, f"generation did not finish within {timeout:g} s", None, "timeout_error")
         gens: list[Generation] = gathered.result()
+        engine_ms = (time.perf_counter() - submitted) * 1000
         body = shape.body(gens, _usage(fitted, gens))
         if cites is not None:
             body["citations"] = cites
-        return JSONResponse(body, headers=extra)
+        return JSONResponse(body, headers={**extra, "Server-Timing": f"engine;dur={engine_ms:.3f}"})
 
     async def _sse(self, shape, jobs, fitted, cites, headers):
         """Server-sent events (``openai_stream``). The first event of the first choice is awaited before the
@@ -273,6 +284,12 @@ def _usage(fitted: list[list[int]], gens: list[Generation]):
     TOKENS.labels("prompt").inc(n_prompt)
     TOKENS.labels("completion").inc(done)
     return CompletionUsage(prompt_tokens=n_prompt, completion_tokens=done, total_tokens=n_prompt + done)
+
+
+def _small(request: Request) -> bool:
+    """Whether the request body is under ``INLINE_BODY_BYTES`` (a chunked body of unknown size is not)."""
+    length = request.headers.get("content-length", "")
+    return length.isdigit() and int(length) <= INLINE_BODY_BYTES
 
 
 async def _disconnected(request: Request) -> None:

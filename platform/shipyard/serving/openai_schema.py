@@ -2,8 +2,8 @@
 
 Unknown fields are refused (400), so a client never silently loses a setting. Every bound here is
 one the engine honours: any value inside them gets an answer (``tests/integration/test_serving_abuse.py``
-tries their extremes). Extensions beyond OpenAI's fields are vLLM's (``top_k``, ``repetition_penalty``)
-or Shipyard's (``rag``).
+tries their extremes). Extensions beyond OpenAI's fields are vLLM's (``top_k``, ``repetition_penalty``,
+``return_tokens_as_token_ids``) or Shipyard's (``rag``).
 """
 
 from __future__ import annotations
@@ -85,6 +85,8 @@ class _Request(BaseModel):
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     repetition_penalty: float = Field(1.0, gt=0, le=10, description="Extension (vLLM's): CTRL's penalty; 1 = off.")
+    return_tokens_as_token_ids: bool = Field(False, description="Extension (vLLM's): log-prob entries name their "
+                                                                "tokens token_id:N.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)

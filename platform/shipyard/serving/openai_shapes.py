@@ -16,12 +16,15 @@ from shipyard.serving.params import Generation, TokenLogprob
 
 
 class TokenText:
-    """Token ids as the text OpenAI's log-prob fields name them by."""
+    """Token ids as the text OpenAI's log-prob fields name them by, or as ``token_id:N`` (vLLM's
+    ``return_tokens_as_token_ids``: exact where a token is not valid UTF-8 on its own)."""
 
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+    def __init__(self, tokenizer, as_ids: bool = False):
+        self.tokenizer, self.as_ids = tokenizer, as_ids
 
     def __call__(self, token: int) -> str:
+        if self.as_ids:
+            return f"token_id:{token}"
         return self.tokenizer.decode([token], skip_special_tokens=False)
 
 
@@ -42,7 +45,8 @@ class ChatShape(_Shape):
         if self.tools:
             messages = with_tools(messages, self.tools, self.native_tools)
         at = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
-        self.messages, self.at, self.llm, self.text_of = messages, at, llm, TokenText(llm.tokenizer)
+        self.messages, self.at, self.llm = messages, at, llm
+        self.text_of = TokenText(llm.tokenizer, req.return_tokens_as_token_ids)
         super().__init__(req, "chatcmpl", messages[at]["content"])
 
     @property
@@ -109,7 +113,7 @@ class ChatShape(_Shape):
 
 class CompletionShape(_Shape):
     def __init__(self, req, llm):
-        self.llm, self.text_of = llm, TokenText(llm.tokenizer)
+        self.llm, self.text_of = llm, TokenText(llm.tokenizer, req.return_tokens_as_token_ids)
         prompts = req.prompts()
         super().__init__(req, "cmpl", prompts[0] if isinstance(prompts[0], str) else "")
 

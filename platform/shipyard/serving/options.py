@@ -43,8 +43,12 @@ class ServeOptions:
     adapter: tuple[str, ...] = _opt((), "NAME=DIR: a LoRA adapter served as model NAME on the same base (repeatable).",
                                     repeat=True)
     engine: str = _opt("auto", "auto, transformers, llamacpp or vllm (auto: llama.cpp for a model directory with a "
-                                "GGUF export on a CPU without adapters, else transformers).",
+                                "GGUF export on a CPU without adapters, else transformers; vllm: generation by the "
+                                "vLLM server at --vllm-url).",
                        choices=("auto", "transformers", "llamacpp", "vllm"))
+    vllm_url: str = _opt("http://127.0.0.1:8001/v1", "--engine vllm: the vLLM OpenAI server that generates (its /v1 "
+                                                     "base; the chart's vllm container in the same pod).")
+    vllm_wait_s: float = _opt(900.0, "--engine vllm: how long to wait at start for that server to list a model.")
     device: Device = _opt("auto", "auto, cpu or cuda (auto: a GPU when one is visible; a quantized model runs "
                                   "where its kernels do).", choices=get_args(Device))
     dtype: Dtype = _opt("auto", "auto, float32, bfloat16 or float16: a float model's weights (auto: bfloat16 on "

@@ -184,3 +184,18 @@ def test_read_records_quarantines_rows_missing_fields(tmp_path):
 def test_config_rejects_a_language_to_keep_that_is_not_a_candidate():
     with pytest.raises(ValueError, match=r"keep languages \['sv'\] are not among candidates"):
         DataFilterConfig(input=".", language={"keep": ["sv"], "candidates": ["en", "de"]})
+
+
+def test_rows_whose_text_normalizes_to_nothing_are_dropped_not_fatal(tmp_path):
+    """Issue 22: a row that is empty, blank, only newlines or only a NUL escape ended the run with KeyError 'text'
+    (datatrove's writer dropped the empty field); now each is dropped by the length step with its text."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    empties = ["", "   ", "\n\n\n", "\u0000"]
+    write_jsonl(raw / "a.jsonl", [{"text": GOOD[0]}, *({"text": t} for t in empties), {"text": GOOD[1]}])
+    res = _run(tmp_path, raw, steps=["normalize", "length", "exact_dedup"])
+    assert res.kept == 2 and res.read == 6
+    dropped = _rows(tmp_path / "q" / "dropped.jsonl")
+    assert len(dropped) == 4 and {d["step"] for d in dropped} == {"length"}
+    assert all(isinstance(d["text"], str) and not d["text"].strip("\x00 \n") for d in dropped)
+    assert [k["text"] for k in _rows(tmp_path / "clean" / "corpus.jsonl")] == GOOD[:2]

@@ -102,17 +102,27 @@ def _minhash_config(cfg: DataFilterConfig):
                          seed=m.seed)
 
 
-def _dropped_writer(work: Path, step: str):
+def _keep_text(writer, document) -> dict:
+    """The JSONL row of a document: datatrove's default adapter drops falsy fields, so a document whose text
+    normalized to nothing came back without ``text`` and crashed the output step."""
+    return {"text": document.text, "id": document.id, "metadata": document.metadata}
+
+
+def jsonl_writer(folder: Path):
+    """datatrove's JsonlWriter with rows that always carry text and id (``_keep_text``)."""
     from datatrove.pipeline.writers import JsonlWriter
 
-    return JsonlWriter(str(work / "dropped" / step))
+    return JsonlWriter(str(folder), adapter=_keep_text)
+
+
+def _dropped_writer(work: Path, step: str):
+    return jsonl_writer(work / "dropped" / step)
 
 
 def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -> list:
     """Phase 1 as a list of datatrove steps (task ``rank`` handles ``files[rank]``)."""
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupSignature
     from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
-    from datatrove.pipeline.writers import JsonlWriter
 
     from shipyard.data import steps as S
 
@@ -140,7 +150,7 @@ def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -
         tox = cfg.toxicity
         pipe.append(S.ToxicityFilter(tox.threshold, tox.action, tox.batch_size,
                                      exclusion_writer=_dropped_writer(work, "toxicity")))
-    pipe.append(JsonlWriter(str(work / "filtered")))
+    pipe.append(jsonl_writer(work / "filtered"))
     if on("exact_dedup"):
         pipe.append(ExactDedupSignature(str(work / "exact_sigs"), _exact_config()))
     return pipe
@@ -175,7 +185,6 @@ def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Pa
         MinhashDedupFilter,
         MinhashDedupSignature,
     )
-    from datatrove.pipeline.writers import JsonlWriter
 
     from shipyard.data.steps import RankReader
 
@@ -201,7 +210,7 @@ def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Pa
                                        save_cluster_size=True)], work, "minhash_cluster", 1, 1).run()
         final.append(MinhashDedupFilter(str(work / "mh_remove"), load_cluster_sizes=True,
                                         exclusion_writer=_dropped_writer(work, "minhash_dedup")))
-    final.append(JsonlWriter(str(work / "final")))
+    final.append(jsonl_writer(work / "final"))
     _executor(final, work, "final", n, workers).run()
 
     result = _collect(work, n, cfg)

@@ -199,3 +199,25 @@ def test_rows_whose_text_normalizes_to_nothing_are_dropped_not_fatal(tmp_path):
     assert len(dropped) == 4 and {d["step"] for d in dropped} == {"length"}
     assert all(isinstance(d["text"], str) and not d["text"].strip("\x00 \n") for d in dropped)
     assert [k["text"] for k in _rows(tmp_path / "clean" / "corpus.jsonl")] == GOOD[:2]
+
+
+def test_sources_name_the_path_and_no_file_or_good_row_is_lost(tmp_path):
+    """Issue 22: file:line names the path under the input (two folders' part-00000 stay apart); files no reader
+    takes are quarantined, not skipped; a BOM does not spoil the first row; one NUL in a text shard's first
+    8 KB loses that line's problem only, not the file's good lines."""
+    raw = tmp_path / "raw"
+    for region in ("east", "west"):
+        (raw / region).mkdir(parents=True)
+        write_jsonl(raw / region / "part-00000.jsonl", ["{broken", {"text": GOOD[0 if region == "east" else 1]}])
+    (raw / "table.csv").write_text("text\nhello\n")
+    (raw / "notes.json").write_text('{"text": "x"}')
+    (raw / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"text": GOOD[2]}).encode() + b"\n")
+    (raw / "nul.txt").write_bytes((GOOD[3] + "\n").encode() + b"a stray \x00 byte in a line\n" + b"x" * 9000 + b"\n")
+    res = _run(tmp_path, raw, steps=["normalize", "length", "exact_dedup"])
+    reasons = {q["source"]: q["reason"] for q in _rows(tmp_path / "q" / "quarantine.jsonl")}
+    assert reasons["east/part-00000.jsonl:1"].startswith("invalid json")
+    assert reasons["west/part-00000.jsonl:1"].startswith("invalid json")
+    assert reasons["table.csv:0"].startswith("no reader for this file type") and "notes.json:0" in reasons
+    assert res.quarantine_kinds["unsupported_file"] == 2 and "binary_file" not in res.quarantine_kinds
+    kept = {k["text"] for k in _rows(tmp_path / "clean" / "corpus.jsonl")}
+    assert {GOOD[0], GOOD[1], GOOD[2], GOOD[3]} <= kept  # the BOM row and the NUL shard's good line survive

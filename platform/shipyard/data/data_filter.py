@@ -127,7 +127,7 @@ def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -
     from shipyard.data import steps as S
 
     pii_kinds = tuple(cfg.pii.types) if cfg.enabled("pii") else ()
-    pipe: list = [S.ShardReader(files, str(work / "quarantine"), cfg.text_key, cfg.max_docs, pii_kinds)]
+    pipe: list = [S.ShardReader(files, str(work / "quarantine"), cfg.text_key, cfg.max_docs, pii_kinds, cfg.input)]
     on = cfg.enabled
     if on("normalize"):
         pipe.append(S.Normalizer(cfg.normalize.form, cfg.normalize.fix_mojibake))
@@ -159,7 +159,7 @@ def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -
 def run_filter_phase(cfg: DataFilterConfig, work: str | Path, shard: int = 0, fan_out: int = 1) -> int:
     """Phase 1 for this pod's share of the input shards (``shard`` of ``fan_out``); returns shard count."""
     work = Path(work)
-    files = [str(f) for f in list_shards(cfg.input)]
+    files = [str(f) for f in list_shards(cfg.input, unsupported=True)]  # others are quarantined, not skipped
     per_pod = -(-len(files) // fan_out)
     offset = min(shard * per_pod, len(files))
     local = min(per_pod, len(files) - offset)

@@ -30,18 +30,20 @@ class Quarantined:
     kind: str = "malformed"  # a stable key for counting: invalid_utf8, invalid_json, binary_file...
 
 
-def list_shards(path: str | Path) -> list[Path]:
-    """The shard files under ``path`` (or ``path`` itself), sorted for a stable order."""
+def list_shards(path: str | Path, unsupported: bool = False) -> list[Path]:
+    """The shard files under ``path`` (or ``path`` itself), sorted for a stable order; with ``unsupported``,
+    also the files no reader takes (``read_rows`` quarantines each, so none is skipped silently)."""
     path = Path(path)
     if path.is_file():
-        shards = [path]
-    elif path.is_dir():
-        shards = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(SHARD_SUFFIXES))
-    else:
+        return [path]
+    if not path.is_dir():
         raise FileNotFoundError(f"no such shard file or directory: {path}")
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    shards = [p for p in files if p.name.endswith(SHARD_SUFFIXES)]
     if not shards:
-        raise FileNotFoundError(f"no shards ({', '.join(SHARD_SUFFIXES)}) under {path}")
-    return shards
+        found = f" (found only {', '.join(p.name for p in files[:5])})" if files else ""
+        raise FileNotFoundError(f"no shards ({', '.join(SHARD_SUFFIXES)}) under {path}{found}")
+    return files if unsupported else shards
 
 
 def _open_lines(path: Path) -> Iterator[bytes]:
@@ -50,8 +52,14 @@ def _open_lines(path: Path) -> Iterator[bytes]:
         yield from f
 
 
+BINARY_NUL_SHARE = 0.01  # NUL bytes in a shard's first 8 KiB beyond which it is not text (UTF-16 text is ~50%)
+
+
 def _sniff(shard: Path) -> str | None:
-    """Why a whole shard is unreadable as text (binary, UTF-16, empty, corrupt gzip), or None."""
+    """Why a whole shard is unreadable as text (unsupported type, binary, UTF-16, empty, corrupt gzip), or None.
+    A stray NUL in text is the line's problem, not the file's."""
+    if not shard.name.endswith(SHARD_SUFFIXES):
+        return f"unsupported_file: no reader for this file type (readers: {', '.join(SHARD_SUFFIXES)})"
     try:
         with (gzip.open if shard.name.endswith(".gz") else open)(shard, "rb") as f:
             head = f.read(8192)
@@ -59,32 +67,48 @@ def _sniff(shard: Path) -> str | None:
         return f"corrupt_file: {exc}"
     if not head:
         return "empty_file: no rows"
-    if b"\x00" in head:
+    if head.count(b"\x00") > BINARY_NUL_SHARE * len(head):
         return "binary_file: NUL bytes (a binary or UTF-16 file, not UTF-8 text)"
     return None
 
 
-def read_rows(path: str | Path, text_key: str | None = "text") -> Iterator[Row | Quarantined]:
+def shard_label(shard: Path, root: Path) -> str:
+    """How a row's source names its file: the path under the input folder (``east/part-0.jsonl``), so two
+    folders' files of one name stay apart; a single file given as the input is named by its name."""
+    try:
+        return shard.relative_to(root).as_posix() if root != shard else shard.name
+    except ValueError:
+        return shard.name
+
+
+def read_rows(path: str | Path, text_key: str | None = "text", root: str | Path | None = None
+              ) -> Iterator[Row | Quarantined]:
     """Yield a Row per document, or a Quarantined record per malformed one.
 
     JSONL: one object per line with a string ``text_key``. Plain text: one document per line.
-    Blank lines are skipped in both (they are not documents). A shard that is not text at all
-    (binary, UTF-16, empty, a corrupt gzip) yields one Quarantined record at line 0; a gzip that
-    breaks mid-way yields one at the line where it broke; either way the next shard is read.
+    Blank lines are skipped in both (they are not documents); a UTF-8 byte-order mark is not text. A file
+    that is not text at all (binary, UTF-16, empty, a corrupt gzip, a type no reader takes) yields one
+    Quarantined record at line 0; a gzip that breaks mid-way yields one at the line where it broke; either
+    way the next file is read. Sources are ``file:line`` with the file's path under ``root`` (default: ``path``
+    when it is a folder).
     """
-    for shard in list_shards(path):
+    base = Path(root) if root is not None else Path(path)
+    for shard in list_shards(path, unsupported=True):
+        label = shard_label(shard, base)
         problem = _sniff(shard)
         if problem:
             kind, reason = problem.split(": ", 1)
-            yield Quarantined("", f"{shard.name}:0", reason, kind)
+            yield Quarantined("", f"{label}:0", reason, kind)
             continue
         is_jsonl = ".jsonl" in shard.name
         lineno = 0
         try:
             for lineno, raw in enumerate(_open_lines(shard), start=1):
-                yield from _parse_line(raw, f"{shard.name}:{lineno}", is_jsonl, text_key)
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                yield from _parse_line(raw, f"{label}:{lineno}", is_jsonl, text_key)
         except (OSError, EOFError) as exc:
-            yield Quarantined("", f"{shard.name}:{lineno + 1}", f"unreadable from here on: {exc}", "corrupt_file")
+            yield Quarantined("", f"{label}:{lineno + 1}", f"unreadable from here on: {exc}", "corrupt_file")
 
 
 def _parse_line(raw: bytes, source: str, is_jsonl: bool, text_key: str | None) -> Iterator[Row | Quarantined]:

@@ -81,16 +81,17 @@ class ShardReader(PipelineStep):
     name = "🛡 shard reader"
 
     def __init__(self, files: list[str], quarantine_folder: str, text_key: str = "text",
-                 max_docs: int | None = None, pii_kinds: tuple[str, ...] = ()):
+                 max_docs: int | None = None, pii_kinds: tuple[str, ...] = (), root: str | None = None):
         super().__init__()
         self.files, self.quarantine_folder, self.text_key = files, quarantine_folder, text_key
+        self.root = root  # sources name files by their path under it (shards.shard_label)
         self.max_docs, self.pii_kinds = max_docs, pii_kinds
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         os.makedirs(self.quarantine_folder, exist_ok=True)
         n = 0
         with open(Path(self.quarantine_folder) / f"{rank:05d}.jsonl", "w", encoding="utf-8") as qf:
-            for item in read_rows(self.files[rank], self.text_key):
+            for item in read_rows(self.files[rank], self.text_key, self.root):
                 if self.max_docs is not None and n >= self.max_docs:
                     break
                 n += 1

@@ -226,3 +226,37 @@ def test_the_rag_eval_suite_searches_the_index_and_scores_answers_with_and_witho
     spec_bad = EvalSpec(suites=[{"name": "rag", "kind": "rag", "data": str(bad)}])
     with pytest.raises(ValueError, match=r"bad.jsonl:2: missing field 'source'"):
         run_evaluate(spec_bad, {"base": tiny_base}, tmp_path / "bad", rag_index="faq@2", feast_repo=repo)
+
+
+def test_tenant_by_tenant_ingests_add_up_and_bad_bytes_are_quarantined(tmp_path):
+    """Issue 22: each ingest used to replace the whole index (only the last tenant survived), and one latin-1
+    row aborted the ingest naming no file or line; files of other types were skipped silently."""
+    from shipyard.features import store as fs
+    from shipyard.features.rag_index import run_ingest
+    from shipyard.features.rag_index_config import RagIndexConfig
+
+    repo, acme, globex = tmp_path / "feast", tmp_path / "acme", tmp_path / "globex"
+    acme.mkdir()
+    globex.mkdir()
+    (acme / "a.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a1", "text": "Acme ships rockets."}).encode()
+                                   + b"\n" + '{"id": "a2", "text": "caf\xe9 latin-1"}\n'.encode("latin-1")
+                                   + json.dumps({"id": "a3", "text": "Acme sells anvils."}).encode() + b"\n")
+    (acme / "table.csv").write_text("id,text\n")
+    write_jsonl(globex / "g.jsonl", [{"id": "g1", "text": SECRET}])
+    cfg = RagIndexConfig(index="t", chunk_tokens=48, overlap_tokens=8, tenant="acme")
+    first = run_ingest(cfg, acme, repo)
+    bad = [json.loads(line) for line in open(first.quarantine_path)]
+    assert [(b["line"], b["reason"].split(":")[0]) for b in bad] == [(None, "unsupported file type '.csv' (ingest "
+                                                                      "reads .jsonl, .txt, .md, .rst)"),
+                                                                     (2, "invalid UTF-8")]
+    assert first.documents == 2  # the BOM row and the third row
+    run_ingest(RagIndexConfig(index="t", chunk_tokens=48, overlap_tokens=8, tenant="globex"), globex, repo)
+    store = fs.open_store(repo)
+    rows = fs.read_version(store, fs.resolve(store, "t")[2])
+    assert sorted(set(zip(rows.tenant, rows.doc_id, strict=True))) == [("acme", "a1"), ("acme", "a3"),
+                                                                        ("globex", "g1")]
+    assert fs.resolve(store, "t")[2].tags["shipyard.carried_from"] == "t@1"
+    write_jsonl(acme / "a.jsonl", [{"id": "a9", "text": "Acme now only makes springs."}])
+    run_ingest(cfg, acme / "a.jsonl", repo)  # acme's documents are replaced, globex's kept
+    rows = fs.read_version(store, fs.resolve(store, "t")[2])
+    assert sorted(set(zip(rows.tenant, rows.doc_id, strict=True))) == [("acme", "a9"), ("globex", "g1")]

@@ -41,22 +41,41 @@ class IngestResult:
                 "index_version": self.version, "seconds": self.seconds}
 
 
-def _files(path: Path) -> list[Path]:
+def _files(path: Path) -> tuple[list[Path], list[Path]]:
+    """(the files ingest reads, the other files of the folder: quarantined, never skipped silently)."""
     if path.is_file():
-        return [path]
+        return [path], []
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (*TEXT_SUFFIXES, ".jsonl"))
+        every = sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in every if p.suffix in (*TEXT_SUFFIXES, ".jsonl")]
         if files:
-            return files
+            return files, [p for p in every if p not in files]
         raise ValueError(f"{path}: no .jsonl, .txt, .md or .rst files in this folder")
     raise FileNotFoundError(f"{path}: no such file or folder")
+
+
+def _jsonl_lines(path: Path):
+    """(line number, text, None) per line, or (n, text with replacements, reason) for a line that is not UTF-8;
+    a byte-order mark on the first line is dropped."""
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                yield n, raw.decode("utf-8").rstrip("\r\n"), None
+            except UnicodeDecodeError as exc:
+                yield n, raw.decode("utf-8", "replace").rstrip("\r\n"), \
+                    f"invalid UTF-8: {exc.reason} at byte {exc.start} of the line"
 
 
 def read_documents(path: str | Path, default_tenant: str) -> tuple[list[dict], list[dict]]:
     """(documents, quarantined rows) from a file or folder; each quarantined row says where and why."""
     root = Path(path)
-    docs, bad = [], []
-    for f in _files(root):
+    files, others = _files(root)
+    docs = []
+    bad = [{"file": str(f), "line": None, "reason": f"unsupported file type {f.suffix or f.name!r} (ingest reads "
+                                                    f".jsonl, {', '.join(TEXT_SUFFIXES)})"} for f in others]
+    for f in files:
         rel = f.name if root.is_file() else str(f.relative_to(root))
         if f.suffix != ".jsonl":
             text = f.read_text(encoding="utf-8", errors="replace")
@@ -65,10 +84,13 @@ def read_documents(path: str | Path, default_tenant: str) -> tuple[list[dict], l
             else:
                 bad.append({"file": str(f), "line": None, "reason": "empty document"})
             continue
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        for n, line, undecodable in _jsonl_lines(f):
             if not line.strip():
                 continue
             where = {"file": str(f), "line": n, "raw": line[:500]}
+            if undecodable:
+                bad.append({**where, "reason": undecodable})
+                continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -82,6 +104,30 @@ def read_documents(path: str | Path, default_tenant: str) -> tuple[list[dict], l
                          "source": str(row.get("source") or row.get("id") or f"{rel}:{n}"),
                          "tenant": row.get("tenant") or default_tenant})
     return docs, bad
+
+
+def _other_tenants(store, index: str, tenants: set[str], tags: dict, log):
+    """(rows of the latest version whose tenant this ingest does not hold, "NAME@V"), or (None, None): an ingest
+    replaces the documents of the tenants it brings and keeps every other tenant's, so tenants can be ingested
+    one at a time. Their chunks and embeddings are reused, so the chunking and embedding model must agree."""
+    from shipyard.features import store as fs
+
+    found = fs.versions(store, index)
+    if not found:
+        return None, None
+    latest = max(found)
+    keys = ("shipyard.embedding_model", "shipyard.chunk_tokens", "shipyard.overlap_tokens")
+    rows = fs.read_version(store, found[latest])
+    rows = rows[~rows["tenant"].isin(tenants)].copy()
+    if rows.empty:
+        return None, None
+    differ = [k for k in keys if found[latest].tags.get(k) != tags[k]]
+    if differ:
+        raise ValueError(f"rag ingest: {index}@{latest} holds tenants {sorted(set(rows['tenant']))} made with other "
+                         f"settings ({', '.join(f'{k}={found[latest].tags.get(k)}' for k in differ)}); ingest "
+                         f"every tenant's documents together to change them")
+    log(f"rag ingest: keeping {rows['tenant'].nunique()} other tenant(s) ({len(rows)} chunks) from {index}@{latest}")
+    return rows, f"{index}@{latest}"
 
 
 def _row_problem(row, default_tenant: str) -> str | None:
@@ -143,12 +189,17 @@ def run_ingest(cfg: RagIndexConfig, documents: str | Path | None = None, repo: s
         raise ValueError(f"{documents}: document ids repeat within a tenant (chunk {dup!r}); "
                          f"give each row its own 'id'")
     frame["chunk"] = frame["chunk_id"]  # Feast returns feature columns in id order: trust this copy, not the key
-    log(f"rag ingest: {len(docs)} documents -> {len(frame)} chunks; embedding with {EMBEDDING_MODEL}")
-    frame["embedding"] = list(embedder.embed(frame["text"].tolist(), cfg.batch_size))
-    frame["event_timestamp"] = datetime.now(timezone.utc)
     store = fs.open_store(repo)
     tags = {"shipyard.embedding_model": EMBEDDING_MODEL, "shipyard.chunk_tokens": str(cfg.chunk_tokens),
             "shipyard.overlap_tokens": str(cfg.overlap_tokens), "shipyard.documents": str(documents)}
+    carried, carried_from = _other_tenants(store, cfg.index, set(frame["tenant"]), tags, log)
+    log(f"rag ingest: {len(docs)} documents -> {len(frame)} chunks; embedding with {EMBEDDING_MODEL}")
+    frame["embedding"] = list(embedder.embed(frame["text"].tolist(), cfg.batch_size))
+    frame["event_timestamp"] = datetime.now(timezone.utc)
+    if carried is not None:
+        carried["event_timestamp"] = frame["event_timestamp"].iloc[0]
+        frame = pd.concat([frame, carried[frame.columns]], ignore_index=True)
+        tags["shipyard.carried_from"] = carried_from
     version = fs.write_version(store, cfg.index, frame, tags)
     qpath = None
     if bad:

@@ -332,6 +332,52 @@ def eval_(
     typer.echo(format_table(table) + f"\nreport: {output / 'report.html'}")
 
 
+@app.command("filter")
+def filter_(
+    input: Annotated[Path, typer.Argument(help="A folder (or file) of raw shards: *.jsonl[.gz], *.txt[.gz].")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where corpus.jsonl, stats.json, drop_table.md and "
+                                                                "quarantine/ go.")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="YAML with a `data_filter:` section (a profile will do); input is replaced.")] = None,
+    steps: Annotated[str | None, typer.Option(help="Comma-separated steps to run instead of the config's, e.g. "
+                                                   "normalize,pii,length,exact_dedup.")] = None,
+) -> None:
+    """Curate shards outside a pipeline: the data_filter stage function, a progress bar, the drop table."""
+    from shipyard.console import TaskProgress
+    from shipyard.data.data_filter import run_data_filter
+    from shipyard.data.data_filter_config import DataFilterConfig
+    from shipyard.schema import load_section
+
+    base = load_section(config, "data_filter", DataFilterConfig).model_dump() if config else {}
+    chosen = {"steps": [s.strip() for s in steps.split(",") if s.strip()]} if steps is not None else {}
+    cfg = DataFilterConfig(**{**base, "input": str(input), **chosen})
+    work = output / "_work"
+    with TaskProgress(work, file=sys.stderr):
+        res = run_data_filter(cfg, output, output / "quarantine", work_dir=work)
+    typer.echo(res.table())
+    typer.echo(f"kept {res.kept} of {res.read} rows ({sum(res.dropped.values())} dropped, {res.quarantined} "
+               f"quarantined) in {res.seconds:.1f} s -> {output / 'corpus.jsonl'}; rejected rows with file, line "
+               f"and reason in {output / 'quarantine'}")
+
+
+@app.command("train-tokenizer")
+def train_tokenizer(
+    corpus: Annotated[Path, typer.Argument(help="A clean corpus folder (corpus.jsonl), e.g. `shipyard filter`'s.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where the tokenizer is saved.")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML with a `train_tokenizer:` section (a "
+                                                                       "profile will do).")] = None,
+) -> None:
+    """Train a tokenizer outside a pipeline: the train_tokenizer stage function and its held-out stats."""
+    from shipyard.data.train_tokenizer import run_train_tokenizer
+    from shipyard.data.train_tokenizer_config import TokenizerConfig
+    from shipyard.schema import load_section
+
+    cfg = load_section(config, "train_tokenizer", TokenizerConfig) if config else TokenizerConfig()
+    stats = run_train_tokenizer(cfg, corpus, output)
+    typer.echo(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+               + f" -> {output}")
+
+
 @app.command()
 def pretrain(
     config: Annotated[Path, typer.Option("--config", "-c",

@@ -144,3 +144,56 @@ def stage_metric(tracking_uri: str, parent_run_id: str):
         return None
 
     return metric
+
+
+class TaskProgress:
+    """A progress bar over datatrove's finished tasks while a curation stage runs in this process: each phase's
+    executor marks a task done with ``<work>/logs/<phase>/completions/<rank>``; the bar counts them per phase.
+
+        with TaskProgress(work_dir, file=sys.stderr):
+            run_data_filter(cfg, out, out / "quarantine", work_dir=work_dir)
+    """
+
+    def __init__(self, work: str | Path, file=None, poll_s: float = 0.3):
+        self.logs, self.file, self.poll_s = Path(work) / "logs", file, poll_s
+        self._stop, self._bar = threading.Event(), None
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=0, unit="task", file=self.file, desc="curation", dynamic_ncols=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._update()
+        self._bar.close()
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._update()
+
+    def _update(self) -> None:
+        import json
+
+        done = total = 0
+        phase = ""
+        for folder in sorted(self.logs.glob("*")) if self.logs.exists() else []:
+            if folder.name not in self._tasks:
+                try:  # written when the phase starts, read once
+                    self._tasks[folder.name] = int(json.loads((folder / "executor.json").read_text())["tasks"])
+                except (ValueError, OSError, KeyError):
+                    continue
+            total += self._tasks[folder.name]
+            done += len(list((folder / "completions").glob("*"))) if (folder / "completions").exists() else 0
+            phase = folder.name
+        if not total:  # not started yet, or the work folder is already cleaned up: keep the last count
+            return
+        self._bar.total = max(total, done)
+        self._bar.n = done
+        self._bar.set_description(f"curation ({phase})" if phase else "curation")
+        self._bar.refresh()

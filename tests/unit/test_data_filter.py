@@ -221,3 +221,30 @@ def test_sources_name_the_path_and_no_file_or_good_row_is_lost(tmp_path):
     assert res.quarantine_kinds["unsupported_file"] == 2 and "binary_file" not in res.quarantine_kinds
     kept = {k["text"] for k in _rows(tmp_path / "clean" / "corpus.jsonl")}
     assert {GOOD[0], GOOD[1], GOOD[2], GOOD[3]} <= kept  # the BOM row and the NUL shard's good line survive
+
+
+def test_shipyard_filter_and_train_tokenizer_run_the_stages_from_the_command_line(tmp_path):
+    """Issue 22: curation alone, without a profile or a pipeline: the same stage functions, the drop table."""
+    import subprocess
+    import sys
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_jsonl(raw / "a.jsonl", [{"text": t} for t in GOOD] + [{"text": GOOD[0]}, "{bad"])
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "shipyard.cli", "filter", str(raw), "-o", str(out), "--steps",
+                          "normalize,length,exact_dedup"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "exact_dedup" in run.stdout and "kept 4 of 6 rows (1 dropped, 1 quarantined)" in run.stdout
+    assert "curation" in run.stderr and "task" in run.stderr  # the progress bar
+    assert len(_rows(out / "corpus.jsonl")) == 4 and _rows(out / "quarantine" / "quarantine.jsonl")
+    assert not (out / "_work").exists()
+    bad = subprocess.run([sys.executable, "-m", "shipyard.cli", "filter", str(raw), "-o", str(out), "--steps",
+                          "normalize,nonsense"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nonsense" in bad.stderr and "Traceback" not in bad.stderr
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text("train_tokenizer:\n  vocab_size: 300\n  heldout_every: 2\n")
+    tok = subprocess.run([sys.executable, "-m", "shipyard.cli", "train-tokenizer", str(out), "-o",
+                          str(tmp_path / "tok"), "-c", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert tok.returncode == 0, tok.stderr
+    assert "vocab_size" in tok.stdout and (tmp_path / "tok" / "tokenizer.json").exists()

@@ -38,7 +38,8 @@ def test_cli_help_is_fast_and_lists_every_command():
     listed = set(re.findall(r"^│ ([a-z][a-z-]*) {2,}\S", out, flags=re.M))  # the first column of the Commands box
     assert listed == registered, (listed ^ registered)
     assert {"run", "compile", "submit", "status", "deploy", "serve", "ui", "demo", "eval", "lineage", "pretrain",
-            "optimize", "critique-revise", "models", "rag", "config", "adapters"} == registered
+            "optimize", "critique-revise", "models", "rag", "config", "adapters", "filter",
+            "train-tokenizer"} == registered
     heavy = subprocess.run([sys.executable, "-c", "import shipyard.cli, sys; "
                             "print(sorted(m for m in ('torch','transformers','mlflow','kfp') if m in sys.modules))"],
                            capture_output=True, text=True, check=True).stdout.strip()

@@ -49,7 +49,7 @@ def _files(path: Path) -> tuple[list[Path], list[Path]]:
         every = sorted(p for p in path.rglob("*") if p.is_file())
         files = [p for p in every if p.suffix in (*TEXT_SUFFIXES, ".jsonl")]
         if files:
-            return files, [p for p in every if p not in files]
+            return files, [p for p in every if p.suffix not in (*TEXT_SUFFIXES, ".jsonl")]
         raise ValueError(f"{path}: no .jsonl, .txt, .md or .rst files in this folder")
     raise FileNotFoundError(f"{path}: no such file or folder")
 

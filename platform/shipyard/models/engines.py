@@ -2,8 +2,9 @@
 
 auto: llama.cpp when the model directory carries a GGUF (``optimize``'s ``gguf`` export), the model runs on
 the CPU, no LoRA adapter is attached and libllama loads here; transformers otherwise. vllm is asked for
-by name: a vLLM server beside the runtime generates (``serving.vllm_engine``; the chart's GPU values). The application
-features (OpenAI routes, RAG, tenancy, limits, metrics) are Shipyard's and the same for every engine.
+by name: a vLLM server beside the runtime generates (``serving.vllm_engine``; the chart's GPU values).
+The application features (OpenAI routes, RAG, tenancy, limits, metrics) are Shipyard's and the same for
+every engine.
 """
 
 from __future__ import annotations

@@ -125,7 +125,7 @@ class _Row:
 
     def expired(self) -> bool:
         """Cancelled (no event) or past its deadline (a TimeoutError event): the row leaves now."""
-        return was_cancelled(self.job) or _late(self.job, "generation passed the request's deadline")
+        return was_cancelled(self.job) or past_deadline(self.job, "generation passed the request's deadline")
 
 
 class Engine:
@@ -220,7 +220,7 @@ class Engine:
         with self._cv:
             while self._pending and len(taken) < room:
                 job = self._pending[0]
-                if was_cancelled(job) or _late(job, "the request waited past its deadline"):
+                if was_cancelled(job) or past_deadline(job, "the request waited past its deadline"):
                     self._pending.popleft()
                     continue
                 ref = self._rows[0].p if self._rows else (taken[0].params if taken else job.params)
@@ -346,7 +346,7 @@ def was_cancelled(job: Job) -> bool:
     return False
 
 
-def _late(job: Job, message: str) -> bool:
+def past_deadline(job: Job, message: str) -> bool:
     """Past its deadline: the job is told so (a TimeoutError event) and leaves."""
     if job.deadline is not None and time.monotonic() > job.deadline:
         job.sink("error", TimeoutError(message))

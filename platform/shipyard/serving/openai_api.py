@@ -7,8 +7,8 @@ bodies are ``openai_schema``'s.
 
 Failure is the client's (4xx, OpenAI error body) or documented (429 queue full, 503 not ready or the
 engine unavailable, 504 past ``--request-timeout-s``); anything else is a bug, answered 500 with an error
-body and logged, without closing the connection. Prompts are rendered and tokenized off the event loop (a request under
-``INLINE_BODY_BYTES`` on it: the thread hop would cost more than the work). A request's
+body and logged, without closing the connection. Prompts are rendered and tokenized off the event loop
+(a request under ``INLINE_BODY_BYTES`` on it: the thread hop would cost more than the work). A request's
 choices are engine jobs: they count against the queue and the timeout whether streamed or not, and a
 client that goes away cancels them (a stream when its connection closes, a plain request within
 ``DISCONNECT_POLL_S``).

@@ -22,10 +22,11 @@ import time
 
 from kserve.errors import InvalidInput
 
-from shipyard.serving.engine import EngineUnavailable, Job, QueueFull, cut_at_stop, was_cancelled
+from shipyard.serving.engine import EngineUnavailable, Job, QueueFull, cut_at_stop, past_deadline, was_cancelled
 from shipyard.serving.params import Generation, TokenLogprob
 
 CANCEL_POLL_S = 0.05
+LATE = "generation passed the request's deadline"
 CONNECT_TIMEOUT_S = 10.0
 
 
@@ -100,7 +101,7 @@ class VLLMEngine:
                     QUEUE_DEPTH.set(self._waiting)
                     RUNNING.set(self._running)
                 try:
-                    if not was_cancelled(job) and not _late(job):
+                    if not was_cancelled(job) and not past_deadline(job, LATE):
                         await _until_cancelled(job, self._generate(job))
                 finally:
                     with self._lock:
@@ -185,20 +186,13 @@ async def _until_cancelled(job: Job, work) -> None:
     try:
         while not task.done():
             await asyncio.wait({task}, timeout=CANCEL_POLL_S)
-            if not task.done() and (was_cancelled(job) or _late(job)):
+            if not task.done() and (was_cancelled(job) or past_deadline(job, LATE)):
                 task.cancel()
         if not task.cancelled():
             task.result()
     finally:
         if not task.done():
             task.cancel()
-
-
-def _late(job: Job) -> bool:
-    if job.deadline is not None and time.monotonic() > job.deadline:
-        job.sink("error", TimeoutError("generation passed the request's deadline"))
-        return True
-    return False
 
 
 async def _check(response) -> None:

@@ -188,6 +188,7 @@ async def _until_cancelled(job: Job, work) -> None:
             await asyncio.wait({task}, timeout=CANCEL_POLL_S)
             if not task.done() and (was_cancelled(job) or past_deadline(job, LATE)):
                 task.cancel()
+                await asyncio.wait({task})  # once: the cancel is counted, or the TimeoutError sent, one time
         if not task.cancelled():
             task.result()
     finally:

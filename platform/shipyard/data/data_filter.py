@@ -125,7 +125,9 @@ def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -
     from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
 
     from shipyard.data import steps as S
+    from shipyard.data.word_tokenizer import CachedSpacyTokenizer
 
+    words = CachedSpacyTokenizer("en")  # one instance: the three word-level rules share its result cache
     pii_kinds = tuple(cfg.pii.types) if cfg.enabled("pii") else ()
     pipe: list = [S.ShardReader(files, str(work / "quarantine"), cfg.text_key, cfg.max_docs, pii_kinds, cfg.input)]
     on = cfg.enabled
@@ -138,13 +140,13 @@ def build_filter_pipeline(cfg: DataFilterConfig, files: list[str], work: Path) -
     if on("language"):
         pipe.append(S.LanguageFilter(**cfg.language.model_dump(), exclusion_writer=_dropped_writer(work, "language")))
     if on("gopher_quality"):
-        pipe.append(GopherQualityFilter(**cfg.gopher_quality.model_dump(),
+        pipe.append(GopherQualityFilter(**cfg.gopher_quality.model_dump(), language=words,
                                         exclusion_writer=_dropped_writer(work, "gopher_quality")))
     if on("gopher_repetition"):
-        pipe.append(GopherRepetitionFilter(**cfg.gopher_repetition.model_dump(),
+        pipe.append(GopherRepetitionFilter(**cfg.gopher_repetition.model_dump(), language=words,
                                            exclusion_writer=_dropped_writer(work, "gopher_repetition")))
     if on("c4_quality"):
-        pipe.append(C4QualityFilter(**cfg.c4_quality.model_dump(),
+        pipe.append(C4QualityFilter(**cfg.c4_quality.model_dump(), language=words,
                                     exclusion_writer=_dropped_writer(work, "c4_quality")))
     if on("toxicity"):
         tox = cfg.toxicity
@@ -187,6 +189,7 @@ def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Pa
     )
 
     from shipyard.data.steps import RankReader
+    from shipyard.data.word_tokenizer import CachedSpacyTokenizer
 
     t0 = time.perf_counter()
     work, clean_dir, quarantine_dir = Path(work), Path(clean_dir), Path(quarantine_dir)
@@ -202,8 +205,10 @@ def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Pa
     final += exact_filter(_dropped_writer(work, "exact_dedup"))
     if cfg.enabled("minhash_dedup"):
         mh = _minhash_config(cfg)
+        CachedSpacyTokenizer("en").warm_up()  # before the fork, so no worker builds its own
         _executor([RankReader(str(work / "filtered")), *exact_filter(None),
-                   MinhashDedupSignature(str(work / "mh_sigs"), config=mh)], work, "minhash_sigs", n, workers).run()
+                   MinhashDedupSignature(str(work / "mh_sigs"), config=mh, language=CachedSpacyTokenizer("en"))],
+                  work, "minhash_sigs", n, workers).run()
         _executor([MinhashDedupBuckets(str(work / "mh_sigs"), str(work / "mh_buckets"), config=mh)],
                   work, "minhash_buckets", mh.num_buckets, workers).run()
         _executor([MinhashDedupCluster(str(work / "mh_buckets"), str(work / "mh_remove"), config=mh,

@@ -63,9 +63,9 @@ def warm_up(pipeline: list) -> None:
     Without it each worker process loads lingua's models, the profanity classifier and spacy on
     its first document, which costs seconds per process.
     """
-    from datatrove.utils.text import split_into_words
+    from shipyard.data.word_tokenizer import CachedSpacyTokenizer
 
-    split_into_words("warm up the word tokenizer", "en")
+    CachedSpacyTokenizer("en").warm_up()  # the word-level rules' and MinHash's shared spaCy pipeline
     for step in pipeline:
         if hasattr(step, "warm_up"):
             step.warm_up()

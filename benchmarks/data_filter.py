@@ -10,12 +10,17 @@ IPs), exact copies and near-duplicates (a few words changed; the pair's true wor
 similarity is computed and recorded).
 
 Each variant runs in its own process, on all cores, and reports docs/s per core and peak RSS:
-- ``datatrove``: datatrove's own steps for every rule it has (FTFY, its PII formatter for emails
-  and IPs, Gopher quality + repetition, C4 quality, exact dedup, MinHash dedup), the baseline;
-- ``shipyard``: the data_filter stage with the same datatrove rules plus ours (NFC, full PII,
-  length, language, toxicity), quarantine, drop table and count reconciliation.
-It prints the ratio shipyard/datatrove of docs/s (target >= 0.9) and the near-dup recall at
-Jaccard >= 0.8 (target >= 0.9) and precision of the MinHash stage.
+- ``datatrove``: datatrove's own steps for the rules both sides share (Gopher quality + repetition,
+  C4 quality, exact dedup, MinHash dedup), each drop written with its step: the baseline;
+- ``shipyard``: the data_filter stage with only those steps (``steps=[...]``), with quarantine,
+  drop table and count reconciliation;
+- ``shipyard-full`` (unless ``--skip-full``): the whole chain (NFC, full PII, length, language,
+  toxicity besides), for its drop table, PII counts and near-dup recall at Jaccard >= 0.8
+  (target >= 0.9) and MinHash precision.
+It prints per-step seconds of both same-step variants, then last the peak-RSS ratio (target <= 1.10),
+the docs/s/core ratio shipyard/datatrove (target >= 2.0) and whether every document's decision
+(kept with the same text, or dropped by the same step for the same reason) is identical; it exits 1
+if one differs.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -138,7 +144,12 @@ def generate(out: Path, n_docs: int, shards: int, seed: int = 0) -> dict:
 
 
 # --------------------------------------------------------------------------- variants (child processes)
+SHARED_STEPS = ["gopher_quality", "gopher_repetition", "c4_quality", "exact_dedup", "minhash_dedup"]
+
+
 def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
+    """datatrove's own steps for the shared rules; every dropped document is written with its step, as
+    Shipyard writes it, so both variants do the same work and their decisions can be compared."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.exact_dedup import (
         ExactDedupConfig,
@@ -154,7 +165,6 @@ def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
         MinhashDedupSignature,
     )
     from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
-    from datatrove.pipeline.formatters import FTFYFormatter, PIIFormatter
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
@@ -162,16 +172,17 @@ def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
 
     n = len(list(corpus.glob("*.jsonl")))
     exact, mh = ExactDedupConfig(content_getter=document_text), MinhashConfig()
+    out = lambda step: JsonlWriter(str(work / "dropped" / step))
 
     def ex(pipe, name, tasks, w=workers):
         LocalPipelineExecutor(pipe, tasks=tasks, workers=min(w, tasks), logging_dir=str(work / "logs" / name),
                               start_method="fork").run()
 
     t0 = time.perf_counter()
-    ex([JsonlReader(str(corpus), glob_pattern="*.jsonl", compression=None), FTFYFormatter(), PIIFormatter(),
-        GopherQualityFilter(**DATATROVE_RULES["gopher_quality"]),
-        GopherRepetitionFilter(**DATATROVE_RULES["gopher_repetition"]),
-        C4QualityFilter(**DATATROVE_RULES["c4_quality"]),
+    ex([JsonlReader(str(corpus), glob_pattern="*.jsonl", compression=None),
+        GopherQualityFilter(**DATATROVE_RULES["gopher_quality"], exclusion_writer=out("gopher_quality")),
+        GopherRepetitionFilter(**DATATROVE_RULES["gopher_repetition"], exclusion_writer=out("gopher_repetition")),
+        C4QualityFilter(**DATATROVE_RULES["c4_quality"], exclusion_writer=out("c4_quality")),
         JsonlWriter(str(work / "filtered")), ExactDedupSignature(str(work / "exact_sigs"), exact)], "filter", n)
     ex([ExactFindDedups(str(work / "exact_sigs"), str(work / "exact_dups"), exact)], "exact_find", 1)
     reader = lambda: JsonlReader(str(work / "filtered"))
@@ -179,32 +190,84 @@ def run_datatrove(corpus: Path, work: Path, workers: int) -> dict:
        "sigs", n)
     ex([MinhashDedupBuckets(str(work / "sigs"), str(work / "buckets"), config=mh)], "buckets", mh.num_buckets)
     ex([MinhashDedupCluster(str(work / "buckets"), str(work / "remove"), config=mh)], "cluster", 1, 1)
-    ex([reader(), ExactDedupFilter(str(work / "exact_dups"), exact), MinhashDedupFilter(str(work / "remove")),
+    ex([reader(), ExactDedupFilter(str(work / "exact_dups"), exact, exclusion_writer=out("exact_dedup")),
+        MinhashDedupFilter(str(work / "remove"), exclusion_writer=out("minhash_dedup")),
         JsonlWriter(str(work / "final"))], "final", n)
-    return {"seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "steps": _datatrove_steps(work), "decisions": datatrove_decisions(work)}
 
 
-def run_shipyard(corpus: Path, work: Path, workers: int) -> dict:
+def _datatrove_steps(work: Path) -> list[dict]:
+    """Seconds per step, summed over tasks, from each phase's merged stats.json."""
+    out: dict[str, float] = {}
+    for path in sorted((work / "logs").glob("*/stats.json")):
+        for step in json.loads(path.read_text()):
+            t = step.get("time_stats") or 0
+            out[step["name"]] = out.get(step["name"], 0.0) + float(t["total"] if isinstance(t, dict) else t)
+    return [{"step": k, "seconds": v} for k, v in out.items()]
+
+
+def _gz_rows(folder: Path):
+    for path in sorted(folder.rglob("*.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                yield path, json.loads(line)
+
+
+def _digest(text: str) -> str:
+    import hashlib
+
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _shipyard_id(datatrove_id: str) -> str:
+    """datatrove's JsonlReader names a row ``file/index`` (0-based); Shipyard names it ``file:line``."""
+    name, index = datatrove_id.rsplit("/", 1)
+    return f"{name}:{int(index) + 1}"
+
+
+def datatrove_decisions(work: Path) -> dict[str, str]:
+    """Every document's fate: ``kept <text digest>`` or ``<step> <reason>``."""
+    out = {_shipyard_id(d["id"]): f"kept {_digest(d['text'])}" for _, d in _gz_rows(work / "final")}
+    for path, d in _gz_rows(work / "dropped"):
+        step = path.parent.name
+        out[_shipyard_id(d["id"])] = f"{step} {(d.get('metadata') or {}).get('filter_reason') or step}"
+    return out
+
+
+def shipyard_decisions(clean: Path, quarantine: Path) -> dict[str, str]:
+    out = {}
+    for line in open(clean / "corpus.jsonl", encoding="utf-8"):
+        row = json.loads(line)
+        out[row["source"]] = f"kept {_digest(row['text'])}"
+    for line in open(quarantine / "dropped.jsonl", encoding="utf-8"):
+        row = json.loads(line)
+        dedup = row["step"] in ("exact_dedup", "minhash_dedup")
+        out[row["source"]] = f"{row['step']} {row['step'] if dedup else row['reason']}"
+    return out
+
+
+def run_shipyard(corpus: Path, work: Path, workers: int, steps: list[str] | None = None) -> dict:
     from shipyard.data.data_filter import run_data_filter
     from shipyard.data.data_filter_config import DataFilterConfig
 
-    cfg = DataFilterConfig(input=str(corpus), workers=workers, length={"min_chars": 40, "min_words": 5},
-                           **DATATROVE_RULES)
+    extra = {"steps": steps} if steps else {"length": {"min_chars": 40, "min_words": 5}}
+    cfg = DataFilterConfig(input=str(corpus), workers=workers, **extra, **DATATROVE_RULES)
     t0 = time.perf_counter()
     res = run_data_filter(cfg, work / "clean", work / "q", work_dir=work / "work")
     seconds = time.perf_counter() - t0
-    kept = {json.loads(line)["source"] for line in open(work / "clean" / "corpus.jsonl", encoding="utf-8")}
-    dedup_dropped = {}
-    for line in open(work / "q" / "dropped.jsonl", encoding="utf-8"):
-        row = json.loads(line)
-        if row["step"] in ("exact_dedup", "minhash_dedup"):
-            dedup_dropped[row["source"]] = row["step"]
+    decisions = shipyard_decisions(work / "clean", work / "q")
+    kept = sorted(s for s, d in decisions.items() if d.startswith("kept "))
+    dedup_dropped = {s: d.split()[0] for s, d in decisions.items() if d.split()[0] in ("exact_dedup", "minhash_dedup")}
     return {"seconds": seconds, "read": res.read, "kept": res.kept, "dropped": dict(res.dropped),
-            "pii": dict(res.pii), "steps": res.steps, "kept_ids": sorted(kept), "dedup_dropped": dedup_dropped}
+            "pii": dict(res.pii), "steps": res.steps, "kept_ids": kept, "dedup_dropped": dedup_dropped,
+            "decisions": decisions}
 
 
 def _child(variant: str, corpus: str, work: str, workers: int) -> None:
-    out = {"datatrove": run_datatrove, "shipyard": run_shipyard}[variant](Path(corpus), Path(work), workers)
+    run = {"datatrove": run_datatrove, "shipyard": partial(run_shipyard, steps=SHARED_STEPS),
+           "shipyard-full": run_shipyard}[variant]
+    out = run(Path(corpus), Path(work), workers)
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     out["peak_rss_mb"] = max(self_kb, kids_kb) / 1024
@@ -237,6 +300,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=50_000)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--skip-full", action="store_true", help="skip the full-chain run (PII, language, toxicity)")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -253,20 +317,45 @@ def main() -> None:
               f"{truth['pii_docs']} with PII; {args.workers} workers")
         dt = _run_variant("datatrove", tmp / "corpus", tmp / "dt", args.workers)
         sy = _run_variant("shipyard", tmp / "corpus", tmp / "sy", args.workers)
+        full = None if args.skip_full else _run_variant("shipyard-full", tmp / "corpus", tmp / "full", args.workers)
+    report(args, dt, sy, full, truth)
+
+
+def _decision_diff(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    keys = sorted(set(a) | set(b))
+    return [f"{k}: datatrove {a.get(k)!r}, shipyard {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def report(args, dt: dict, sy: dict, full: dict | None, truth: dict) -> None:
     rate = lambda r: args.docs / r["seconds"] / args.workers
-    print(f"\n{'variant':<11} {'seconds':>8} {'docs/s/core':>12} {'peak RSS MB':>12}")
-    for name, r in (("datatrove", dt), ("shipyard", sy)):
-        print(f"{name:<11} {r['seconds']:8.1f} {rate(r):12.1f} {r['peak_rss_mb']:12.0f}")
-    ratio = rate(sy) / rate(dt)
-    print(f"\nratio shipyard/datatrove docs/s: {ratio:.2f} (target >= 0.9)")
-    print("\nper step (shipyard, summed over tasks):")
+    print(f"\nshared rules: Gopher quality + repetition, C4 quality, exact + MinHash dedup ({args.workers} workers)")
+    print(f"{'variant':<28} {'seconds':>8} {'docs/s/core':>12} {'peak RSS MB':>12}")
+    rows = [("datatrove", dt), ("shipyard, same steps", sy)] + ([("shipyard, full chain", full)] if full else [])
+    for name, r in rows:
+        print(f"{name:<28} {r['seconds']:8.1f} {rate(r):12.1f} {r['peak_rss_mb']:12.0f}")
+    print("\nper step, seconds summed over tasks (before: datatrove; after: shipyard, same steps):")
+    for s in dt["steps"]:
+        print(f"  datatrove {s['step']:<24} {s['seconds']:7.1f}s")
     for s in sy["steps"]:
-        print(f"  {s['step']:<18} in {s['docs_in']:>7} out {s['docs_out']:>7} {s['seconds']:7.1f}s")
-    print(f"\nkept {sy['kept']} of {sy['read']}; drops: {json.dumps(sy['dropped'], sort_keys=True)}")
-    print(f"PII replaced: {json.dumps(sy['pii'], sort_keys=True)}")
-    q = _dedup_quality(truth, sy)
-    print(f"near-dup recall at Jaccard >= 0.8: {q['recall']:.3f} over {q['pairs_at_jaccard_0.8']} pairs "
-          f"(target >= 0.9); MinHash precision {q['precision']:.3f} over {q['minhash_removed']} removals")
+        print(f"  shipyard  {s['step']:<24} {s['seconds']:7.1f}s  (in {s['docs_in']}, out {s['docs_out']})")
+    if full:
+        print(f"\nfull chain (adds normalize, PII, length, language, toxicity): kept {full['kept']} of {full['read']}; "
+              f"drops: {json.dumps(full['dropped'], sort_keys=True)}")
+        print(f"PII replaced: {json.dumps(full['pii'], sort_keys=True)}")
+        q = _dedup_quality(truth, full)
+        print(f"near-dup recall at Jaccard >= 0.8: {q['recall']:.3f} over {q['pairs_at_jaccard_0.8']} pairs "
+              f"(target >= 0.9); MinHash precision {q['precision']:.3f} over {q['minhash_removed']} removals")
+    diff = _decision_diff(dt["decisions"], sy["decisions"])
+    for line in diff[:20]:
+        print("  differs: " + line)
+    rss = sy["peak_rss_mb"] / dt["peak_rss_mb"]
+    print(f"\npeak RSS shipyard/datatrove, same steps: {rss:.2f} (target <= 1.10)")
+    print(f"ratio shipyard/datatrove docs/s/core, same steps: {rate(sy) / rate(dt):.2f} (target >= 2.0)")
+    same = len(dt["decisions"]) - len(diff)
+    print(f"decisions identical: {'yes' if not diff else 'NO'} ({same} of {len(dt['decisions'])} documents: "
+          f"kept with the same text, or dropped by the same step for the same reason)")
+    if diff:
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

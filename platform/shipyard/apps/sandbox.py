@@ -1,0 +1,136 @@
+"""Run model-written Python in a locked-down child process: PAL's interpreter and ReAct's ``calculate``.
+
+``run(code)`` always returns a ``SandboxResult``; it never raises for anything the code does. The child
+is a fresh ``python -I -S`` with an empty environment, its own session and temporary directory, and
+``sandbox_child.py`` confines it before the code is read. It needs no privileges, so it works as the
+chart's non-root, capability-less, read-only-root pod and on a Linux laptop alike:
+
+- **Landlock** (unprivileged LSM, Linux >= 5.13): it may read only the Python standard library and read
+  or write only its own temporary directory. With Landlock ABI 4 and later it cannot bind or connect
+  TCP. With ABI 6 and later it cannot signal or reach abstract sockets outside itself.
+- **seccomp** (libseccomp): no sockets, fork, clone or exec, ptrace, namespaces, mounts or io_uring. It
+  cannot change permissions, owners or extended attributes, and cannot raise a limit.
+- **rlimits**: address space ``memory_mb``, CPU seconds, the size of any file (so stdout/stderr are capped
+  at ``max_output_bytes``), 64 open files and no core dumps. The parent kills the whole session at the
+  wall-clock ``timeout_s``.
+
+Without Landlock or libseccomp the child refuses to run the code, and the result's ``error`` says why.
+It does not protect against kernel exploits, against CPU or disk pressure up to the limits (many files
+inside its temporary directory), or against timing side channels. Nor does it protect against code
+that simply returns a wrong or hostile *answer*; the caller must treat stdout as untrusted text.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CHILD = Path(__file__).with_name("sandbox_child.py")
+SETUP_FAILED = 120
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    stdout: str
+    stderr: str
+    returncode: int | None
+    error: str | None  # None when the code ran to completion with exit status 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _read_dirs() -> list[str]:
+    paths = sysconfig.get_paths()
+    return sorted({os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")})
+
+
+def _tail(path: Path, limit: int) -> tuple[str, bool]:
+    data = path.read_bytes()[:limit] if path.exists() else b""
+    return data.decode("utf-8", "replace"), len(data) >= limit
+
+
+def _error(returncode: int | None, timed_out: bool, truncated: bool, stderr: str, timeout_s: float) -> str | None:
+    if timed_out:
+        return f"timeout: the program ran past {timeout_s:g} s of wall time and was killed"
+    if returncode == SETUP_FAILED and stderr.startswith("sandbox setup failed"):
+        return "sandbox unavailable: " + stderr.splitlines()[0].removeprefix("sandbox setup failed: ")
+    if returncode is not None and returncode < 0:
+        name = signal.Signals(-returncode).name if -returncode in signal.valid_signals() else str(-returncode)
+        return "cpu time limit: killed by SIGXCPU" if name == "SIGXCPU" else f"killed by {name}"
+    last = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+    if truncated:
+        return "output limit: stdout or stderr passed the limit and was cut"
+    if last.startswith("MemoryError"):
+        return "memory limit: the program ran out of its address space"
+    if returncode:
+        return f"exit status {returncode}" + (f": {last[:300]}" if last else "")
+    return None
+
+
+def _check(code: object, timeout_s: float, memory_mb: int, max_output_bytes: int) -> str | None:
+    if not isinstance(code, str):
+        return f"code must be a string, not {type(code).__name__}"
+    if "\x00" in code:
+        return "code must not contain NUL bytes"
+    try:
+        code.encode("utf-8")
+    except UnicodeEncodeError:
+        return "code must be valid Unicode (it holds a lone surrogate)"
+    if not 0 < timeout_s <= 600:
+        return "timeout_s must be in (0, 600]"
+    if not 32 <= memory_mb <= 65536:
+        return "memory_mb must be in [32, 65536]"
+    if not 1024 <= max_output_bytes <= 1 << 30:
+        return "max_output_bytes must be in [1024, 2**30]"
+    return None
+
+
+def run(code: str, *, timeout_s: float = 5, memory_mb: int = 256, max_output_bytes: int = 65536) -> SandboxResult:
+    """Run ``code`` as a Python program in the sandbox; its stdout is the answer."""
+    bad = _check(code, timeout_s, memory_mb, max_output_bytes)
+    if bad:
+        return SandboxResult("", "", None, f"bad input: {bad}")
+    t0 = time.monotonic()
+    try:
+        with tempfile.TemporaryDirectory(prefix="shipyard-sandbox-") as tmp:
+            return _run_in(Path(tmp), code, timeout_s, memory_mb, max_output_bytes, t0)
+    except OSError as e:  # no temporary space, no processes left, ...: still an answer, never a crash
+        return SandboxResult("", "", None, f"sandbox unavailable: {e}", time.monotonic() - t0)
+
+
+def _run_in(tmp: Path, code: str, timeout_s: float, memory_mb: int, limit: int, t0: float) -> SandboxResult:
+    work = tmp / "work"
+    work.mkdir(mode=0o700)
+    (work / "program.py").write_text(code, encoding="utf-8")
+    out, err = tmp / "stdout", tmp / "stderr"
+    cpu_s = max(1, int(timeout_s + 0.999))
+    cmd = [sys.executable, "-I", "-S", "-B", str(CHILD), str(work), str(memory_mb), str(cpu_s), str(limit),
+           *_read_dirs()]
+    with open(out, "wb") as fo, open(err, "wb") as fe:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=work,
+                                env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}, start_new_session=True)
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            proc.wait()
+    stdout, cut_out = _tail(out, limit)
+    stderr, cut_err = _tail(err, limit)
+    error = _error(None if timed_out else proc.returncode, timed_out, cut_out or cut_err, stderr, timeout_s)
+    return SandboxResult(stdout, stderr, None if timed_out else proc.returncode, error, time.monotonic() - t0)

@@ -39,7 +39,7 @@ def test_cli_help_is_fast_and_lists_every_command():
     assert listed == registered, (listed ^ registered)
     assert {"run", "compile", "submit", "status", "deploy", "serve", "ui", "demo", "eval", "lineage", "pretrain",
             "optimize", "critique-revise", "models", "rag", "config", "adapters", "filter",
-            "train-tokenizer"} == registered
+            "train-tokenizer", "prompts"} == registered
     heavy = subprocess.run([sys.executable, "-c", "import shipyard.cli, sys; "
                             "print(sorted(m for m in ('torch','transformers','mlflow','kfp') if m in sys.modules))"],
                            capture_output=True, text=True, check=True).stdout.strip()

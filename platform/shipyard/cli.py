@@ -67,7 +67,10 @@ rag_app = typer.Typer(no_args_is_help=True, help="RAG indexes in Feast: ingest d
 app.add_typer(models_app, name="models")
 app.add_typer(rag_app, name="rag")
 app.add_typer(config_app, name="config")
+prompts_app = typer.Typer(no_args_is_help=True, help="Versioned prompts in MLflow's prompt registry: register, "
+                                                     "show, render.")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(prompts_app, name="prompts")
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Pipeline profile YAML.")]
 RepoOpt = Annotated[str | None, typer.Option(
@@ -274,6 +277,48 @@ def models_rollback(name: str, tracking_uri: TrackingOpt = None,
     from shipyard.tracking.registry import rollback
 
     typer.echo(f"{name}@champion -> v{rollback(_tracking(tracking_uri), name, from_version)}")
+
+
+@prompts_app.command("register")
+def prompts_register(spec: Annotated[Path, typer.Argument(help="Prompt YAML: name, system, template, examples.")],
+                     alias: Annotated[str | None, typer.Option(help="Move this alias to the new version.")] = None,
+                     message: Annotated[str, typer.Option(help="Commit message of the version.")] = "",
+                     tracking_uri: TrackingOpt = None) -> None:
+    """Register SPEC as the next version of its prompt."""
+    from shipyard.apps.prompts import read_spec, register
+
+    p = register(_tracking(tracking_uri), read_spec(spec), alias, message)
+    typer.echo(f"{p.uri}" + (f" (@{alias})" if alias else ""))
+
+
+@prompts_app.command("show")
+def prompts_show(ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
+                 tracking_uri: TrackingOpt = None) -> None:
+    """The prompt REF names, as YAML, with its version and aliases."""
+    import yaml
+
+    from shipyard.apps.prompts import load
+
+    p = load(_tracking(tracking_uri), ref)
+    typer.echo(f"# {p.uri}" + (f" @{', @'.join(p.aliases)}" if p.aliases else ""))
+    typer.echo(yaml.safe_dump(p.spec.model_dump(exclude_defaults=True), sort_keys=False, allow_unicode=True), nl=False)
+
+
+@prompts_app.command("render")
+def prompts_render(ref: Annotated[str, typer.Argument(help="NAME, NAME@ALIAS or NAME/VERSION.")],
+                   var: Annotated[list[str], typer.Option("--var", help="VARIABLE=VALUE, once per variable.")],
+                   shots: Annotated[int | None, typer.Option(help="Use the first K examples [default: all].")] = None,
+                   tracking_uri: TrackingOpt = None) -> None:
+    """The chat turns REF gives for these values, as JSON."""
+    import json
+
+    from shipyard.apps.prompts import load
+
+    bad = [v for v in var if "=" not in v]
+    if bad:
+        _fail(f"--var takes VARIABLE=VALUE, got {bad[0]!r}")
+    values = dict(v.split("=", 1) for v in var)
+    typer.echo(json.dumps(load(_tracking(tracking_uri), ref).spec.messages(shots, **values), indent=2))
 
 
 @app.command()

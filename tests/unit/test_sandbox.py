@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -23,8 +24,10 @@ def test_a_program_runs_and_its_stdout_is_the_answer():
     res = run("import math, json, fractions\n"
               "print(json.dumps({'x': math.comb(10, 3), 'f': str(fractions.Fraction(3, 6))}))")
     assert res.ok and res.returncode == 0 and res.stdout == '{"x": 120, "f": "1/2"}\n', res
-    inside = run("open('notes.txt', 'w').write('kept')\nprint(open('notes.txt').read())")
-    assert inside.ok and inside.stdout == "kept\n"  # its own temporary directory is writable
+    inside = run("open('notes.txt', 'w').write('kept')\nprint(open('notes.txt').read())", allow_writes=True)
+    assert inside.ok and inside.stdout == "kept\n"  # its own temporary directory, when writes are allowed
+    denied = run("open('notes.txt', 'w')")
+    assert denied.error.startswith("exit status 1: PermissionError"), denied  # and by default nowhere
 
 
 @needs_sandbox
@@ -108,6 +111,30 @@ def test_bad_arguments_get_an_error_not_an_exception():
 
 
 @needs_sandbox
+def test_a_flood_of_programs_waits_for_slots_and_the_late_ones_are_told_busy():
+    from shipyard.apps import sandbox
+
+    before = sandbox.concurrency()
+    try:
+        sandbox.concurrency(2)
+        results = [None] * 6
+        work = [threading.Thread(target=lambda i=i: results.__setitem__(
+            i, run("import time; time.sleep(1.5)", timeout_s=0.5 if i >= 2 else 3))) for i in range(6)]
+        for t in work:
+            t.start()
+            if t is work[1]:
+                time.sleep(0.2)  # the first two hold both slots before the rest arrive
+        for t in work:
+            t.join()
+        assert [r.error for r in results[:2]] == [None, None], results[:2]
+        assert all(r.error.startswith("busy: 2 programs") for r in results[2:]), results[2:]
+    finally:
+        sandbox.concurrency(before)
+    with pytest.raises(ValueError):
+        sandbox.concurrency(0)
+
+
+@needs_sandbox
 def test_many_programs_at_once_all_get_answers():
     results = [None] * 8
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, run(f"print({i} * {i})"))) for i in range(8)]
@@ -126,7 +153,7 @@ def test_any_code_returns_a_result_and_never_raises(code):
     assert isinstance(res, SandboxResult)
     assert res.ok == (res.returncode == 0 and res.error is None)
     assert res.error is None or res.error.split(":")[0] in {
-        "bad input", "timeout", "cpu time limit", "output limit", "memory limit", "sandbox unavailable",
+        "bad input", "timeout", "cpu time limit", "output limit", "memory limit", "sandbox unavailable", "busy",
     } or res.error.startswith(("exit status", "killed by"))
     assert os.getpid()  # the test process, which is the sandbox's parent, is still here
 

@@ -5,9 +5,10 @@ is a fresh ``python -I -S`` with an empty environment, its own session and tempo
 ``sandbox_child.py`` confines it before the code is read. It needs no privileges, so it works as the
 chart's non-root, capability-less, read-only-root pod and on a Linux laptop alike:
 
-- **Landlock** (unprivileged LSM, Linux >= 5.13): it may read only the Python standard library and read
-  or write only its own temporary directory. With Landlock ABI 4 and later it cannot bind or connect
-  TCP. With ABI 6 and later it cannot signal or reach abstract sockets outside itself.
+- **Landlock** (unprivileged LSM, Linux >= 5.13): it may read only the Python standard library and its
+  own temporary directory, and write nowhere unless ``allow_writes`` (then only in that directory).
+  With ABI 4 and later it cannot bind or connect TCP. With ABI 6 and later it cannot signal or reach
+  abstract sockets outside itself.
 - **seccomp** (libseccomp): no sockets, fork, clone or exec, ptrace, namespaces, mounts or io_uring. It
   cannot change permissions, owners or extended attributes, and cannot raise a limit.
 - **rlimits**: address space ``memory_mb``, CPU seconds, the size of any file (so stdout/stderr are capped
@@ -15,9 +16,11 @@ chart's non-root, capability-less, read-only-root pod and on a Linux laptop alik
   wall-clock ``timeout_s``.
 
 Without Landlock or libseccomp the child refuses to run the code, and the result's ``error`` says why.
-It does not protect against kernel exploits, against CPU or disk pressure up to the limits (many files
-inside its temporary directory), or against timing side channels. Nor does it protect against code
-that simply returns a wrong or hostile *answer*; the caller must treat stdout as untrusted text.
+At most ``concurrency()`` programs run at once (the CPU count, at least 2); a call that waits longer than
+its ``timeout_s`` for a slot gets a ``busy`` error, so a flood of requests cannot exhaust the pod.
+It does not protect against kernel exploits, against CPU use up to its limits, against disk use with
+``allow_writes`` (each file is capped, not their number), or against timing side channels. Nor does it
+protect against code that prints a wrong or hostile *answer*; the caller must treat stdout as untrusted.
 """
 
 from __future__ import annotations
@@ -28,12 +31,25 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 CHILD = Path(__file__).with_name("sandbox_child.py")
 SETUP_FAILED = 120
+_size = max(2, os.cpu_count() or 2)
+_slots = threading.BoundedSemaphore(_size)
+
+
+def concurrency(n: int | None = None) -> int:
+    """How many programs may run at once; ``n`` sets it (for the server's options and tests)."""
+    global _slots, _size
+    if n is not None:
+        if n < 1:
+            raise ValueError("sandbox concurrency must be at least 1")
+        _slots, _size = threading.BoundedSemaphore(n), n
+    return _size
 
 
 @dataclass(frozen=True)
@@ -95,26 +111,34 @@ def _check(code: object, timeout_s: float, memory_mb: int, max_output_bytes: int
     return None
 
 
-def run(code: str, *, timeout_s: float = 5, memory_mb: int = 256, max_output_bytes: int = 65536) -> SandboxResult:
+def run(code: str, *, timeout_s: float = 5, memory_mb: int = 256, max_output_bytes: int = 65536,
+        allow_writes: bool = False) -> SandboxResult:
     """Run ``code`` as a Python program in the sandbox; its stdout is the answer."""
     bad = _check(code, timeout_s, memory_mb, max_output_bytes)
     if bad:
         return SandboxResult("", "", None, f"bad input: {bad}")
-    t0 = time.monotonic()
+    t0, slots = time.monotonic(), _slots
+    if not slots.acquire(timeout=timeout_s):
+        return SandboxResult("", "", None, f"busy: {_size} programs were running for all of {timeout_s:g} s",
+                             time.monotonic() - t0)
     try:
         with tempfile.TemporaryDirectory(prefix="shipyard-sandbox-") as tmp:
-            return _run_in(Path(tmp), code, timeout_s, memory_mb, max_output_bytes, t0)
+            return _run_in(Path(tmp), code, (timeout_s, memory_mb, max_output_bytes, allow_writes), t0)
     except OSError as e:  # no temporary space, no processes left, ...: still an answer, never a crash
         return SandboxResult("", "", None, f"sandbox unavailable: {e}", time.monotonic() - t0)
+    finally:
+        slots.release()
 
 
-def _run_in(tmp: Path, code: str, timeout_s: float, memory_mb: int, limit: int, t0: float) -> SandboxResult:
+def _run_in(tmp: Path, code: str, limits: tuple, t0: float) -> SandboxResult:
+    timeout_s, memory_mb, limit, writable = limits
     work = tmp / "work"
     work.mkdir(mode=0o700)
     (work / "program.py").write_text(code, encoding="utf-8")
     out, err = tmp / "stdout", tmp / "stderr"
     cpu_s = max(1, int(timeout_s + 0.999))
-    cmd = [sys.executable, "-I", "-S", "-B", str(CHILD), str(work), str(memory_mb), str(cpu_s), str(limit),
+    cmd = [sys.executable, "-I", "-S", "-B", str(CHILD), str(work), "1" if writable else "0", str(memory_mb),
+           str(cpu_s), str(limit),
            *_read_dirs()]
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=work,

@@ -1,6 +1,6 @@
 """The sandbox's child: lock this process down, then run the program. Stdlib only; run as a script.
 
-    python -I -S -B sandbox_child.py WORKDIR MEMORY_MB CPU_S OUTPUT_BYTES READ_DIR...
+    python -I -S -B sandbox_child.py WORKDIR WRITABLE MEMORY_MB CPU_S OUTPUT_BYTES READ_DIR...
 
 Order matters: resource limits first, then Landlock (filesystem, TCP and signal/socket scopes), then a
 seccomp filter (no new processes, sockets, ptrace, namespaces, permission changes or limit changes), and
@@ -55,7 +55,7 @@ def _syscall(libc, *args) -> int:
     return res
 
 
-def landlock(workdir: str, read_dirs: list[str]) -> None:
+def landlock(workdir: str, writable: bool, read_dirs: list[str]) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     abi = libc.syscall(ctypes.c_long(NR_CREATE_RULESET), None, ctypes.c_size_t(0), ctypes.c_uint32(1))
@@ -66,7 +66,7 @@ def landlock(workdir: str, read_dirs: list[str]) -> None:
     size = 8 * (3 if abi >= 6 else 2 if abi >= 4 else 1)
     ruleset = _syscall(libc, ctypes.c_long(NR_CREATE_RULESET), ctypes.byref(attr), ctypes.c_size_t(size),
                        ctypes.c_uint32(0))
-    for path, access in [(d, FS_READ) for d in read_dirs] + [(workdir, fs)]:
+    for path, access in [(d, FS_READ) for d in read_dirs] + [(workdir, fs if writable else FS_READ)]:
         if not os.path.isdir(path):
             continue
         fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
@@ -113,12 +113,12 @@ def seccomp(lib) -> None:
 
 
 def main(argv: list[str]) -> None:
-    workdir, memory_mb, cpu_s, output_bytes, *read_dirs = argv
+    workdir, writable, memory_mb, cpu_s, output_bytes, *read_dirs = argv
     try:
         source = open(os.path.join(workdir, "program.py"), encoding="utf-8").read()
         limit(int(memory_mb), int(cpu_s), int(output_bytes))
         lib = load_seccomp()
-        landlock(workdir, read_dirs)
+        landlock(workdir, writable == "1", read_dirs)
         seccomp(lib)
     except (Fail, OSError, ValueError) as e:
         print(f"sandbox setup failed: {e}", file=sys.stderr)

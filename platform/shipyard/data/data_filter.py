@@ -205,9 +205,10 @@ def run_merge_phase(cfg: DataFilterConfig, work: str | Path, clean_dir: str | Pa
     final += exact_filter(_dropped_writer(work, "exact_dedup"))
     if cfg.enabled("minhash_dedup"):
         mh = _minhash_config(cfg)
-        CachedSpacyTokenizer("en").warm_up()  # before the fork, so no worker builds its own
+        words = CachedSpacyTokenizer("en")
+        words.warm_up()  # before the fork, so no worker builds its own
         _executor([RankReader(str(work / "filtered")), *exact_filter(None),
-                   MinhashDedupSignature(str(work / "mh_sigs"), config=mh, language=CachedSpacyTokenizer("en"))],
+                   MinhashDedupSignature(str(work / "mh_sigs"), config=mh, language=words)],
                   work, "minhash_sigs", n, workers).run()
         _executor([MinhashDedupBuckets(str(work / "mh_sigs"), str(work / "mh_buckets"), config=mh)],
                   work, "minhash_buckets", mh.num_buckets, workers).run()

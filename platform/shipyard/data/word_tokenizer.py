@@ -47,6 +47,7 @@ class CachedSpacyTokenizer(SpaCyTokenizer):
         if nlp is None:
             self._tokenizer = None
             nlp = _PIPELINES[self.language] = SpaCyTokenizer.tokenizer.fget(self)
+            self._tokenizer = None  # _PIPELINES is the one owner, so dropping it there frees the vocabulary
         return nlp
 
     def warm_up(self) -> None:
@@ -67,7 +68,6 @@ class CachedSpacyTokenizer(SpaCyTokenizer):
             self._cache.move_to_end(text)
             return hit
         self._bound_memory()
-        self.tokenizer.max_length = len(text) + 10
         chunks = self._do_tokenize(text)
         if "IS_ALPHA" in text and any(token.text == "IS_ALPHA" for chunk in chunks for token in chunk):
             # inside datatrove's memory zone spaCy fails on this one token (after its first time in a process)

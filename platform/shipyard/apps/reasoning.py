@@ -76,34 +76,31 @@ def _clean(answer: str) -> str:
     return number.group(0).replace(",", "").replace("$", "") if number else answer
 
 
-def direct(chat: Chat, question: str, max_tokens: int = 64) -> AppAnswer:
+def _single(chat: Chat, messages: list[dict[str, str]], max_tokens: int, kind: str = "answer") -> AppAnswer:
+    """One model call; its answer is what ``extract_answer`` finds in the reply."""
     out = AppAnswer("")
-    text = out.ask(chat, [{"role": "user", "content": question}], max_tokens)
-    out.steps.append(Step("answer", text))
+    text = out.ask(chat, messages, max_tokens)
+    out.steps.append(Step(kind, text))
     out.answer = extract_answer(text)
     return out
+
+
+def direct(chat: Chat, question: str, max_tokens: int = 64) -> AppAnswer:
+    return _single(chat, [{"role": "user", "content": question}], max_tokens)
 
 
 def fewshot(chat: Chat, question: str, spec, k: int | None = None, max_tokens: int = 128) -> AppAnswer:
     """``spec`` is a ``shipyard.apps.prompts.PromptSpec`` with one variable, the question."""
-    (variable,) = spec.variables or ("question",)
-    out = AppAnswer("")
-    text = out.ask(chat, spec.messages(k, **{variable: question}), max_tokens)
-    out.steps.append(Step("answer", text))
-    out.answer = extract_answer(text)
-    return out
+    (variable,) = spec.variables
+    return _single(chat, spec.messages(k, **{variable: question}), max_tokens)
 
 
 COT_SYSTEM = 'Think step by step. Then write the final answer on its own line as "Answer: <answer>".'
 
 
 def cot(chat: Chat, question: str, max_tokens: int = 256) -> AppAnswer:
-    out = AppAnswer("")
-    text = out.ask(chat, [{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": question}],
-                   max_tokens)
-    out.steps.append(Step("thought", text))
-    out.answer = extract_answer(text)
-    return out
+    messages = [{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": question}]
+    return _single(chat, messages, max_tokens, "thought")
 
 
 PAL_SYSTEM = ("Write a short Python program that computes the answer and prints it with print(). "

@@ -36,8 +36,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shipyard.apps.sandbox_child import SETUP_FAILED
+
 CHILD = Path(__file__).with_name("sandbox_child.py")
-SETUP_FAILED = 120
 _size = max(2, os.cpu_count() or 2)
 _slots = threading.BoundedSemaphore(_size)
 
@@ -65,12 +66,10 @@ class SandboxResult:
         return self.error is None
 
 
-def _read_dirs() -> list[str]:
-    paths = sysconfig.get_paths()
-    return sorted({os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")})
+READ_DIRS = sorted({os.path.realpath(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib")})
 
 
-def _tail(path: Path, limit: int) -> tuple[str, bool]:
+def _head(path: Path, limit: int) -> tuple[str, bool]:
     data = path.read_bytes()[:limit] if path.exists() else b""
     return data.decode("utf-8", "replace"), len(data) >= limit
 
@@ -138,8 +137,7 @@ def _run_in(tmp: Path, code: str, limits: tuple, t0: float) -> SandboxResult:
     out, err = tmp / "stdout", tmp / "stderr"
     cpu_s = max(1, int(timeout_s + 0.999))
     cmd = [sys.executable, "-I", "-S", "-B", str(CHILD), str(work), "1" if writable else "0", str(memory_mb),
-           str(cpu_s), str(limit),
-           *_read_dirs()]
+           str(cpu_s), str(limit), *READ_DIRS]
     with open(out, "wb") as fo, open(err, "wb") as fe:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fo, stderr=fe, cwd=work,
                                 env={"LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8"}, start_new_session=True)
@@ -154,7 +152,7 @@ def _run_in(tmp: Path, code: str, limits: tuple, t0: float) -> SandboxResult:
             except (ProcessLookupError, PermissionError):
                 pass
             proc.wait()
-    stdout, cut_out = _tail(out, limit)
-    stderr, cut_err = _tail(err, limit)
+    stdout, cut_out = _head(out, limit)
+    stderr, cut_err = _head(err, limit)
     error = _error(None if timed_out else proc.returncode, timed_out, cut_out or cut_err, stderr, timeout_s)
     return SandboxResult(stdout, stderr, None if timed_out else proc.returncode, error, time.monotonic() - t0)

@@ -103,8 +103,7 @@ def seccomp(lib) -> None:
             nr = lib.seccomp_syscall_resolve_name(name.encode())
             if nr < 0:
                 continue  # not on this architecture
-            rc = (lib.seccomp_rule_add_array(ctx, ctypes.c_uint32(action), nr, 1, cmp) if cmp else
-                  lib.seccomp_rule_add_array(ctx, ctypes.c_uint32(action), nr, 0, None))
+            rc = lib.seccomp_rule_add_array(ctx, ctypes.c_uint32(action), nr, len(cmp) if cmp else 0, cmp)
             if rc != 0:
                 raise Fail(f"seccomp: cannot add a rule for {name} ({os.strerror(-rc)})")
     if lib.seccomp_load(ctx) != 0:

@@ -46,13 +46,22 @@ class AppAnswer:
     completion_tokens: int = 0
     calls: int = 0
     error: str | None = None
+    on_step: Callable[[Step], None] | None = field(default=None, repr=False, compare=False)  # sees each step as made
 
     def ask(self, chat: Chat, messages: list[dict[str, str]], max_tokens: int, stop: list[str] | None = None) -> str:
         reply = chat(messages, max_tokens, stop or [])
+        self.count(reply)
+        return reply.text
+
+    def count(self, reply: Reply) -> None:
         self.calls += 1
         self.prompt_tokens += reply.prompt_tokens
         self.completion_tokens += reply.completion_tokens
-        return reply.text
+
+    def add(self, step: Step) -> None:
+        self.steps.append(step)
+        if self.on_step is not None:
+            self.on_step(step)
 
 
 _ANSWER = re.compile(r"answer\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
@@ -76,31 +85,32 @@ def _clean(answer: str) -> str:
     return number.group(0).replace(",", "").replace("$", "") if number else answer
 
 
-def _single(chat: Chat, messages: list[dict[str, str]], max_tokens: int, kind: str = "answer") -> AppAnswer:
+def _single(chat: Chat, messages: list[dict[str, str]], max_tokens: int, kind: str = "answer",
+            on_step=None) -> AppAnswer:
     """One model call; its answer is what ``extract_answer`` finds in the reply."""
-    out = AppAnswer("")
+    out = AppAnswer("", on_step=on_step)
     text = out.ask(chat, messages, max_tokens)
-    out.steps.append(Step(kind, text))
+    out.add(Step(kind, text))
     out.answer = extract_answer(text)
     return out
 
 
-def direct(chat: Chat, question: str, max_tokens: int = 64) -> AppAnswer:
-    return _single(chat, [{"role": "user", "content": question}], max_tokens)
+def direct(chat: Chat, question: str, max_tokens: int = 64, on_step=None) -> AppAnswer:
+    return _single(chat, [{"role": "user", "content": question}], max_tokens, on_step=on_step)
 
 
-def fewshot(chat: Chat, question: str, spec, k: int | None = None, max_tokens: int = 128) -> AppAnswer:
+def fewshot(chat: Chat, question: str, spec, k: int | None = None, max_tokens: int = 128, on_step=None) -> AppAnswer:
     """``spec`` is a ``shipyard.apps.prompts.PromptSpec`` with one variable, the question."""
     (variable,) = spec.variables
-    return _single(chat, spec.messages(k, **{variable: question}), max_tokens)
+    return _single(chat, spec.messages(k, **{variable: question}), max_tokens, on_step=on_step)
 
 
 COT_SYSTEM = 'Think step by step. Then write the final answer on its own line as "Answer: <answer>".'
 
 
-def cot(chat: Chat, question: str, max_tokens: int = 256) -> AppAnswer:
+def cot(chat: Chat, question: str, max_tokens: int = 256, on_step=None) -> AppAnswer:
     messages = [{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": question}]
-    return _single(chat, messages, max_tokens, "thought")
+    return _single(chat, messages, max_tokens, "thought", on_step)
 
 
 PAL_SYSTEM = ("Write a short Python program that computes the answer and prints it with print(). "
@@ -118,15 +128,16 @@ def extract_program(text: str) -> str:
     return (found.group(1) if found else text).strip()
 
 
-def pal(chat: Chat, question: str, max_tokens: int = 256, timeout_s: float = 5, retries: int = 1) -> AppAnswer:
-    out = AppAnswer("")
+def pal(chat: Chat, question: str, max_tokens: int = 256, timeout_s: float = 5, retries: int = 1,
+        on_step=None) -> AppAnswer:
+    out = AppAnswer("", on_step=on_step)
     messages = [{"role": "system", "content": PAL_SYSTEM}, *PAL_EXAMPLE, {"role": "user", "content": question}]
     for _ in range(retries + 1):
         text = out.ask(chat, messages, max_tokens)
         program = extract_program(text)
-        out.steps.append(Step("program", program))
+        out.add(Step("program", program))
         res = sandbox.run(program, timeout_s=timeout_s)
-        out.steps.append(Step("result", res.stdout if res.ok else f"{res.error}\n{res.stderr[-500:]}".strip()))
+        out.add(Step("result", res.stdout if res.ok else f"{res.error}\n{res.stderr[-500:]}".strip()))
         lines = res.stdout.strip().splitlines()
         if res.ok and lines:
             out.answer, out.error = _clean(lines[-1]), None
@@ -153,17 +164,17 @@ def _step_text(text: str) -> tuple[str, str | None, str]:
 
 
 def react(chat: Chat, question: str, tools: dict[str, Callable[[str], str]], max_steps: int = 5,
-          max_tokens: int = 128, observation_chars: int = 600) -> AppAnswer:
-    out = AppAnswer("")
+          max_tokens: int = 128, observation_chars: int = 600, on_step=None) -> AppAnswer:
+    out = AppAnswer("", on_step=on_step)
     system = REACT_SYSTEM.format(actions=", ".join(f"{t}[input]" for t in tools))
     scratch = f"Question: {question}\n"
     for _ in range(max_steps):
         messages = [{"role": "system", "content": system}, {"role": "user", "content": scratch + "Thought:"}]
         text = out.ask(chat, messages, max_tokens, ["\nObservation:", "Observation:"])
         thought, action, arg = _step_text(text)
-        out.steps.append(Step("thought", thought))
+        out.add(Step("thought", thought))
         if action == "finish":
-            out.steps.append(Step("action", f"finish[{arg}]"))
+            out.add(Step("action", f"finish[{arg}]"))
             out.answer = _clean(arg)
             return out
         if action is None:
@@ -171,12 +182,12 @@ def react(chat: Chat, question: str, tools: dict[str, Callable[[str], str]], max
         elif action not in tools:
             observation = f"Unknown action {action!r}. Use one of: {', '.join([*tools, 'finish'])}."
         else:
-            out.steps.append(Step("action", f"{action}[{arg}]"))
+            out.add(Step("action", f"{action}[{arg}]"))
             try:
                 observation = str(tools[action](arg))[:observation_chars]
             except Exception as exc:  # a tool's failure is something the model is told, not a crash
                 observation = f"{action} failed: {type(exc).__name__}: {exc}"[:observation_chars]
-        out.steps.append(Step("observation", observation))
+        out.add(Step("observation", observation))
         scratch += f"Thought: {thought}\nAction: {action or ''}[{arg}]\nObservation: {observation}\n"
     out.error = f"step budget of {max_steps} spent without finish[...]"
     return out

@@ -50,7 +50,9 @@ def test_a_request_joins_a_running_batch_and_decodes_as_alone(llm):
     seen_running = []
 
     llm.engine.submit(Job(llm.encode("The Python"), SamplingParams(60), sink("long")))
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while not llm.engine.running and time.monotonic() < deadline:  # a fixed sleep raced the tiny model's decode
+        time.sleep(0.0005)
     for i, p in enumerate(PROMPTS[1:4]):
         seen_running.append(llm.engine.running)
         llm.engine.submit(Job(llm.encode(p), SamplingParams(5), sink(i)))

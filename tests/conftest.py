@@ -81,6 +81,20 @@ def tiny_base(tiny_corpus, tiny_tokenizer, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def long_base(tiny_base, tmp_path_factory) -> Path:
+    """tiny_base with room for long prompts (a tool preamble, few-shot examples, an agent's scratchpad): 1,024
+    positions; RoPE has no learned positions to outgrow. Same name as tiny_base."""
+    import json
+    import shutil
+
+    model = tmp_path_factory.mktemp("long") / tiny_base.name
+    shutil.copytree(tiny_base, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    return model
+
+
+@pytest.fixture(scope="session")
 def tiny_gguf(tiny_base, tmp_path_factory) -> Path:
     """tiny_base with an f32 GGUF export (llama.cpp's converter), under the same name: what the llama.cpp engine
     serves. Skips where libllama is not built."""

@@ -7,7 +7,7 @@ import sys
 import httpx
 import pytest
 
-from conftest import DEMO, free_port, write_jsonl
+from conftest import DEMO, free_port, running_server, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -164,6 +164,34 @@ def test_runtime_answers_with_citations_and_degrades_without_the_sidecar(tiny_ba
     finally:
         stop(side)
         stop_server(proc)
+
+
+def test_chain_and_react_apps_answer_over_the_tenants_documents(long_base, sidecar):
+    """stuff / refine / map_reduce read the retrieved chunks (one step per document for refine and map_reduce),
+    react's search tool asks the sidecar for the request's tenant only; both cite what they read."""
+    port, _ = sidecar
+    with running_server(long_base, "--max-new-tokens", "8", "--rag-url", f"http://127.0.0.1:{port}") as (
+            srv, name, _):
+        def ask(which, tenant="acme", question="Why does Python use indentation?", **extra):
+            r = httpx.post(f"http://127.0.0.1:{srv}/openai/v1/chat/completions", timeout=120,
+                           headers={"X-Shipyard-Tenant": tenant},
+                           json={"model": f"{name}:{which}", "max_tokens": 8, "rag": {"top_k": 3}, **extra,
+                                 "messages": [{"role": "user", "content": question}]})
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        for app, kinds in [("stuff", {"answer"}), ("refine", {"draft"}), ("map_reduce", {"extract", "answer"})]:
+            body = ask(app)
+            assert body["app"]["name"] == app and body["citations"], body
+            assert all(c["chunk_id"].startswith("acme/") for c in body["citations"])
+            assert kinds <= {s["kind"] for s in body["app"]["steps"]} | {"answer"}
+            assert body["usage"]["prompt_tokens"] > 0 and body["app"]["calls"] >= 1
+        assert ask("refine")["app"]["calls"] == len(ask("refine")["citations"])  # one draft per document
+        probe = ask("react", question=SECRET, app={"max_steps": 3})  # the tiny model may or may not search
+        assert not any("purple-falcon" in c["text"] for c in probe.get("citations", []))
+        assert probe["app"]["calls"] <= 3
+        own = ask("stuff", tenant="globex", question="What is the access code?")
+        assert [c["source"] for c in own["citations"]] == ["globex-ops.md"]
 
 
 def test_a_server_without_rag_refuses_rag_requests(tiny_base):

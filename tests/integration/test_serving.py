@@ -31,7 +31,7 @@ def test_openai_chat_completions_and_models(server):
     assert again.choices[0].message.content == reply.choices[0].message.content  # greedy is deterministic
     comp = c.completions.create(model=name, prompt="The Python", max_tokens=4, n=2, temperature=0.9, seed=1)
     assert len(comp.choices) == 2 and comp.usage.completion_tokens <= 8
-    assert [m.id for m in c.models.list().data] == [name]
+    assert [m.id for m in c.models.list().data] == [name, f"{name}:cot", f"{name}:pal", f"{name}:react"]  # and its apps
     raw = c.completions.with_raw_response.create(model=name, prompt="The Python", max_tokens=2, temperature=0)
     assert raw.parse().usage.completion_tokens <= 2
     timing = raw.headers["server-timing"]  # the engine's share of the wait: benchmarks/serving.py's overhead
@@ -295,7 +295,7 @@ def test_lora_adapters_are_served_under_their_own_names(tiny_base, tmp_path):
     try:
         wait_ready(f"http://127.0.0.1:{port}/v1/models/base", proc, timeout=120)
         c = _client(port)
-        assert [m.id for m in c.models.list().data] == ["base", "summarize", "review"]
+        assert [m.id for m in c.models.list().data][:3] == ["base", "summarize", "review"]
         ask = lambda model: c.completions.create(model=model, prompt="The Python", max_tokens=6,
                                                  temperature=0)
         served = {m: ask(m).choices[0].text for m in ("base", "summarize", "review")}

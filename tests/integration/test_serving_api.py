@@ -177,18 +177,10 @@ TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
 
 
 @pytest.fixture(scope="module")
-def long_server(tiny_base, tmp_path_factory):
-    """The tiny model with room for a tool preamble (1,024 positions; RoPE has no learned positions to outgrow).
-    transformers only: the forced call is the sampler's mask, which both engines share (response_format's tests
-    run on both)."""
-    import json
-    import shutil
-
-    model = tmp_path_factory.mktemp("long") / tiny_base.name
-    shutil.copytree(tiny_base, model)
-    config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
-    with running_server(model, "--max-new-tokens", "8", "--engine", "transformers") as (port, name, _):
+def long_server(long_base):
+    """The tiny model with room for a tool preamble. transformers only: the forced call is the sampler's mask,
+    which both engines share (response_format's tests run on both)."""
+    with running_server(long_base, "--max-new-tokens", "8", "--engine", "transformers") as (port, name, _):
         yield port, name
 
 

@@ -32,20 +32,18 @@ from kserve.errors import InvalidInput
 
 from shipyard.serving.engine import EngineUnavailable
 from shipyard.serving.llm import QueueFull, ShipyardLLM
-from shipyard.serving.openai_schema import ChatRequest, CompletionRequest
+from shipyard.serving.openai_apps import APPS, AppRoute, split_model
+from shipyard.serving.openai_errors import degraded as _degraded
+from shipyard.serving.openai_errors import disconnected as _disconnected
+from shipyard.serving.openai_errors import error as _error
+from shipyard.serving.openai_schema import ChatMessage, ChatRequest, CompletionRequest
 from shipyard.serving.openai_shapes import ChatShape, CompletionShape
 from shipyard.serving.options import Limits
 from shipyard.serving.params import Generation
 from shipyard.serving.rag import RagClient
 
-DISCONNECT_POLL_S = 0.25
 INLINE_BODY_BYTES = 8192  # a smaller request renders and tokenizes on the loop (~0.1 ms); a thread hop costs more
 log = logging.getLogger("shipyard.serving")
-
-
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-    return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": kind, "param": param, "code": None}})
 
 
 async def validation_error_handler(request: Request, exc: RequestValidationError):
@@ -65,10 +63,13 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 
 class OpenAIEndpoints:
-    """The ``/openai/v1`` routes for one served model; with ``rag``, answers cite retrieved chunks."""
+    """The ``/openai/v1`` routes for one served model; with ``rag``, answers cite retrieved chunks; ``prompt``
+    (a ``PromptSpec``) is the fewshot app's; ``memory`` (a ``ConversationMemory``) keeps conversations."""
 
-    def __init__(self, llm: ShipyardLLM, limits: Limits | None = None, rag: RagClient | None = None):
-        self.llm, self.limits, self.rag = llm, limits or Limits(), rag
+    def __init__(self, llm: ShipyardLLM, limits: Limits | None = None, rag: RagClient | None = None,
+                 prompt=None, memory=None):
+        self.llm, self.limits, self.rag, self.memory = llm, limits or Limits(), rag, memory
+        self.apps = AppRoute(self, prompt, memory)
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/openai/v1")
@@ -80,11 +81,42 @@ class OpenAIEndpoints:
     async def list_models(self):
         from openai.types import Model
 
+        names = [*self.llm.served_names, *(f"{self.llm.name}:{app}" for app in self.apps.available())]
         return {"object": "list", "data": [Model(id=name, created=0, object="model", owned_by="shipyard").model_dump()
-                                           for name in self.llm.served_names]}
+                                           for name in names]}
 
     async def chat(self, req: ChatRequest, request: Request):
-        return await self._guarded("chat", lambda: self._answer(ChatShape(req, self.llm), request))
+        return await self._guarded("chat", lambda: self._chat(req, request))
+
+    async def _chat(self, req: ChatRequest, request: Request):
+        """A plain chat completion, or an app's (``NAME:APP``); either remembers its conversation."""
+        from shipyard.serving.rag import Rejected, tenant_of
+
+        _, app = split_model(req.model, self.llm.served_names)
+        if app is None and req.app is not None:
+            return _error(400, "app: options for an app model (NAME:APP)", "app")
+        if app is not None and app not in APPS:
+            return _error(404, self.apps.refuse(req, app), "model", "not_found_error")
+        if app is not None and (why := self.apps.refuse(req, app)) is not None:
+            return _error(400, why, why.split(":")[0])
+        if req.conversation is not None and self.memory is None:
+            return _error(400, "conversation: this server keeps no conversation memory (--memory-turns 0)",
+                          "conversation")
+        try:
+            tenant = tenant_of(req.rag, request.headers) if (app or req.conversation) else None
+        except Rejected as exc:
+            return _error(exc.status, str(exc), "rag.tenant")
+        history = self.memory.history(tenant, req.conversation) if req.conversation else []
+        if app is not None:
+            if not self.llm.ready:
+                return _error(503, "model is not ready", None, "server_error")
+            return await self.apps.answer(req, app, request, tenant, history)
+        shape = ChatShape(req.model_copy(update={"messages": [*(ChatMessage(**m) for m in history), *req.messages]})
+                          if history else req, self.llm)
+        if req.conversation:
+            question = req.messages[-1].as_template_input()["content"]
+            shape.on_answer = lambda answer: self.memory.remember(tenant, req.conversation, question, answer)
+        return await self._answer(shape, request)
 
     async def completions(self, req: CompletionRequest, request: Request):
         return await self._guarded("completions", lambda: self._answer(CompletionShape(req, self.llm), request))
@@ -289,23 +321,6 @@ def _small(request: Request) -> bool:
     """Whether the request body is under ``INLINE_BODY_BYTES`` (a chunked body of unknown size is not)."""
     length = request.headers.get("content-length", "")
     return length.isdigit() and int(length) <= INLINE_BODY_BYTES
-
-
-async def _disconnected(request: Request) -> None:
-    """Returns once the client has gone away."""
-    while not await request.is_disconnected():
-        await asyncio.sleep(DISCONNECT_POLL_S)
-
-
-def _degraded(exc: Exception) -> dict[str, str]:
-    """The headers of an answer given without sources because retrieval failed; logged and counted."""
-    from shipyard.serving.metrics import RAG_DEGRADED
-
-    reason = f"{type(exc).__name__}: {exc}"[:200].replace('"', "'")
-    logging.getLogger("shipyard.rag").warning("retrieval failed, answering without RAG: %s", reason)
-    RAG_DEGRADED.inc()
-    warning = f'199 shipyard "retrieval failed ({reason}); answered without RAG"'
-    return {"X-Shipyard-RAG": "degraded", "Warning": warning}
 
 
 def openai_router(llm: ShipyardLLM, limits: Limits | None = None, rag: RagClient | None = None) -> APIRouter:

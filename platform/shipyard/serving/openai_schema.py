@@ -3,7 +3,7 @@
 Unknown fields are refused (400), so a client never silently loses a setting. Every bound here is
 one the engine honours: any value inside them gets an answer (``tests/integration/test_serving_abuse.py``
 tries their extremes). Extensions beyond OpenAI's fields are vLLM's (``top_k``, ``repetition_penalty``,
-``return_tokens_as_token_ids``) or Shipyard's (``rag``).
+``return_tokens_as_token_ids``) or Shipyard's (``rag``; on chat, ``app`` and ``conversation``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from shipyard.apps.memory import CONVERSATION_ID
 from shipyard.serving.params import SamplingParams
 from shipyard.serving.rag import RagOptions
 from shipyard.serving.tools import NamedToolChoice, ToolCallIn, ToolDef
@@ -165,8 +166,22 @@ class ChatMessage(BaseModel):
         return {**out, "name": self.name} if self.name else out
 
 
+class AppOptions(BaseModel):
+    """The ``app`` extension field: settings of the app a ``NAME:APP`` model runs (``serving.openai_apps``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int | None = Field(None, ge=0, le=64, description="fewshot: examples shown (default: all the prompt's).")
+    max_steps: int = Field(5, ge=1, le=20, description="react: thought/action rounds before giving up.")
+    retries: int = Field(1, ge=0, le=3, description="pal: corrected programs asked for after a failed one.")
+
+
 class ChatRequest(_Request):
     max_tokens: int | None = Field(None, gt=0, le=1_000_000)
+    app: AppOptions | None = Field(None, description="Extension: options of the app a NAME:APP model runs.")
+    conversation: str | None = Field(None, pattern=CONVERSATION_ID,
+                                     description="Extension: a conversation id; its earlier turns (this tenant's) "
+                                                 "come before the messages and this turn is remembered.")
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)

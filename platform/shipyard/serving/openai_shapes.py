@@ -46,6 +46,7 @@ class ChatShape(_Shape):
             messages = with_tools(messages, self.tools, self.native_tools)
         at = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=len(messages) - 1)
         self.messages, self.at, self.llm = messages, at, llm
+        self.on_answer = None  # called with the first choice's text once it is final (conversation memory)
         self.text_of = TokenText(llm.tokenizer, req.return_tokens_as_token_ids)
         super().__init__(req, "chatcmpl", messages[at]["content"])
 
@@ -103,6 +104,8 @@ class ChatShape(_Shape):
             return None if g.logprobs is None else ChoiceLogprobs(content=self._entries(g.logprobs))
 
         shaped = [self.message(g) for g in gens]
+        if self.on_answer is not None and gens:
+            self.on_answer(gens[0].text)
         return ChatCompletion(
             id=self.rid, object="chat.completion", created=self.created, model=self.req.model, usage=usage,
             choices=[Choice(index=i, finish_reason=finish, logprobs=logprobs(g),

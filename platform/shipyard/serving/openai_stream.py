@@ -84,6 +84,8 @@ class ChoiceStream:
                     break
                 if kind == "done":
                     done, total = done + 1, total + payload.completion_tokens
+                    if i == 0 and getattr(self.shape, "on_answer", None) is not None:
+                        self.shape.on_answer(payload.text)
                     yield event(self.shape.final_chunk(i, payload) if getattr(self.shape, "holds_text", False)
                                 else self.shape.chunk(i, "", payload.finish_reason))
                     if done == len(self.jobs):

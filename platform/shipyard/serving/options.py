@@ -60,6 +60,11 @@ class ServeOptions:
     rag_context_tokens: int = _opt(512, "Tokens a RAG request may fill (sources, question and max_tokens), as the "
                                         "eval's rag suite measures it (evaluate.context_length): small models "
                                         "answer worse from long contexts.")
+    app_prompt: str | None = _opt(None, "The fewshot app's prompt: a PromptSpec YAML file, or a prompt in MLflow's "
+                                        "registry (NAME@ALIAS, NAME/VERSION).")
+    memory_turns: int = _opt(8, "Exchanges a conversation remembers (the conversation field); 0: no memory.")
+    memory_conversations: int = _opt(1000, "Conversations remembered per tenant (the least recently used is "
+                                           "forgotten; idle ones after an hour).")
 
     def limits(self) -> Limits:
         return Limits(self.max_batch_size, self.max_queue, self.request_timeout_s)

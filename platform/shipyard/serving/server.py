@@ -23,9 +23,10 @@ def _import_kserve_server():
     return model_server, RESTServer
 
 
-def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
+def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = "", tracking_uri: str | None = None):
     """(ModelServer, RESTServer, model) ready to ``asyncio.run(rest.start())``. With ``opts.rag_url`` the
-    runtime asks that sidecar on every request (``rag_index``: the NAME@N it serves, for the log)."""
+    runtime asks that sidecar on every request (``rag_index``: the NAME@N it serves, for the log);
+    ``tracking_uri`` is where a registered ``--app-prompt`` is looked up."""
     model_server, RESTServer = _import_kserve_server()
     from fastapi.exceptions import RequestValidationError
 
@@ -35,6 +36,7 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
     from shipyard.serving.rag import RagClient, RagSettings
 
     port_free(opts.host, opts.port, "the model server")  # before the model loads: fail fast, never share a port
+    prompt = app_prompt(opts.app_prompt, tracking_uri) if opts.app_prompt else None
     llm = ShipyardLLM(name, model_dir, opts.max_new_tokens, parse_adapters(opts.adapter), device=opts.device,
                       dtype=opts.dtype, max_batch_size=opts.max_batch_size, max_queue=opts.max_queue,
                       engine=opts.engine, vllm=(opts.vllm_url, opts.vllm_wait_s))
@@ -47,7 +49,7 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = ""):
     server.register_model(llm)
     rag = RagClient(RagSettings(opts.rag_url, rag_index, opts.rag_top_k, opts.rag_timeout_s,
                                  opts.rag_context_tokens)) if opts.rag_url else None
-    model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag).router())
+    model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag, prompt, memory(opts)).router())
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     model_server.app.add_middleware(BodyLimit, max_bytes=opts.max_body_kb * 1024)
     model_server.app.add_middleware(LastResort)  # outermost: whatever escapes a route is a 500, connection kept
@@ -64,7 +66,7 @@ def serve_model(model_uri: str, opts: ServeOptions, tracking_uri: str | None = N
 
     model_dir = resolve_model_dir(tracking_uri or default_tracking_uri(), model_uri)
     name = opts.name or default_name(model_uri)
-    server, rest, llm = build_server(model_dir, name, opts, rag_index)
+    server, rest, llm = build_server(model_dir, name, opts, rag_index, tracking_uri)
     where = f"http://{opts.host}:{opts.port}"
     print(f"serving {model_uri} as {name!r} with {llm.engine_kind} on {llm.device} ({llm.dtype_name}) at {where} "
           f"(OpenAI API at {where}/openai/v1)"
@@ -73,6 +75,32 @@ def serve_model(model_uri: str, opts: ServeOptions, tracking_uri: str | None = N
     quiet_request_path()
     server.setup_event_loop()
     asyncio.run(rest.start())
+
+
+def app_prompt(ref: str, tracking_uri: str | None):
+    """The fewshot app's ``PromptSpec``: from a YAML file when ``ref`` is one, else from MLflow's registry."""
+    from pathlib import Path
+
+    from shipyard.apps import prompts
+
+    if ref.endswith((".yaml", ".yml", ".json")) or Path(ref).is_file():
+        spec = prompts.read_spec(ref)
+    else:
+        from shipyard.paths import default_tracking_uri
+
+        spec = prompts.load(tracking_uri or default_tracking_uri(), ref).spec
+    if len(spec.variables) != 1:
+        raise ValueError(f"--app-prompt {ref}: the fewshot app fills one variable (the question); "
+                         f"this prompt has {spec.variables}")
+    return spec
+
+
+def memory(opts: ServeOptions):
+    from shipyard.apps.memory import ConversationMemory, MemoryLimits
+
+    if opts.memory_turns <= 0:
+        return None
+    return ConversationMemory(MemoryLimits(max_turns=opts.memory_turns, max_conversations=opts.memory_conversations))
 
 
 def quiet_request_path() -> None:

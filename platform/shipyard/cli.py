@@ -205,6 +205,9 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           rag_top_k: Annotated[int, _serve_opt("rag_top_k")] = SERVE.rag_top_k,
           rag_timeout_s: Annotated[float, _serve_opt("rag_timeout_s")] = SERVE.rag_timeout_s,
           rag_context_tokens: Annotated[int, _serve_opt("rag_context_tokens")] = SERVE.rag_context_tokens,
+          app_prompt: Annotated[str | None, _serve_opt("app_prompt")] = SERVE.app_prompt,
+          memory_turns: Annotated[int, _serve_opt("memory_turns")] = SERVE.memory_turns,
+          memory_conversations: Annotated[int, _serve_opt("memory_conversations")] = SERVE.memory_conversations,
           feast_repo: RepoOpt = None,
           tracking_uri: TrackingOpt = None) -> None:
     """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1), with a RAG sidecar."""
@@ -214,7 +217,8 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
     opts = ServeOptions(host=host, port=port, name=name, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
                         max_queue=max_queue, request_timeout_s=request_timeout_s, max_body_kb=max_body_kb,
                         adapter=tuple(adapter or ()), engine=engine, device=device, dtype=dtype, rag_top_k=rag_top_k,
-                        rag_timeout_s=rag_timeout_s, rag_context_tokens=rag_context_tokens)
+                        rag_timeout_s=rag_timeout_s, rag_context_tokens=rag_context_tokens, app_prompt=app_prompt,
+                        memory_turns=memory_turns, memory_conversations=memory_conversations)
     serve_local(model_uri, opts, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, feast_repo=feast_repo,
                 tracking_uri=_tracking(tracking_uri))
 

@@ -107,3 +107,62 @@ def test_without_a_prompt_fewshot_is_refused_and_memory_can_be_off(tiny_base):
         r = _post(port, {"model": name, "messages": ASK, "conversation": "c-1"})
         assert r.status_code == 400 and "memory" in r.json()["error"]["message"]
         assert _post(port, {"model": f"{name}:cot", "messages": ASK, "max_tokens": 4}).status_code == 200
+
+
+def _cancelled(port) -> float:
+    for line in httpx.get(f"http://127.0.0.1:{port}/metrics").text.splitlines():
+        if line.startswith("shipyard_cancelled_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def slow_base(long_base, tmp_path_factory):
+    """long_base's tokenizer and chat template on a wider, deeper random model (~40M parameters): slow enough
+    on a CPU that an app's calls outlast a short deadline on any machine."""
+    import shutil
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = tmp_path_factory.mktemp("slow") / long_base.name
+    shutil.copytree(long_base, model)
+    config = AutoConfig.from_pretrained(model)
+    config.update({"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 6,
+                   "num_attention_heads": 12, "num_key_value_heads": 12, "head_dim": 64})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(model)
+    return model
+
+
+def test_an_app_is_bounded_by_one_deadline_its_capacity_and_its_client(slow_base):
+    """--max-batch-size 1 --max-queue 1: two apps at a time. Long calls (600 tokens, react's 5 steps) outlast a
+    2 s deadline (504); a third app meanwhile gets 429; a client that goes away stops its app's call at once."""
+    import threading
+    import time
+
+    flags = ("--max-new-tokens", "600", "--max-batch-size", "1", "--max-queue", "1", "--request-timeout-s", "2")
+    with running_server(slow_base, *flags) as (port, name, _):
+        slow = {"model": f"{name}:react", "messages": ASK, "max_tokens": 600, "temperature": 1.0,
+                "app": {"max_steps": 5}}
+        started = time.monotonic()
+        r = _post(port, slow)
+        assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error", r.text
+        assert time.monotonic() - started < 8  # one deadline for all the calls, not one per call
+        running = [threading.Thread(target=lambda: _post(port, slow), daemon=True) for _ in range(2)]
+        for t in running:
+            t.start()
+        time.sleep(0.5)
+        busy = _post(port, {**slow, "max_tokens": 4})
+        assert busy.status_code == 429 and busy.json()["error"]["message"], busy.text
+        for t in running:
+            t.join(10)
+        before = _cancelled(port)
+        with pytest.raises(httpx.TimeoutException):  # a client that gives up after 0.3 s
+            httpx.post(f"http://127.0.0.1:{port}/openai/v1/chat/completions", json=slow, timeout=0.3)
+        deadline = time.monotonic() + 1.2  # well before the app's own 2 s deadline
+        while _cancelled(port) == before:
+            assert time.monotonic() < deadline, "the abandoned app's call kept running"
+            time.sleep(0.05)
+        after = _post(port, {**slow, "max_tokens": 2, "app": {"max_steps": 1}})
+        assert after.status_code == 200, after.text

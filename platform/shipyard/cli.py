@@ -208,6 +208,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           app_prompt: Annotated[str | None, _serve_opt("app_prompt")] = SERVE.app_prompt,
           memory_turns: Annotated[int, _serve_opt("memory_turns")] = SERVE.memory_turns,
           memory_conversations: Annotated[int, _serve_opt("memory_conversations")] = SERVE.memory_conversations,
+          guardrails: Annotated[str | None, _serve_opt("guardrails")] = SERVE.guardrails,
           feast_repo: RepoOpt = None,
           tracking_uri: TrackingOpt = None) -> None:
     """Serve a model with KServe's ModelServer and an OpenAI-compatible API (/openai/v1), with a RAG sidecar."""
@@ -218,7 +219,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
                         max_queue=max_queue, request_timeout_s=request_timeout_s, max_body_kb=max_body_kb,
                         adapter=tuple(adapter or ()), engine=engine, device=device, dtype=dtype, rag_top_k=rag_top_k,
                         rag_timeout_s=rag_timeout_s, rag_context_tokens=rag_context_tokens, app_prompt=app_prompt,
-                        memory_turns=memory_turns, memory_conversations=memory_conversations)
+                        memory_turns=memory_turns, memory_conversations=memory_conversations, guardrails=guardrails)
     serve_local(model_uri, opts, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, feast_repo=feast_repo,
                 tracking_uri=_tracking(tracking_uri))
 

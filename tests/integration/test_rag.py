@@ -194,6 +194,22 @@ def test_chain_and_react_apps_answer_over_the_tenants_documents(long_base, sidec
         assert [c["source"] for c in own["citations"]] == ["globex-ops.md"]
 
 
+def test_source_rails_judge_every_retrieved_chunk_before_the_prompt(tiny_base, sidecar, tmp_path):
+    """A source rail that blocks everything (toxicity from probability 0) leaves no chunk to cite; a PII rail
+    that only annotates keeps them and counts."""
+    port, _ = sidecar
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("guardrails:\n  rails:\n    - {detector: toxicity, at: [sources], threshold: 0.0}\n")
+    ask = {"messages": [{"role": "user", "content": "Why does Python use indentation?"}], "max_tokens": 4}
+    with running_server(tiny_base, "--rag-url", f"http://127.0.0.1:{port}", "--guardrails", str(strict)) as (
+            srv, name, _):
+        r = httpx.post(f"http://127.0.0.1:{srv}/openai/v1/chat/completions", json={"model": name, **ask},
+                       headers={"X-Shipyard-Tenant": "acme"}, timeout=60)
+        assert r.status_code == 200 and not r.json().get("citations"), r.text
+        metrics = httpx.get(f"http://127.0.0.1:{srv}/metrics").text
+        assert 'shipyard_guardrail_total{action="block",at="sources",rail="toxicity"}' in metrics
+
+
 def test_a_server_without_rag_refuses_rag_requests(tiny_base):
     from fastapi import FastAPI
     from fastapi.testclient import TestClient

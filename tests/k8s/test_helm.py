@@ -203,3 +203,23 @@ def test_values_schema_is_draft7_and_closed():
 
     jsonschema.Draft7Validator.check_schema(schema)
     assert schema["additionalProperties"] is False
+
+
+def test_guardrails_values_become_the_runtimes_rails_file(rendered, tmp_path):
+    from shipyard.serving.openai_rails import load_rails
+
+    objects = rendered["gpu-values.yaml"]
+    rt = _by(objects, "ServingRuntime", "shipyard-llm")["spec"]
+    front = rt["containers"][0]
+    assert "--guardrails=/etc/shipyard/guardrails/guardrails.yaml" in front["args"]
+    assert {"name": "guardrails", "mountPath": "/etc/shipyard/guardrails", "readOnly": True} in front["volumeMounts"]
+    cm = _by(objects, "ConfigMap", "shipyard-llm-guardrails")
+    assert {"name": "guardrails", "configMap": {"name": cm["metadata"]["name"]}} in rt["volumes"]
+    (tmp_path / "guardrails.yaml").write_text(cm["data"]["guardrails.yaml"])
+    rails = load_rails(str(tmp_path / "guardrails.yaml"))  # what the runtime loads at start
+    assert [r.detector for r in rails.config.rails] == ["pii", "toxicity", "injection"]
+    plain = _by(rendered["cpu-dev-values.yaml"], "ServingRuntime", "shipyard-llm")["spec"]
+    assert not any(a.startswith("--guardrails") for a in plain["containers"][0]["args"])
+    out = helm("template", "t", str(CHART), "-f", str(CHART / "ci" / "cpu-dev-values.yaml"),
+               "--set", "serving.runtime.guardrails[0].detector=regex", check=False)
+    assert out.returncode != 0 and "guardrails" in out.stderr

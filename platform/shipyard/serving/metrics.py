@@ -12,4 +12,12 @@ QUEUE_DEPTH = Gauge("shipyard_queue_depth", "Sequences waiting to join the engin
 RUNNING = Gauge("shipyard_running_sequences", "Sequences the engine is decoding now")
 BATCH_SIZE = Histogram("shipyard_batch_size", "Sequences per decode step", buckets=(1, 2, 4, 8, 16, 32))
 RAG_DEGRADED = Counter("shipyard_rag_degraded_total", "Requests answered without RAG because retrieval failed")
+GUARDRAIL = Counter("shipyard_guardrail_total", "What the guardrails found, by rail, where and action",
+                    ["rail", "at", "action"])
 CANCELLED = Counter("shipyard_cancelled_total", "Sequences the engine stopped because their client went away")
+
+
+def count_rails(findings) -> None:
+    """What the guardrails found (``shipyard.apps.guardrails.Finding``), into ``shipyard_guardrail_total``."""
+    for f in findings:
+        GUARDRAIL.labels(f.rail, f.where, f.action).inc()

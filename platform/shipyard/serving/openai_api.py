@@ -67,8 +67,8 @@ class OpenAIEndpoints:
     (a ``PromptSpec``) is the fewshot app's; ``memory`` (a ``ConversationMemory``) keeps conversations."""
 
     def __init__(self, llm: ShipyardLLM, limits: Limits | None = None, rag: RagClient | None = None,
-                 prompt=None, memory=None):
-        self.llm, self.limits, self.rag, self.memory = llm, limits or Limits(), rag, memory
+                 prompt=None, memory=None, rails=None):
+        self.llm, self.limits, self.rag, self.memory, self.rails = llm, limits or Limits(), rag, memory, rails
         self.apps = AppRoute(self, prompt, memory)
 
     def router(self) -> APIRouter:
@@ -86,7 +86,19 @@ class OpenAIEndpoints:
                                            for name in names]}
 
     async def chat(self, req: ChatRequest, request: Request):
-        return await self._guarded("chat", lambda: self._chat(req, request))
+        return await self._guarded("chat", lambda: self._railed(req, request, self._chat))
+
+    async def _railed(self, req, request: Request, answer):
+        """The input rails first: a blocked request is a 400, a redacted one goes on rewritten."""
+        from shipyard.serving.openai_rails import guard_input, refuse_logprobs
+
+        if (err := refuse_logprobs(self.rails, req)) is not None:
+            return err
+        req, found = await asyncio.to_thread(guard_input, self.rails, req) if self.rails else (req, [])
+        if req is None:
+            return found
+        request.state.rails_found = found
+        return await answer(req, request)
 
     async def _chat(self, req: ChatRequest, request: Request):
         """A plain chat completion, or an app's (``NAME:APP``); either remembers its conversation."""
@@ -119,7 +131,8 @@ class OpenAIEndpoints:
         return await self._answer(shape, request)
 
     async def completions(self, req: CompletionRequest, request: Request):
-        return await self._guarded("completions", lambda: self._answer(CompletionShape(req, self.llm), request))
+        return await self._guarded("completions", lambda: self._railed(
+            req, request, lambda r, http: self._answer(CompletionShape(r, self.llm), http)))
 
     async def _guarded(self, route: str, answer):
         """The route's answer; a bug becomes a logged 500 with an OpenAI body (the connection stays open)."""
@@ -173,7 +186,7 @@ class OpenAIEndpoints:
         submitted = time.perf_counter()
         jobs = self._submit(req, fitted, max_tokens)
         if req.stream:
-            return await self._sse(shape, jobs, fitted, cites, extra)
+            return await self._sse(shape, jobs, fitted, cites, extra, request)
         return await self._collect(shape, jobs, fitted, cites, extra, request, submitted)
 
     def _check(self, req):
@@ -252,17 +265,27 @@ class OpenAIEndpoints:
             return _error(504, f"generation did not finish within {timeout:g} s", None, "timeout_error")
         gens: list[Generation] = gathered.result()
         engine_ms = (time.perf_counter() - submitted) * 1000
-        body = shape.body(gens, _usage(fitted, gens))
+        body = await self._railed_body(shape, gens, fitted, request)
         if cites is not None:
             body["citations"] = cites
         return JSONResponse(body, headers={**extra, "Server-Timing": f"engine;dur={engine_ms:.3f}"})
 
-    async def _sse(self, shape, jobs, fitted, cites, headers):
+    async def _railed_body(self, shape, gens: list[Generation], fitted, request: Request) -> dict:
+        from shipyard.serving.openai_rails import extension, guard_output
+
+        usage = _usage(fitted, gens)
+        gens, found = await asyncio.to_thread(guard_output, self.rails, gens) if self.rails else (gens, [])
+        found = [*getattr(request.state, "rails_found", []), *found]
+        return {**shape.body(gens, usage), **extension(found)}
+
+    async def _sse(self, shape, jobs, fitted, cites, headers, request: Request):
         """Server-sent events (``openai_stream``). The first event of the first choice is awaited before the
         response starts, so a request timed out while queued is a 504, not a cut stream."""
+        from shipyard.serving.openai_rails import StreamRails
         from shipyard.serving.openai_stream import ChoiceStream
 
-        stream = ChoiceStream(shape, jobs, fitted, cites, self.llm.tokenizer)
+        rails = StreamRails(self.rails, len(jobs), getattr(request.state, "rails_found", []))
+        stream = ChoiceStream(shape, jobs, fitted, cites, self.llm.tokenizer, rails)
         failure = await stream.start()
         if isinstance(failure, TimeoutError):
             return _error(504, f"generation did not finish within {self.limits.request_timeout_s:g} s", None,

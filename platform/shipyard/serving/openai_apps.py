@@ -56,8 +56,10 @@ def split_model(model: str, served: list[str]) -> tuple[str, str | None]:
 class AppCalls:
     """The model calls of one app request, made from its worker thread on the loop's engine."""
 
-    def __init__(self, llm, loop, req, context: list[dict], timeout_s: float, adapter: str | None):
+    def __init__(self, llm, loop, req, context: list[dict], timeout_s: float, adapter: str | None, rails=None):
         self.llm, self.loop, self.req, self.context, self.adapter = llm, loop, req, list(context), adapter
+        self.rails = rails if rails is not None and rails.config.rails_at("output") else None
+        self.found: list = []  # what the output rails found in the steps
         self.deadline = time.monotonic() + timeout_s
         self.cancelled, self.lock, self.futures = threading.Event(), threading.Lock(), set()
         self.prompt_tokens = self.completion_tokens = self.calls = 0
@@ -65,6 +67,14 @@ class AppCalls:
         self.events: asyncio.Queue = asyncio.Queue()
 
     def on_step(self, step) -> None:  # worker thread
+        if self.rails is not None:  # the trace is model text too: redacted, a blocked step withheld
+            import dataclasses as dc
+
+            from shipyard.apps.guardrails import REMOVED
+
+            got = self.rails.check(step.content, "output")
+            self.found.extend(got.findings)
+            step = dc.replace(step, content=REMOVED if got.blocked else got.text)
         self.steps.append(step)
         self.loop.call_soon_threadsafe(self.events.put_nowait, ("step", step))
 
@@ -210,7 +220,7 @@ class AppRoute:
         text, docs, cites, headers, search = got
         adapter = None if req.model.rpartition(":")[0] == self.ep.llm.name else req.model.rpartition(":")[0]
         calls = AppCalls(self.ep.llm, asyncio.get_running_loop(), req, context,
-                         self.ep.limits.request_timeout_s, adapter)
+                         self.ep.limits.request_timeout_s, adapter, self.ep.rails)
         fn = build(app, req.app or _default_options(), text, docs, search, self.prompt)
         self.active += 1
         task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
@@ -218,7 +228,7 @@ class AppRoute:
         task.add_done_callback(lambda _: setattr(self, "active", self.active - 1))
         task.add_done_callback(lambda _: calls.events.put_nowait(("done", None)))
         remember = partial(self._remember, req.conversation, tenant, question) if req.conversation else None
-        shaped = AppResponse(req, app, calls, task, cites, remember)
+        shaped = AppResponse(req, app, calls, task, cites, remember, getattr(request.state, "rails_found", []))
         if req.stream:
             return await shaped.stream(headers)
         return await shaped.collect(request, headers)
@@ -284,10 +294,11 @@ def _default_options():
 class AppResponse:
     """One app run's chat completion, whole or streamed (steps as they happen, then the answer)."""
 
-    def __init__(self, req, app: str, calls: AppCalls, task, cites, remember):
+    def __init__(self, req, app: str, calls: AppCalls, task, cites, remember, found=()):
         import uuid
 
         self.req, self.app, self.calls, self.task, self.cites, self.remember = req, app, calls, task, cites, remember
+        self.found, self.finish = list(found), "stop"  # the guardrails' findings; content_filter when one blocked
         self.rid, self.created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def outcome(self) -> tuple[str, str | None]:
@@ -297,13 +308,22 @@ class AppResponse:
             return "", str(exc)
         if exc is not None:
             raise exc
-        got = self.task.result()
+        got, answer = self.task.result(), self.task.result().answer
+        if self.calls.rails is not None:
+            from shipyard.serving.openai_rails import count
+
+            checked = self.calls.rails.check(answer, "output")
+            answer, self.finish = checked.text, "content_filter" if checked.blocked else "stop"
+            self.found.extend([*self.calls.found, *checked.findings])
+            count([*self.calls.found, *checked.findings])
         if self.remember is not None and got.error is None:
-            self.remember(got.answer)
-        return got.answer, got.error
+            self.remember(answer)
+        return answer, got.error
 
     def extension(self, error: str | None) -> dict:
-        extra = {"app": self.calls.summary(self.app, error)}
+        from shipyard.serving.openai_rails import extension
+
+        extra = {"app": self.calls.summary(self.app, error), **extension(self.found)}
         return {**extra, "citations": self.cites} if self.cites is not None else extra
 
     def usage(self) -> dict:
@@ -332,7 +352,7 @@ class AppResponse:
         except TimeoutError as exc:
             return _error(504, str(exc), None, "timeout_error")
         body = ChatCompletion(id=self.rid, object="chat.completion", created=self.created, model=self.req.model,
-                              usage=self.usage(), choices=[{"index": 0, "finish_reason": "stop", "message": {
+                              usage=self.usage(), choices=[{"index": 0, "finish_reason": self.finish, "message": {
                                   "role": "assistant", "content": answer}}]).model_dump(exclude_none=True)
         return JSONResponse({**body, **self.extension(error)}, headers=headers)
 
@@ -370,7 +390,7 @@ class AppResponse:
                 yield error_event(exc)
                 return
             yield self.chunk({"content": answer})
-            yield self.chunk({}, "stop", **self.extension(error))
+            yield self.chunk({}, self.finish, **self.extension(error))
             usage = self.usage()
             if self.req.stream_options and self.req.stream_options.include_usage:
                 yield event({"id": self.rid, "object": "chat.completion.chunk", "created": self.created,

@@ -32,8 +32,11 @@ async def _pump(index: int, job, merged: asyncio.Queue) -> None:
 
 
 class ChoiceStream:
-    def __init__(self, shape, jobs: list, fitted: list[list[int]], cites, tokenizer):
+    def __init__(self, shape, jobs: list, fitted: list[list[int]], cites, tokenizer, rails=None):
+        from shipyard.serving.openai_rails import StreamRails
+
         self.shape, self.jobs, self.fitted, self.cites, self.tokenizer = shape, jobs, fitted, cites, tokenizer
+        self.rails = rails or StreamRails(None, len(jobs))
         self.merged: asyncio.Queue = asyncio.Queue()
         self.pumps = [asyncio.ensure_future(_pump(i, job, self.merged)) for i, job in enumerate(jobs)]
         self.first = None
@@ -64,11 +67,26 @@ class ChoiceStream:
 
     def _delta(self, i: int, payload) -> str | None:
         text, entry = payload
-        if getattr(self.shape, "holds_text", False) or (not text and entry is None):
+        if getattr(self.shape, "holds_text", False):
+            return None
+        text = self.rails.feed(i, text)
+        if not text and entry is None:
             return None
         chunk = self.shape.chunk(i, text, None, entry, offset=self.offsets[i])
         self.offsets[i] += len(text)
         return event(chunk)
+
+    def _finish(self, i: int, g):
+        """A choice's last chunks: the text its output rails held back, then its finish (and extensions)."""
+        holds = getattr(self.shape, "holds_text", False)
+        rest, g, extra = self.rails.finish(i, g, whole=holds)
+        if rest:
+            yield event(self.shape.chunk(i, rest, None, offset=self.offsets[i]))
+            self.offsets[i] += len(rest)
+        if i == 0 and getattr(self.shape, "on_answer", None) is not None:
+            self.shape.on_answer(g.text)
+        yield event({**(self.shape.final_chunk(i, g) if holds else self.shape.chunk(i, "", g.finish_reason)),
+                     **extra})
 
     async def events(self):
         from shipyard.serving.metrics import TOKENS
@@ -84,10 +102,8 @@ class ChoiceStream:
                     break
                 if kind == "done":
                     done, total = done + 1, total + payload.completion_tokens
-                    if i == 0 and getattr(self.shape, "on_answer", None) is not None:
-                        self.shape.on_answer(payload.text)
-                    yield event(self.shape.final_chunk(i, payload) if getattr(self.shape, "holds_text", False)
-                                else self.shape.chunk(i, "", payload.finish_reason))
+                    for chunk in self._finish(i, payload):
+                        yield chunk
                     if done == len(self.jobs):
                         if usage := usage_event(self.shape, self.fitted, total):
                             yield usage

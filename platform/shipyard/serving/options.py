@@ -65,6 +65,8 @@ class ServeOptions:
     memory_turns: int = _opt(8, "Exchanges a conversation remembers (the conversation field); 0: no memory.")
     memory_conversations: int = _opt(1000, "Conversations remembered per tenant (the least recently used is "
                                            "forgotten; idle ones after an hour).")
+    guardrails: str | None = _opt(None, "Input, output and source rails: a YAML file with a guardrails: section "
+                                        "(pipelines/guardrails/default.yaml; a profile will do).")
 
     def limits(self) -> Limits:
         return Limits(self.max_batch_size, self.max_queue, self.request_timeout_s)

@@ -48,10 +48,10 @@ class Rejected(Exception):
 
 
 class RagClient:
-    def __init__(self, settings: RagSettings):
+    def __init__(self, settings: RagSettings, rails=None):
         import httpx
 
-        self.settings = settings
+        self.settings, self.rails = settings, rails  # rails: the deployment's source rails judge every chunk
         self.http = httpx.AsyncClient(base_url=settings.url.rstrip("/"), timeout=settings.timeout_s)
 
     async def retrieve(self, query: str, tenant: str, top_k: int, filters: dict[str, str]) -> dict:
@@ -63,7 +63,16 @@ class RagClient:
                 "application/json") else {}
             raise Rejected(resp.status_code, f"retrieval: {err.get('message') or resp.text[:300]}", err.get("param"))
         resp.raise_for_status()
-        return resp.json()
+        found = resp.json()
+        if self.rails is not None and self.rails.config.rails_at("sources"):
+            import asyncio
+
+            from shipyard.serving.metrics import count_rails
+
+            chunks, findings = await asyncio.to_thread(self.rails.sources, found["chunks"])
+            count_rails(findings)
+            found = {**found, "chunks": chunks}
+        return found
 
 
 def tenant_of(opts: RagOptions | None, headers) -> str:

@@ -36,7 +36,10 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = "", 
     from shipyard.serving.rag import RagClient, RagSettings
 
     port_free(opts.host, opts.port, "the model server")  # before the model loads: fail fast, never share a port
+    from shipyard.serving.openai_rails import load_rails
+
     prompt = app_prompt(opts.app_prompt, tracking_uri) if opts.app_prompt else None
+    rails = load_rails(opts.guardrails)
     llm = ShipyardLLM(name, model_dir, opts.max_new_tokens, parse_adapters(opts.adapter), device=opts.device,
                       dtype=opts.dtype, max_batch_size=opts.max_batch_size, max_queue=opts.max_queue,
                       engine=opts.engine, vllm=(opts.vllm_url, opts.vllm_wait_s))
@@ -48,8 +51,8 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = "", 
     server = model_server.ModelServer(http_port=opts.port, enable_grpc=False, workers=1)
     server.register_model(llm)
     rag = RagClient(RagSettings(opts.rag_url, rag_index, opts.rag_top_k, opts.rag_timeout_s,
-                                 opts.rag_context_tokens)) if opts.rag_url else None
-    model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag, prompt, memory(opts)).router())
+                                 opts.rag_context_tokens), rails) if opts.rag_url else None
+    model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag, prompt, memory(opts), rails).router())
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     model_server.app.add_middleware(BodyLimit, max_bytes=opts.max_body_kb * 1024)
     model_server.app.add_middleware(LastResort)  # outermost: whatever escapes a route is a 500, connection kept

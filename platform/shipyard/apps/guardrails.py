@@ -123,8 +123,8 @@ class Rails:
     def __init__(self, config: RailsConfig):
         self.config = config
 
-    def __bool__(self) -> bool:
-        return bool(self.config.rails)
+    def runs_at(self, where: str) -> bool:
+        return bool(self.config.rails_at(where))
 
     def check(self, text: str, where: str) -> Checked:
         """The whole text, segment by segment, through the rails that run at ``where``."""
@@ -188,10 +188,14 @@ def _removed(text: str) -> str:
 
 class OutputRails:
     """The output rails over a streamed answer: ``feed`` the new text, get what may be sent now; ``finish``
-    sends the rest. ``blocked`` is set once a block rail tripped (nothing more is sent)."""
+    sends the rest. ``blocked`` is set once a block rail tripped (nothing more is sent); ``text()`` is all
+    that was let through."""
 
     def __init__(self, rails: Rails):
-        self.rails, self.buffer, self.blocked, self.findings = rails, "", None, []
+        self.rails, self.buffer, self.blocked, self.findings, self.sent = rails, "", None, [], []
+
+    def text(self) -> str:
+        return "".join(self.sent)
 
     def feed(self, text: str, final: bool = False) -> str:
         if self.blocked:
@@ -204,8 +208,9 @@ class OutputRails:
             self.findings.extend(got.findings)
             if got.blocked:
                 self.blocked, self.buffer = got.blocked, ""
-                return out
+                break
             out += got.text
+        self.sent.append(out)
         return out
 
     def finish(self) -> str:

@@ -90,11 +90,11 @@ class OpenAIEndpoints:
 
     async def _railed(self, req, request: Request, answer):
         """The input rails first: a blocked request is a 400, a redacted one goes on rewritten."""
-        from shipyard.serving.openai_rails import guard_input, refuse_logprobs
+        from shipyard.serving.openai_rails import guard_input, refuse_logprobs, runs
 
         if (err := refuse_logprobs(self.rails, req)) is not None:
             return err
-        req, found = await asyncio.to_thread(guard_input, self.rails, req) if self.rails else (req, [])
+        req, found = await asyncio.to_thread(guard_input, self.rails, req) if runs(self.rails, "input") else (req, [])
         if req is None:
             return found
         request.state.rails_found = found
@@ -271,10 +271,13 @@ class OpenAIEndpoints:
         return JSONResponse(body, headers={**extra, "Server-Timing": f"engine;dur={engine_ms:.3f}"})
 
     async def _railed_body(self, shape, gens: list[Generation], fitted, request: Request) -> dict:
-        from shipyard.serving.openai_rails import extension, guard_output
+        from shipyard.serving.openai_rails import extension, guard_output, runs
 
         usage = _usage(fitted, gens)
-        gens, found = await asyncio.to_thread(guard_output, self.rails, gens) if self.rails else (gens, [])
+        if runs(self.rails, "output"):
+            gens, found = await asyncio.to_thread(guard_output, self.rails, gens)
+        else:
+            found = []
         found = [*getattr(request.state, "rails_found", []), *found]
         return {**shape.body(gens, usage), **extension(found)}
 

@@ -58,7 +58,7 @@ class AppCalls:
 
     def __init__(self, llm, loop, req, context: list[dict], timeout_s: float, adapter: str | None, rails=None):
         self.llm, self.loop, self.req, self.context, self.adapter = llm, loop, req, list(context), adapter
-        self.rails = rails if rails is not None and rails.config.rails_at("output") else None
+        self.rails = rails if rails is not None and rails.runs_at("output") else None
         self.found: list = []  # what the output rails found in the steps
         self.deadline = time.monotonic() + timeout_s
         self.cancelled, self.lock, self.futures = threading.Event(), threading.Lock(), set()
@@ -68,13 +68,11 @@ class AppCalls:
 
     def on_step(self, step) -> None:  # worker thread
         if self.rails is not None:  # the trace is model text too: redacted, a blocked step withheld
-            import dataclasses as dc
-
             from shipyard.apps.guardrails import REMOVED
 
             got = self.rails.check(step.content, "output")
             self.found.extend(got.findings)
-            step = dc.replace(step, content=REMOVED if got.blocked else got.text)
+            step = dataclasses.replace(step, content=REMOVED if got.blocked else got.text)
         self.steps.append(step)
         self.loop.call_soon_threadsafe(self.events.put_nowait, ("step", step))
 
@@ -308,14 +306,15 @@ class AppResponse:
             return "", str(exc)
         if exc is not None:
             raise exc
-        got, answer = self.task.result(), self.task.result().answer
+        got = self.task.result()
+        answer = got.answer
         if self.calls.rails is not None:
-            from shipyard.serving.openai_rails import count
+            from shipyard.serving.metrics import count_rails
 
             checked = self.calls.rails.check(answer, "output")
             answer, self.finish = checked.text, "content_filter" if checked.blocked else "stop"
             self.found.extend([*self.calls.found, *checked.findings])
-            count([*self.calls.found, *checked.findings])
+            count_rails([*self.calls.found, *checked.findings])
         if self.remember is not None and got.error is None:
             self.remember(answer)
         return answer, got.error

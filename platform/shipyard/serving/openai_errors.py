@@ -11,9 +11,10 @@ from fastapi.responses import JSONResponse
 DISCONNECT_POLL_S = 0.25
 
 
-def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+def error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+          code: str | None = None):
     return JSONResponse(status_code=status,
-                        content={"error": {"message": message, "type": kind, "param": param, "code": None}})
+                        content={"error": {"message": message, "type": kind, "param": param, "code": code}})
 
 
 async def disconnected(request: Request) -> None:

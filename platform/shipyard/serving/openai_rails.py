@@ -14,10 +14,9 @@ import dataclasses
 from shipyard.serving.openai_errors import error
 
 
-def count(findings) -> None:
-    from shipyard.serving.metrics import count_rails
-
-    count_rails(findings)
+def runs(rails, where: str) -> bool:
+    """Whether the deployment has rails (``rails`` may be None) at ``where``: input, output or sources."""
+    return rails is not None and rails.runs_at(where)
 
 
 def load_rails(path: str | None):
@@ -31,7 +30,7 @@ def load_rails(path: str | None):
 
 
 def refuse_logprobs(rails, req):
-    if rails is not None and rails.config.rails_at("output") and req.top_logprobs_asked() is not None:
+    if runs(rails, "output") and req.top_logprobs_asked() is not None:
         return error(400, "logprobs: not with output guardrails on this server (the text they score may be "
                           "redacted)", "logprobs")
     return None
@@ -39,7 +38,7 @@ def refuse_logprobs(rails, req):
 
 def guard_input(rails, req):
     """(the request as the model may see it, findings) or (None, the 400) when an input rail blocks it."""
-    if rails is None or not rails.config.rails_at("input"):
+    if not runs(rails, "input"):
         return req, []
     findings = []
     if hasattr(req, "messages"):  # chat
@@ -67,30 +66,32 @@ def guard_input(rails, req):
 
 
 def _counted(findings):
-    count(findings)
+    from shipyard.serving.metrics import count_rails
+
+    count_rails(findings)
     return findings
 
 
 def _blocked(rail: str, param: str, findings):
-    count(findings)
-    resp = error(400, f"{param}: blocked by the {rail} guardrail", param)
-    resp.body = resp.body.replace(b'"code":null', f'"code":"guardrail_{rail}"'.encode())
-    resp.headers["content-length"] = str(len(resp.body))
-    return resp
+    _counted(findings)
+    return error(400, f"{param}: blocked by the {rail} guardrail", param, code=f"guardrail_{rail}")
+
+
+def _railed(g, text: str, blocked: str | None):
+    """A generation as its output rails let it through: their text, and ``content_filter`` when one blocked."""
+    return dataclasses.replace(g, text=text, finish_reason="content_filter" if blocked else g.finish_reason)
 
 
 def guard_output(rails, gens: list) -> tuple[list, list]:
     """The finished choices through the output rails, and what they found."""
-    if rails is None or not rails.config.rails_at("output"):
+    if not runs(rails, "output"):
         return gens, []
     out, findings = [], []
     for g in gens:
         got = rails.check(g.text, "output")
         findings.extend(got.findings)
-        out.append(dataclasses.replace(g, text=got.text, finish_reason="content_filter" if got.blocked
-                                       else g.finish_reason))
-    count(findings)
-    return out, findings
+        out.append(_railed(g, got.text, got.blocked))
+    return out, _counted(findings)
 
 
 def extension(findings) -> dict:
@@ -105,27 +106,22 @@ class StreamRails:
         from shipyard.apps.guardrails import OutputRails
 
         self.rails, self.found = rails, list(found)
-        self.active = rails is not None and bool(rails.config.rails_at("output"))
+        self.active = runs(rails, "output")
         self.choices = [OutputRails(rails) for _ in range(n)] if self.active else []
-        self.sent = [""] * n
 
     def feed(self, i: int, text: str) -> str:
-        text = self.choices[i].feed(text) if self.active else text
-        self.sent[i] += text
-        return text
+        return self.choices[i].feed(text) if self.active else text
 
     def finish(self, i: int, g, whole: bool = False):
         """(the rest of choice i's text, its generation as railed, the extension) once it is done; ``whole``:
         nothing was fed (a shape that sends its text at the end)."""
+        found = self.found if i == 0 else []
         if not self.active:
-            return "", g, extension(self.found if i == 0 else [])
+            return "", g, extension(found)
         if whole:
-            (g,), found = guard_output(self.rails, [g])
-            return "", g, extension([*(self.found if i == 0 else []), *found])
+            (g,), more = guard_output(self.rails, [g])
+            return "", g, extension([*found, *more])
         rail = self.choices[i]
         rest = rail.finish()
-        self.sent[i] += rest
-        count(rail.findings)
-        g = dataclasses.replace(g, text=self.sent[i], finish_reason="content_filter" if rail.blocked
-                                else g.finish_reason)
-        return rest, g, extension([*(self.found if i == 0 else []), *rail.findings])
+        _counted(rail.findings)
+        return rest, _railed(g, rail.text(), rail.blocked), extension([*found, *rail.findings])

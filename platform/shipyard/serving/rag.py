@@ -64,7 +64,7 @@ class RagClient:
             raise Rejected(resp.status_code, f"retrieval: {err.get('message') or resp.text[:300]}", err.get("param"))
         resp.raise_for_status()
         found = resp.json()
-        if self.rails is not None and self.rails.config.rails_at("sources"):
+        if self.rails is not None and self.rails.runs_at("sources"):
             import asyncio
 
             from shipyard.serving.metrics import count_rails

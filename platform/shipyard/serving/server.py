@@ -33,11 +33,10 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = "", 
     from shipyard.serving.guards import BodyLimit, LastResort, port_free
     from shipyard.serving.llm import ShipyardLLM
     from shipyard.serving.openai_api import OpenAIEndpoints, validation_error_handler
+    from shipyard.serving.openai_rails import load_rails
     from shipyard.serving.rag import RagClient, RagSettings
 
     port_free(opts.host, opts.port, "the model server")  # before the model loads: fail fast, never share a port
-    from shipyard.serving.openai_rails import load_rails
-
     prompt = app_prompt(opts.app_prompt, tracking_uri) if opts.app_prompt else None
     rails = load_rails(opts.guardrails)
     llm = ShipyardLLM(name, model_dir, opts.max_new_tokens, parse_adapters(opts.adapter), device=opts.device,

@@ -55,9 +55,11 @@ def decode_latency(model: GGUFModel, tokenizer, prompts: list[str], max_new_toke
     return {"ms_per_token": got["ms_per_token"], "first_token_ms": got["ttft_ms"], "tokens_per_s": got["tokens_per_s"]}
 
 
-def generate(model: GGUFModel, tokenizer, prompts: list[str], max_new_tokens: int) -> list[str]:
+def generate(model: GGUFModel, tokenizer, prompts: list[str], max_new_tokens: int,
+             stop: list[str] | None = None) -> list[str]:
     """Greedy continuations, as ``inference.generate``: prompts keep their last ``context - max_new_tokens``
-    tokens, a row stops at the tokenizer's EOS token, answers are decoded without special tokens and stripped."""
+    tokens, a row stops at the tokenizer's EOS token (or once its text holds one of ``stop``, which the caller
+    cuts off), answers are decoded without special tokens and stripped."""
     rt = model.runtime
     room = rt.n_ctx_seq - max_new_tokens
     if room < 8:
@@ -66,12 +68,15 @@ def generate(model: GGUFModel, tokenizer, prompts: list[str], max_new_tokens: in
     for i in range(0, len(prompts), rt.n_seq):
         group = [tokenizer(p, add_special_tokens=False, verbose=False)["input_ids"][-room:]
                  for p in prompts[i:i + rt.n_seq]]
-        new = _greedy(rt, group, max_new_tokens, tokenizer.eos_token_id)
+        stopped = (lambda ids: any(x in tokenizer.decode(ids[-16:], skip_special_tokens=True) for x in stop)
+                   ) if stop else None
+        new = _greedy(rt, group, max_new_tokens, tokenizer.eos_token_id, stopped)
         outputs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return outputs
 
 
-def _greedy(rt: LlamaRuntime, prompts: list[list[int]], max_new_tokens: int, eos: int | None) -> list[list[int]]:
+def _greedy(rt: LlamaRuntime, prompts: list[list[int]], max_new_tokens: int, eos: int | None,
+            stopped=None) -> list[list[int]]:
     """Up to ``max_new_tokens`` argmax tokens after each prompt, one llama_decode per step for every live row."""
     seqs = [rt.take_seq() for _ in prompts]
     try:
@@ -82,7 +87,7 @@ def _greedy(rt: LlamaRuntime, prompts: list[list[int]], max_new_tokens: int, eos
         for step in range(max_new_tokens):
             for row, tok in zip(live, nxt, strict=True):
                 new[row].append(tok)
-            live = [r for r, tok in zip(live, nxt, strict=True) if tok != eos]
+            live = [r for r, tok in zip(live, nxt, strict=True) if tok != eos and not (stopped and stopped(new[r]))]
             if not live or step == max_new_tokens - 1:
                 break
             nxt = rt.decode([(new[r][-1], len(prompts[r]) + step, seqs[r], True) for r in live]).argmax(-1).tolist()

@@ -57,10 +57,11 @@ def perplexity(model, tokenizer, texts: list[str], context_length: int) -> float
 
 
 def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int = 16,
-             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> list[str]:
+             temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None) -> list[str]:
     """Greedy continuations of ``prompts`` (left-padded batches), decoded without special tokens.
 
     ``temperature`` > 0 samples instead, with optional ``top_k``/``top_p`` (seed torch to reproduce).
+    ``stop``: a row ends at the first of these strings, which is not part of its answer.
 
     Prompts longer than the model's context minus ``max_new_tokens`` keep their end (where the
     instruction template puts the response header).
@@ -71,7 +72,7 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
         if temperature:
             raise ValueError(f"{model.path.name}: sampled generation from a GGUF runs in the server (shipyard "
                              "serve --engine llamacpp); measurements decode it greedily")
-        return gguf_model.generate(model, tokenizer, prompts, max_new_tokens)
+        return [cut(t, stop) for t in gguf_model.generate(model, tokenizer, prompts, max_new_tokens, stop)]
     import torch
 
     tokenizer.padding_side = "left"
@@ -86,11 +87,18 @@ def generate(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_si
                             add_special_tokens=False, truncation=True, max_length=room).to(model_device(model))
             sampling = {"do_sample": True, "temperature": temperature, "top_k": top_k or None,
                         "top_p": top_p} if temperature else {"do_sample": False}
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling,
+            stops = {"stop_strings": stop, "tokenizer": tokenizer} if stop else {}
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, **sampling, **stops,
                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
             new = out[:, enc["input_ids"].shape[1]:]
-            outputs.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+            outputs.extend(cut(t, stop).strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
     return outputs
+
+
+def cut(text: str, stop: list[str] | None) -> str:
+    """``text`` up to the first of the ``stop`` strings."""
+    ends = [i for i in (text.find(s) for s in stop or () if s) if i >= 0]
+    return (text[:min(ends)] if ends else text).strip()
 
 
 def choice_logprobs(model, tokenizer, query: str, choices: list[str]) -> list[float]:

@@ -126,3 +126,18 @@ def test_any_model_output_ends_in_an_answer_or_an_error_never_an_exception(repli
     finished = any(s.kind == "action" and s.content.startswith("finish[") for s in res.steps)
     assert isinstance(res, AppAnswer) and (res.error is None) == finished and res.calls <= 3
     assert isinstance(extract_answer("".join(replies)), str)
+
+
+@pytest.mark.skipif(not SANDBOX, reason="the sandbox cannot run here")
+def test_the_react_example_is_exactly_what_a_real_run_sends_and_gets():
+    """A model that replays the example trajectory on the example's own question makes the same turns."""
+    from shipyard.apps.reasoning import REACT_EXAMPLES, react_example
+
+    tools = Tools().as_dict()  # calculate only
+    example = react_example(tools)
+    chat = Script(*[t["content"] for t in example if t["role"] == "assistant"])
+    res = react(chat, REACT_EXAMPLES["calculate"][0], tools)
+    assert res.answer == "11" and res.error is None
+    assert [m[0][-1] for m in chat.asked] == [t for t in example if t["role"] == "user"]
+    assert all(m[0][1:-1] == example for m in chat.asked)  # every call: system, the example, then its scratchpad
+    assert react_example({"lookup": None}) == [] and "search[" in react_example({"search": 1})[1]["content"]

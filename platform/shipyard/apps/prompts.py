@@ -50,14 +50,18 @@ class PromptSpec(StrictModel):
     def variables(self) -> list[str]:
         return sorted(set(VARIABLE.findall(self.template)))
 
-    def messages(self, k: int | None = None, **values: str) -> list[dict[str, str]]:
-        """The chat turns for one request: system, the first ``k`` examples (all by default), the filled template."""
+    def messages(self, k: int | None = None, examples: list[Example] | None = None,
+                 **values: str) -> list[dict[str, str]]:
+        """The chat turns for one request: system, the first ``k`` examples (all by default; or ``examples``,
+        picked elsewhere), the filled template."""
         missing = [v for v in self.variables if v not in values]
         extra = sorted(set(values) - set(self.variables))
         problems = [f"{what} {', '.join(names)}" for what, names in (("missing", missing), ("unknown", extra)) if names]
         if problems:
             raise ValueError(f"prompt {self.name}: {'; '.join(problems)}")
-        return _chat(self, k, VARIABLE.sub(lambda m: str(values[m.group(1)]), self.template))
+        spec = self if examples is None else self.model_copy(update={"examples": examples})
+        return _chat(spec, None if examples is not None else k, VARIABLE.sub(lambda m: str(values[m.group(1)]),
+                                                                              self.template))
 
 
 @dataclass(frozen=True)
@@ -139,3 +143,18 @@ def load(tracking_uri: str, ref: str) -> LoadedPrompt:
 
 def lineage_tags(prompt: LoadedPrompt, role: str = "prompt") -> dict[str, str]:
     return {f"shipyard.{role}": prompt.uri}
+
+
+def resolve(ref: str, tracking_uri: str | None = None, variables: int | None = 1) -> tuple[PromptSpec, str]:
+    """(spec, where it came from: the file, or ``prompts:/NAME/VERSION``) of a PromptSpec file or a registered
+    prompt (``NAME``, ``NAME@ALIAS``, ``NAME/VERSION``); ``variables``: how many it must have (None: any)."""
+    if ref.endswith((".yaml", ".yml", ".json")) or Path(ref).is_file():
+        spec, where = read_spec(ref), str(ref)
+    else:
+        from shipyard.paths import default_tracking_uri
+
+        loaded = load(tracking_uri or default_tracking_uri(), ref)
+        spec, where = loaded.spec, loaded.uri
+    if variables is not None and len(spec.variables) != variables:
+        raise ValueError(f"prompt {ref}: needs {variables} variable(s) (the question); it has {spec.variables}")
+    return spec, where

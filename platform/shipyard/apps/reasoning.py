@@ -99,10 +99,13 @@ def direct(chat: Chat, question: str, max_tokens: int = 64, on_step=None) -> App
     return _single(chat, [{"role": "user", "content": question}], max_tokens, on_step=on_step)
 
 
-def fewshot(chat: Chat, question: str, spec, k: int | None = None, max_tokens: int = 128, on_step=None) -> AppAnswer:
-    """``spec`` is a ``shipyard.apps.prompts.PromptSpec`` with one variable, the question."""
+def fewshot(chat: Chat, question: str, spec, k: int | None = None, max_tokens: int = 128, on_step=None,
+            pool=None, select: str = "first") -> AppAnswer:
+    """``spec`` is a ``shipyard.apps.prompts.PromptSpec`` with one variable, the question. With ``pool``
+    (a ``shipyard.apps.examples.ExamplePool``) the ``k`` examples come from it, first or most ``similar``."""
     (variable,) = spec.variables
-    return _single(chat, spec.messages(k, **{variable: question}), max_tokens, on_step=on_step)
+    examples = pool.pick(question, k, select) if pool is not None else None
+    return _single(chat, spec.messages(k, examples, **{variable: question}), max_tokens, on_step=on_step)
 
 
 COT_SYSTEM = 'Think step by step. Then write the final answer on its own line as "Answer: <answer>".'
@@ -149,8 +152,36 @@ def pal(chat: Chat, question: str, max_tokens: int = 256, timeout_s: float = 5, 
 
 
 REACT_SYSTEM = ("Answer the question by interleaving Thought, Action and Observation lines. "
-                "Actions: {actions}, finish[answer]. Write one Thought and one Action per turn, e.g.\n"
-                "Thought: I need to look this up.\nAction: search[query]")
+                "Actions: {actions}, finish[answer]. Write one Thought and one Action per turn.")
+# One worked trajectory before the question (the ReAct paper prompts with a few): small models copy its
+# format. With a search tool the example searches; otherwise it calculates. (question, [(thought, action,
+# observation), ...]); the last step's action is finish.
+REACT_EXAMPLES = {
+    "search": ("Which company makes the Zephyr-9 drone?",
+               [("I need to find the Zephyr-9 drone.", "search[Zephyr-9 drone]",
+                 "[drones.md] The Zephyr-9 is a folding drone made by Aerolab since 2019."),
+                ("Aerolab makes it.", "finish[Aerolab]", None)]),
+    "calculate": ("Ann has 3 apples and buys 2 bags of 4 apples. How many apples does she have?",
+                  [("I need to compute 3 + 2 * 4.", "calculate[3 + 2 * 4]", "11"),
+                   ("The result is 11.", "finish[11]", None)]),
+}
+
+
+def react_example(tools) -> list[dict[str, str]]:
+    """The example trajectory as the turns ``react`` itself sends and gets: each call's user turn is the
+    scratchpad so far, its reply one Thought and Action. Empty when the example's tool is missing."""
+    tool = "search" if "search" in tools else "calculate" if "calculate" in tools else None
+    if tool is None:
+        return []
+    question, steps = REACT_EXAMPLES[tool]
+    scratch, turns = f"Question: {question}\n", []
+    for thought, action, observation in steps:
+        turns += [{"role": "user", "content": scratch + "Thought:"},
+                  {"role": "assistant", "content": f"{thought}\nAction: {action}"}]
+        scratch += f"Thought: {thought}\nAction: {action}\nObservation: {observation}\n"
+    return turns
+
+
 _ACTION = re.compile(r"Action\s*\d*\s*:\s*([A-Za-z_]+)\s*\[([^\n]*)\]")
 
 
@@ -167,9 +198,10 @@ def react(chat: Chat, question: str, tools: dict[str, Callable[[str], str]], max
           max_tokens: int = 128, observation_chars: int = 600, on_step=None) -> AppAnswer:
     out = AppAnswer("", on_step=on_step)
     system = REACT_SYSTEM.format(actions=", ".join(f"{t}[input]" for t in tools))
+    lead = [{"role": "system", "content": system}, *react_example(tools)]
     scratch = f"Question: {question}\n"
     for _ in range(max_steps):
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": scratch + "Thought:"}]
+        messages = [*lead, {"role": "user", "content": scratch + "Thought:"}]
         text = out.ask(chat, messages, max_tokens, ["\nObservation:", "Observation:"])
         thought, action, arg = _step_text(text)
         out.add(Step("thought", thought))

@@ -206,6 +206,7 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
           rag_timeout_s: Annotated[float, _serve_opt("rag_timeout_s")] = SERVE.rag_timeout_s,
           rag_context_tokens: Annotated[int, _serve_opt("rag_context_tokens")] = SERVE.rag_context_tokens,
           app_prompt: Annotated[str | None, _serve_opt("app_prompt")] = SERVE.app_prompt,
+          app_examples: Annotated[str | None, _serve_opt("app_examples")] = SERVE.app_examples,
           memory_turns: Annotated[int, _serve_opt("memory_turns")] = SERVE.memory_turns,
           memory_conversations: Annotated[int, _serve_opt("memory_conversations")] = SERVE.memory_conversations,
           guardrails: Annotated[str | None, _serve_opt("guardrails")] = SERVE.guardrails,
@@ -219,7 +220,8 @@ def serve(model_uri: Annotated[str, typer.Argument(help="models:/NAME@ALIAS, mod
                         max_queue=max_queue, request_timeout_s=request_timeout_s, max_body_kb=max_body_kb,
                         adapter=tuple(adapter or ()), engine=engine, device=device, dtype=dtype, rag_top_k=rag_top_k,
                         rag_timeout_s=rag_timeout_s, rag_context_tokens=rag_context_tokens, app_prompt=app_prompt,
-                        memory_turns=memory_turns, memory_conversations=memory_conversations, guardrails=guardrails)
+                        app_examples=app_examples, memory_turns=memory_turns,
+                        memory_conversations=memory_conversations, guardrails=guardrails)
     serve_local(model_uri, opts, rag_index=rag_index, no_rag=no_rag, rag_port=rag_port, feast_repo=feast_repo,
                 tracking_uri=_tracking(tracking_uri))
 
@@ -351,7 +353,7 @@ def eval_(
     device: Annotated[str | None, typer.Option(
         help="auto, cpu or cuda: overrides the spec's device (auto: a GPU when one is visible).")] = None,
     rag_index: Annotated[str | None, typer.Option(
-        help="NAME or NAME@VERSION: the RAG index the spec's rag suites search.")] = None,
+        help="NAME or NAME@VERSION: the RAG index the spec's rag suites (and app suites' ReAct search) read.")] = None,
     feast_repo: RepoOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -378,7 +380,7 @@ def eval_(
 
         feast_repo = str(repo_for(_tracking(tracking_uri)))
     table = run_evaluate(cfg, models, output, reward_model_dir=reward_model, rag_index=rag_index,
-                         feast_repo=feast_repo)
+                         feast_repo=feast_repo, tracking_uri=_tracking(tracking_uri))
     typer.echo(format_table(table) + f"\nreport: {output / 'report.html'}")
 
 

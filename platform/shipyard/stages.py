@@ -165,7 +165,10 @@ def _evaluate(cfg, inputs, outputs, run):
     table = run_evaluate(cfg.evaluate, models, outputs["report"], reward_model_dir=inputs["reward_model"],
                          sources={"finetuned": "base", "aligned": "finetuned", "optimized": "aligned"},
                          reports=_stage_reports(models, inputs.get("reward_model")),
-                         rag_index=rag_ref, feast_repo=feast_repo)
+                         rag_index=rag_ref, feast_repo=feast_repo, tracking_uri=run.tracking_uri)
+    prompts = json.loads((Path(outputs["report"]) / "timings.json").read_text()).get("prompts", {})
+    if prompts:  # lineage: which prompt version each app suite ran
+        run.tag({f"shipyard.prompt.{suite}": source for suite, source in prompts.items()})
     run.artifact(outputs["report"], "eval")
     flat = {f"{m}.{k}": v for m, scores in table.items() for k, v in scores.items()}
     run.log_parent(flat)

@@ -27,7 +27,7 @@ ROWS_FILE, CI_FILE = "eval_rows.json", "eval_ci.json"
 def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str | Path,
                  reward_model_dir: str | Path | None = None, sources: dict[str, str] | None = None,
                  reports: dict[str, str | Path] | None = None, rag_index: str | None = None,
-                 feast_repo: str | Path | None = None) -> dict[str, dict[str, float]]:
+                 feast_repo: str | Path | None = None, tracking_uri: str | None = None) -> dict[str, dict[str, float]]:
     """Evaluate each ``{name: model_dir}`` on every suite of ``spec``.
 
     Writes ``eval.json`` (the table), ``eval_rows.json`` (each metric's per-row scores, in row
@@ -36,7 +36,9 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
     self-contained ``report.html`` to ``output_dir``.
     ``reports`` ``{row: json_path}`` (a ``STAGE_ROWS`` name: the align stage's instruct-vs-aligned
     judgement, the reward model's held-out accuracy, the optimize stage's ratios) become table rows.
-    ``rag`` suites search ``rag_index`` (NAME or NAME@VERSION) in the Feast repo ``feast_repo``.
+    ``rag`` suites search ``rag_index`` (NAME or NAME@VERSION) in the Feast repo ``feast_repo``; an ``app``
+    suite's ``NAME@ALIAS`` prompt is read from the registry at ``tracking_uri`` (default: MLFLOW_TRACKING_URI),
+    and where each app suite's prompt came from is ``timings.json``'s ``prompts``.
 
     Returns:
         ``{model_name: {"<suite>.<metric>": value}}``.
@@ -45,20 +47,23 @@ def run_evaluate(spec: EvalSpec, models: dict[str, str | Path], output_dir: str 
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    data, reward = _prepare(spec, models, reward_model_dir, rag_index, feast_repo)
+    data, reward = _prepare(spec, models, reward_model_dir, rag_index, feast_repo, tracking_uri)
     table, rows, timings, devices, per_prompt = _measure(spec, models, data, reward, output_dir / "samples.jsonl")
     _derived_rows(spec, table, rows, per_prompt, sources or {}, reports or {})
     ci = intervals(rows)
     (output_dir / "eval.json").write_text(json.dumps(table, indent=2))
     (output_dir / ROWS_FILE).write_text(json.dumps(rows))
     (output_dir / CI_FILE).write_text(json.dumps(ci, indent=2))
-    (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings, "device": devices}, indent=2))
+    prompts = {s.name: data[s.name].prompt_source for s in spec.of_kind("app") if data[s.name].prompt_source}
+    (output_dir / "timings.json").write_text(json.dumps({"examples_per_s": timings, "device": devices,
+                                                         "prompts": prompts}, indent=2))
     (output_dir / "eval.md").write_text(format_table(table, devices, ci))
     write_report(output_dir, spec, table, timings, sources or {}, devices, ci)
     return table
 
 
-def _prepare(spec: EvalSpec, models: dict, reward_model_dir, rag_index: str | None, feast_repo):
+def _prepare(spec: EvalSpec, models: dict, reward_model_dir, rag_index: str | None, feast_repo,
+             tracking_uri: str | None = None):
     """(suite data, reward scorer): everything checked and loaded before the first model, so a bad
     input fails before any work."""
     from shipyard.eval.suites import load_suite_data
@@ -73,7 +78,13 @@ def _prepare(spec: EvalSpec, models: dict, reward_model_dir, rag_index: str | No
     if spec.of_kind("rag") and not rag_index:
         raise ValueError(f"suites {[s.name for s in spec.of_kind('rag')]} (rag) need a RAG index: the lifecycle "
                          f"passes the one its rag: section builds; shipyard eval takes --rag-index NAME@VERSION")
+    searching = [s.name for s in spec.of_kind("app") if s.searches]
+    if searching and not rag_index:
+        raise ValueError(f"suites {searching} (app: react with search) need a RAG index: the lifecycle passes the "
+                         f"one its rag: section builds; shipyard eval takes --rag-index NAME@VERSION")
     data = load_suite_data(spec)
+    for suite in spec.of_kind("app"):  # the prompt and the index are resolved before any model loads
+        _app_inputs(suite, data[suite.name], rag_index, feast_repo, tracking_uri)
     if spec.of_kind("rag"):
         from shipyard.eval.rag_suite import retrieve
 
@@ -87,6 +98,21 @@ def _prepare(spec: EvalSpec, models: dict, reward_model_dir, rag_index: str | No
 
         reward = RewardModelScorer(reward_model_dir, spec.context_length, device=spec.device)
     return data, reward
+
+
+def _app_inputs(suite, rows, rag_index: str | None, feast_repo, tracking_uri: str | None) -> None:
+    """An app suite's fewshot prompt (a file, or NAME@ALIAS: loaded inside the stage's MLflow run, it is linked
+    to the run) and ReAct's search over the RAG index."""
+    if suite.prompt:
+        from shipyard.apps.examples import ExamplePool
+        from shipyard.apps.prompts import resolve
+
+        rows.prompt, rows.prompt_source = resolve(suite.prompt, tracking_uri)
+        rows.pool = ExamplePool.from_file(suite.examples) if suite.examples else ExamplePool(rows.prompt.examples)
+    if suite.searches:
+        from shipyard.eval.app_suite import searcher
+
+        rows.search = searcher(suite, rag_index, feast_repo)
 
 
 def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Path):
@@ -114,8 +140,10 @@ def _measure(spec: EvalSpec, models: dict, data: dict, reward, samples_path: Pat
                 rows[name].update({f"{suite.name}.{k}": v for k, v in result.rows.items()})
                 if result.per_prompt:
                     per_prompt[(name, suite.name)] = result.per_prompt
+                source = getattr(data[suite.name], "prompt_source", "")
                 for s in result.samples:
-                    f.write(json.dumps({"model": name, "suite": suite.name, **s}, ensure_ascii=False) + "\n")
+                    f.write(json.dumps({"model": name, "suite": suite.name, **s, **({"prompt_source": source}
+                                        if source else {})}, ensure_ascii=False) + "\n")
             getattr(model, "close", lambda: None)()
             del model
     return table, rows, timings, devices, per_prompt

@@ -28,6 +28,8 @@ carries a 95% bootstrap interval in ``eval_ci.json``; gates compare models paire
                    token, tokens/s
 - rag              retrieval from the run's RAG index (hit rate, MRR of the expected document) and
                    the reference answer's perplexity with and without the retrieved sources
+- app              prompt apps (direct, fewshot, cot, pal, react) on questions with short answers:
+                   accuracy, tokens, latency and errors per app, and each app's paired gain over the first
 """
 
 from __future__ import annotations
@@ -136,9 +138,65 @@ class RagSuite(_Suite):
     tenant: str = Field("public", description="The tenant whose documents are searched.")
 
 
+APPS = ("direct", "fewshot", "cot", "pal", "react")
+APP_METRICS = ("accuracy", "tokens", "ms", "errors")
+
+
+class AppSuite(_Suite):
+    """Prompt apps (``shipyard.apps.reasoning``) answering questions with short answers, each app on every row.
+
+    Per app: ``<app>_accuracy`` (the answer matches the reference or an alias: numbers by value, text
+    by its normalized words), ``<app>_tokens`` (prompt + completion tokens of all the app's model calls),
+    ``<app>_ms`` (wall time per answer), ``<app>_errors`` (share that ended without an answer: a spent step
+    budget, a program that failed twice), and ``<app>_gain``: accuracy minus the first app's, paired per row,
+    so its interval says whether the app beats that baseline.
+    """
+
+    kind: Literal["app"]
+    data: str = Field(description="JSONL of {question, answer, aliases?: [str], sources?: [doc id]}.")
+    apps: list[Literal[APPS]] = Field(["direct", "cot", "pal"], min_length=1,  # type: ignore[valid-type]
+                                      description="The apps compared; the first is the baseline of every _gain.")
+    prompt: str | None = Field(None, description="The fewshot app's prompt: a PromptSpec YAML file, or NAME@ALIAS "
+                                                 "in MLflow's prompt registry (recorded in the run's lineage).")
+    k: int | None = Field(None, ge=0, le=64, description="Few-shot examples used (default: all the prompt's).")
+    examples: str | None = Field(None, description="fewshot: a JSONL pool of examples ({input, output} or {question, "
+                                                   "rationale}) instead of the prompt's; never the suite's data.")
+    select: Literal["first", "similar"] = Field("first", description="fewshot: the pool's first k examples, or the k "
+                                                "most similar to each question (the RAG embedder, cosine).")
+    tools: list[Literal["search", "lookup", "calculate"]] = Field(
+        ["calculate"], min_length=1, description="ReAct's tools; search and lookup read the run's RAG index.")
+    tenant: str = Field("public", description="The tenant whose documents search reads.")
+    top_k: int = Field(1, gt=0, le=10, description="Documents one search returns (the first is shown whole).")
+    max_steps: int = Field(5, gt=0, le=20, description="ReAct's step budget.")
+    max_new_tokens: int = Field(256, gt=0, description="Tokens per model call.")
+    context_length: int = Field(2048, gt=64, description="Prompt budget per call (capped by the model's).")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(set(self.apps)) != len(self.apps):
+            raise ValueError(f"apps repeats an app: {self.apps}")
+        if "fewshot" in self.apps and not self.prompt:
+            raise ValueError("the fewshot app needs a prompt (a PromptSpec file or NAME@ALIAS)")
+        if self.examples and self.examples == self.data:
+            raise ValueError("examples must not be the suite's own data (the answers would be shown)")
+        if self.select == "similar" and self.k is None:
+            raise ValueError("select: similar needs k (how many of the pool's examples to show)")
+        if "lookup" in self.tools and "search" not in self.tools:
+            raise ValueError("lookup reads the last search result: add search to tools")
+        return self
+
+    def metric_names(self) -> tuple[str, ...]:
+        own = tuple(f"{a}_{m}" for a in self.apps for m in APP_METRICS)
+        return own + tuple(f"{a}_gain" for a in self.apps[1:])
+
+    @property
+    def searches(self) -> bool:
+        return "react" in self.apps and "search" in self.tools
+
+
 Suite = Annotated[PerplexitySuite | GenerationSuite | RewardSuite | ToxicitySuite | MultipleChoiceSuite
-                  | LatencySuite | RagSuite, Field(discriminator="kind")]
-KINDS = ("perplexity", "generation", "reward", "toxicity", "multiple_choice", "latency", "rag")
+                  | LatencySuite | RagSuite | AppSuite, Field(discriminator="kind")]
+KINDS = ("perplexity", "generation", "reward", "toxicity", "multiple_choice", "latency", "rag", "app")
 
 
 class EvalSpec(StrictModel):
@@ -184,6 +242,10 @@ class EvalSpec(StrictModel):
         paths = {f"{prefix}.suites.{i}.data": s.data for i, s in enumerate(self.suites)}
         paths.update({f"{prefix}.suites.{i}.fewshot_data": s.fewshot_data for i, s in enumerate(self.suites)
                       if getattr(s, "fewshot_data", None)})
+        paths.update({f"{prefix}.suites.{i}.prompt": s.prompt for i, s in enumerate(self.suites)
+                      if prompt_is_file(getattr(s, "prompt", None))})
+        paths.update({f"{prefix}.suites.{i}.examples": s.examples for i, s in enumerate(self.suites)
+                      if getattr(s, "examples", None)})
         return paths
 
     def runs(self, suite, model: str) -> bool:
@@ -204,6 +266,11 @@ class EvalSpec(StrictModel):
             raise ValueError(f"{metric!r}: {exc.args[0]}") from None
         if name not in known:
             raise ValueError(f"{metric!r}: suite {suite!r} measures {', '.join(known)}; not {name!r}")
+
+
+def prompt_is_file(ref: str | None) -> bool:
+    """A prompt given as a PromptSpec file (else it is NAME@ALIAS in the registry)."""
+    return bool(ref) and ref.endswith((".yaml", ".yml", ".json"))
 
 
 def load_eval_spec(path, base=None) -> EvalSpec:
@@ -231,9 +298,9 @@ def load_eval_spec(path, base=None) -> EvalSpec:
     suites = []
     for i, s in enumerate(spec.suites):
         update = {}
-        for key in ("data", "fewshot_data"):
+        for key in ("data", "fewshot_data", "prompt", "examples"):
             value = getattr(s, key, None)
-            if value is None:
+            if value is None or (key == "prompt" and not prompt_is_file(value)):
                 continue
             resolved = Path(value) if Path(value).is_absolute() else base / value
             if not resolved.exists():

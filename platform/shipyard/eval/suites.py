@@ -62,6 +62,11 @@ def load_suite_data(spec: EvalSpec) -> dict[str, list]:
 
             rows, bad = load_rag_rows(s.data)
             data[s.name] = [r for r, _ in _strict(s.data, rows, bad)][:limit]
+        elif s.kind == "app":
+            from shipyard.eval.app_suite import AppRows, load_app_rows
+
+            rows, bad = load_app_rows(s.data)
+            data[s.name] = AppRows(r for r, _ in _strict(s.data, rows, bad)[:limit])
         else:  # reward, toxicity, latency: prompts
             rows, bad = load_prompt_messages(s.data)
             data[s.name] = _strict(s.data, rows, bad)[:limit]
@@ -102,6 +107,10 @@ def run_suite(suite, rows: list, model, tokenizer, spec: EvalSpec, reward=None) 
         from shipyard.eval.rag_suite import run_rag_suite
 
         return run_rag_suite(suite, rows, model, tokenizer, spec)
+    if suite.kind == "app":
+        from shipyard.eval.app_suite import run_app_suite
+
+        return run_app_suite(suite, rows, model, tokenizer)
     if suite.kind == "latency":
         prompts = [render_prompt(m, tokenizer) for m in rows]
         return SuiteResult(inference.decode_latency(model, tokenizer, prompts, suite.max_new_tokens))

@@ -17,7 +17,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from shipyard.data.data_filter_config import DataFilterConfig
 from shipyard.data.train_tokenizer_config import TokenizerConfig
-from shipyard.eval.evaluate_config import EvalSpec
+from shipyard.eval.evaluate_config import EvalSpec, prompt_is_file
 from shipyard.features.rag_index_config import RagIndexConfig
 from shipyard.kube.cluster_config import ClusterConfig
 from shipyard.models.select_config import BaseModelConfig
@@ -138,6 +138,7 @@ class PipelineConfig(StrictModel):
             **({"critique_revise.prompts": self.critique_revise.prompts} if self.critique_revise else {}),
             **self.evaluate.data_paths(),
             **({"rag.documents": self.rag.documents} if self.rag and self.rag.documents else {}),
+            **({"serve.app_prompt": self.serve.app_prompt} if prompt_is_file(self.serve.app_prompt) else {}),
         }
 
     def with_absolute_paths(self, base: Path, source: str = "<config>") -> PipelineConfig:

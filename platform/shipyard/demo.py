@@ -18,7 +18,7 @@ from pathlib import Path
 
 from shipyard.data.shards import read_records
 from shipyard.pipeline_runs import RunSummary, run_local
-from shipyard.serving.local import chat_once, start_server, stop, stop_server, wait_ready
+from shipyard.serving.local import app_once, chat_once, start_server, stop, stop_server, wait_ready
 
 
 @dataclass
@@ -34,9 +34,11 @@ class DemoResult:
     citations: list | None = None
     stages: list[dict] = field(default_factory=list)
     summary_path: Path | None = None
+    apps: list[dict] = field(default_factory=list)  # {app, question, answer, steps, calls, error}
 
 
 FAQ_QUESTION = "Why does Python use indentation for grouping of statements?"
+APP_QUESTION = "Tom has 4 boxes of 6 pencils and gives away 5 pencils. How many pencils does he keep?"
 LOWER_IS_BETTER = {"bpb", "answer_bpb", "perplexity", "perplexity_ratio", "bpb_ratio", "answer_perplexity",
                    "answer_perplexity_rag", "kl_to_instruct", "rate", "mean_probability", "ms_per_token",
                    "first_token_ms", "size_ratio", "latency_ratio", "toxicity_rate_aligned"}
@@ -133,19 +135,36 @@ def _chat(cfg, summary: RunSummary, tracking_uri: str, port: int) -> DemoResult:
         # RAG prompts fitted to the budget the eval's rag suite measured them in
         proc = start_server(model_uri, port, tracking_uri, cfg.serve.max_new_tokens,
                             f"http://127.0.0.1:{port + 1}" if pinned else None, cfg.evaluate.context_length,
-                            cfg.serve.engine)
+                            cfg.serve.engine, cfg.serve.app_prompt)
         try:
             wait_ready(f"http://127.0.0.1:{port}/v1/models/{name}", proc)
             answer, _ = chat_once(port, name, question, cfg.serve.max_new_tokens, rag=False if pinned else None)
             if pinned:
                 rag_answer, citations = chat_once(port, name, FAQ_QUESTION, cfg.serve.max_new_tokens, rag=True)
+            apps = _apps(port, name, cfg, pinned)
         finally:
             stop_server(proc)
     finally:
         if sidecar is not None:
             stop(sidecar)
     return DemoResult(summary, model_uri, question, answer, rows[0]["response"], pinned,
-                      FAQ_QUESTION if pinned else None, rag_answer, citations)
+                      FAQ_QUESTION if pinned else None, rag_answer, citations, apps=apps)
+
+
+def _apps(port: int, name: str, cfg, pinned) -> list[dict]:
+    """Each prompt app once through the official openai client (``model: NAME:APP``): a word problem for the
+    reasoning apps, the FAQ question for the document chain over the sidecar's sources."""
+    asked = [(app, APP_QUESTION) for app in (["fewshot"] if cfg.serve.app_prompt else []) + ["cot", "pal", "react"]]
+    asked += [("stuff", FAQ_QUESTION)] if pinned else []
+    out = []
+    for app, q in asked:
+        try:
+            answer, ext = app_once(port, name, app, q, 256)
+        except Exception as exc:  # openai.APIError and transport errors: shown, and the demo goes on
+            answer, ext = "", {"error": f"{type(exc).__name__}: {exc}"}
+        out.append({"app": app, "question": q, "answer": answer, "steps": len(ext.get("steps", [])),
+                    "calls": ext.get("calls"), "error": ext.get("error")})
+    return out
 
 
 def _print_chat(r: DemoResult, echo) -> None:
@@ -162,6 +181,12 @@ def _print_chat(r: DemoResult, echo) -> None:
             cut = "  (cut to fit)" if c["truncated"] else ""
             echo(f"  [{c['index']}] {c['doc_id']} ({c['source']})  score {c['score']:.3f}{cut}: "
                  f"{text[:150]}{'...' if len(text) > 150 else ''}")
+    if r.apps:
+        echo(f"\nPrompt apps on the same endpoint (model: {r.model_uri.split('/')[1].split('@')[0]}:APP):")
+        for a in r.apps:
+            said = " ".join((a["answer"] or "").split())
+            echo(f"  {a['app']:<8} {said[:120]}{'...' if len(said) > 120 else ''}  ({a['calls']} calls, "
+                 f"{a['steps']} steps{', ' + a['error'] if a['error'] else ''})")
 
 
 def _arrow(metric: str, before, after) -> str:
@@ -201,6 +226,7 @@ def write_summary(r: DemoResult, path: Path) -> Path:
            "stage_seconds": r.summary.stages,
            "stages": [{k: s.get(k) for k in keys} for s in r.stages],
            "chat": {"question": r.question, "answer": r.answer, "reference": r.reference},
-           "rag": {"question": r.rag_question, "answer": r.rag_answer, "citations": r.citations or []}}
+           "rag": {"question": r.rag_question, "answer": r.rag_answer, "citations": r.citations or []},
+           "apps": r.apps}
     path.write_text(json.dumps(doc, indent=2, ensure_ascii=False))
     return path

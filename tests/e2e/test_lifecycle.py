@@ -69,6 +69,14 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     assert result.rag_index == "python_faq@1" and isinstance(result.rag_answer, str)
     assert result.citations and all(c["doc_id"].startswith("faq:") for c in result.citations)
     assert result.citations[0]["doc_id"] == "faq:design.rst.txt" and "indentation" in result.citations[0]["text"]
+    # every prompt app answered through the openai client on the champion (a tiny model's answers; the
+    # app suites in the evaluate stage measured them on the champion too)
+    assert [a["app"] for a in result.apps] == ["fewshot", "cot", "pal", "react", "stuff"]
+    assert all(isinstance(a["answer"], str) and a["calls"] >= 1 for a in result.apps), result.apps
+    optimized = summary.eval_table["optimized"]
+    assert {"word_apps.pal_accuracy", "word_apps.pal_gain", "word_apps.direct_tokens", "faq_apps.react_ms"} <= set(
+        optimized)
+    assert "word_apps.pal_accuracy" not in summary.eval_table["base"]  # models: [optimized]
 
     c = client(uri)
     parent = c.get_run(summary.parent_run_id)

@@ -9,12 +9,13 @@ from conftest import running_server
 pytestmark = pytest.mark.integration
 
 PROMPT = "pipelines/prompts/word-problems.yaml"
+EXAMPLES = "data/demo/apps/word-problems-train.jsonl"
 
 
 @pytest.fixture(scope="module")
 def server(long_base):
-    with running_server(long_base, "--max-new-tokens", "12", "--app-prompt", PROMPT, "--memory-turns", "2") as (
-            port, name, _):
+    with running_server(long_base, "--max-new-tokens", "12", "--app-prompt", PROMPT, "--app-examples", EXAMPLES,
+                        "--memory-turns", "2") as (port, name, _):
         yield port, name
 
 
@@ -48,6 +49,18 @@ def test_each_app_answers_with_its_trace_and_the_summed_usage(server, app):
         assert trace["error"] and trace["calls"] <= 2
     if app == "pal":  # the random model's program is run in the sandbox and its failure is a step
         assert any(s["kind"] in ("result", "error", "program") for s in trace["steps"])
+
+
+def test_fewshot_picks_the_examples_most_like_the_question_from_the_pool(server):
+    """--app-examples: 300 solved problems; with select similar, the 2 nearest fill the prompt instead of the
+    prompt file's first 2 (another prompt length), and k=0 shows none."""
+    port, name = server
+    usage = {}
+    for key, app in (("none", {"k": 0}), ("first", {"k": 2}), ("similar", {"k": 2, "select": "similar"})):
+        r = _post(port, {"model": f"{name}:fewshot", "messages": ASK, "max_tokens": 4, "app": app})
+        assert r.status_code == 200, r.text
+        usage[key] = r.json()["usage"]["prompt_tokens"]
+    assert usage["none"] < usage["first"] and usage["none"] < usage["similar"] and usage["similar"] != usage["first"]
 
 
 def test_stream_sends_steps_then_the_same_answer(server):
@@ -91,6 +104,7 @@ def test_a_conversation_remembers_its_turns_per_tenant(server):
     ({"model": "{name}", "conversation": "bad id!"}, 400),
     ({"model": "{name}:cot", "app": {"max_steps": 0}}, 400),
     ({"model": "{name}:cot", "app": {"unknown": 1}}, 400),
+    ({"model": "{name}:fewshot", "app": {"select": "similar"}}, 400),  # similar needs k
 ])
 def test_what_an_app_cannot_do_is_refused_with_a_4xx(server, body, status):
     port, name = server

@@ -109,13 +109,14 @@ def serve_local(model_uri: str, opts: ServeOptions, *, rag_index: str | None = N
 
 def start_server(model_uri: str, port: int, tracking_uri: str, max_new_tokens: int,
                  rag_url: str | None = None, rag_context_tokens: int | None = None,
-                 engine: str = "auto") -> subprocess.Popen:
+                 engine: str = "auto", app_prompt: str | None = None) -> subprocess.Popen:
     """The runtime in a child process, started as its container starts it (``python -m shipyard.serving``)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     return subprocess.Popen([sys.executable, "-m", "shipyard.serving", model_uri, "--host", "127.0.0.1",
                              "--port", str(port), "--max-new-tokens", str(max_new_tokens), "--engine", engine]
                             + (["--rag-url", rag_url] if rag_url else [])
-                            + (["--rag-context-tokens", str(rag_context_tokens)] if rag_context_tokens else []),
+                            + (["--rag-context-tokens", str(rag_context_tokens)] if rag_context_tokens else [])
+                            + (["--app-prompt", app_prompt] if app_prompt else []),
                             env=env)
 
 
@@ -133,3 +134,14 @@ def chat_once(port: int, model: str, question: str, max_tokens: int, rag: bool |
                                            max_tokens=max_tokens, temperature=0,
                                            extra_body=None if rag is None else {"rag": {"enabled": rag}})
     return reply.choices[0].message.content, (reply.model_extra or {}).get("citations")
+
+
+def app_once(port: int, model: str, app: str, question: str, max_tokens: int) -> tuple[str, dict]:
+    """One app request (``model: NAME:APP``) through the official ``openai`` client: (answer, its ``app``
+    extension: steps, calls, error)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/openai/v1", api_key="not-needed", max_retries=0)
+    reply = client.chat.completions.create(model=f"{model}:{app}", messages=[{"role": "user", "content": question}],
+                                           max_tokens=max_tokens)
+    return reply.choices[0].message.content, (reply.model_extra or {}).get("app") or {}

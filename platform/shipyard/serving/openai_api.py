@@ -64,12 +64,13 @@ async def validation_error_handler(request: Request, exc: RequestValidationError
 
 class OpenAIEndpoints:
     """The ``/openai/v1`` routes for one served model; with ``rag``, answers cite retrieved chunks; ``prompt``
-    (a ``PromptSpec``) is the fewshot app's; ``memory`` (a ``ConversationMemory``) keeps conversations."""
+    (a ``PromptSpec``) is the fewshot app's, ``examples`` (an ``ExamplePool``) its examples; ``memory`` (a
+    ``ConversationMemory``) keeps conversations."""
 
     def __init__(self, llm: ShipyardLLM, limits: Limits | None = None, rag: RagClient | None = None,
-                 prompt=None, memory=None, rails=None):
+                 prompt=None, memory=None, rails=None, examples=None):
         self.llm, self.limits, self.rag, self.memory, self.rails = llm, limits or Limits(), rag, memory, rails
-        self.apps = AppRoute(self, prompt, memory)
+        self.apps = AppRoute(self, prompt, memory, examples)
 
     def router(self) -> APIRouter:
         router = APIRouter(prefix="/openai/v1")

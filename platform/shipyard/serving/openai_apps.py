@@ -136,12 +136,14 @@ class AppCalls:
                 "calls": self.calls, "error": error}
 
 
-def build(app: str, opts, question: str, docs: list[tuple[str, str]] | None, search, prompt):
+def build(app: str, opts, question: str, docs: list[tuple[str, str]] | None, search, prompt, examples=None):
     """The app as ``fn(chat, on_step) -> AppAnswer`` (``shipyard.apps``' functions, options bound)."""
     from shipyard.apps import chains, reasoning
 
     if app == "fewshot":
-        return lambda chat, on_step: reasoning.fewshot(chat, question, prompt, opts.k, on_step=on_step)
+        pool = examples if opts.select == "similar" else None  # first: the prompt's own examples, as registered
+        return lambda chat, on_step: reasoning.fewshot(chat, question, prompt, opts.k, on_step=on_step,
+                                                       pool=pool, select=opts.select)
     if app == "cot":
         return lambda chat, on_step: reasoning.cot(chat, question, on_step=on_step)
     if app == "pal":
@@ -178,8 +180,13 @@ def citation(n: int, chunk: dict) -> dict:
 class AppRoute:
     """The chat route's answer for a ``NAME:APP`` model: checks, retrieval, the run, the response."""
 
-    def __init__(self, endpoints, prompt=None, memory=None):
+    def __init__(self, endpoints, prompt=None, memory=None, examples=None):
         self.ep, self.prompt, self.memory = endpoints, prompt, memory
+        if prompt is not None and examples is None:
+            from shipyard.apps.examples import ExamplePool
+
+            examples = ExamplePool(prompt.examples)
+        self.examples = examples  # what select similar picks from
         limits = endpoints.limits
         self.pool = concurrent.futures.ThreadPoolExecutor(limits.max_batch_size, thread_name_prefix="shipyard-app")
         self.capacity, self.active = limits.max_batch_size + limits.max_queue, 0
@@ -219,7 +226,7 @@ class AppRoute:
         adapter = None if req.model.rpartition(":")[0] == self.ep.llm.name else req.model.rpartition(":")[0]
         calls = AppCalls(self.ep.llm, asyncio.get_running_loop(), req, context,
                          self.ep.limits.request_timeout_s, adapter, self.ep.rails)
-        fn = build(app, req.app or _default_options(), text, docs, search, self.prompt)
+        fn = build(app, req.app or _default_options(), text, docs, search, self.prompt, self.examples)
         self.active += 1
         task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(
             self.pool, lambda: fn(calls.chat, calls.on_step)))

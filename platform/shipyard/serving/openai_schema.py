@@ -172,8 +172,16 @@ class AppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     k: int | None = Field(None, ge=0, le=64, description="fewshot: examples shown (default: all the prompt's).")
+    select: Literal["first", "similar"] = Field("first", description="fewshot: the first k examples, or the k most "
+                                                "similar to the question (--app-examples, else the prompt's).")
     max_steps: int = Field(5, ge=1, le=20, description="react: thought/action rounds before giving up.")
     retries: int = Field(1, ge=0, le=3, description="pal: corrected programs asked for after a failed one.")
+
+    @model_validator(mode="after")
+    def _similar_needs_k(self):
+        if self.select == "similar" and self.k is None:
+            raise ValueError("select similar needs k (how many examples to show)")
+        return self
 
 
 class ChatRequest(_Request):

@@ -62,6 +62,8 @@ class ServeOptions:
                                         "answer worse from long contexts.")
     app_prompt: str | None = _opt(None, "The fewshot app's prompt: a PromptSpec YAML file, or a prompt in MLflow's "
                                         "registry (NAME@ALIAS, NAME/VERSION).")
+    app_examples: str | None = _opt(None, "A JSONL pool of fewshot examples ({input, output} or {question, "
+                                          "rationale}) that app.select similar picks from (default: the prompt's).")
     memory_turns: int = _opt(8, "Exchanges a conversation remembers (the conversation field); 0: no memory.")
     memory_conversations: int = _opt(1000, "Conversations remembered per tenant (the least recently used is "
                                            "forgotten; idle ones after an hour).")

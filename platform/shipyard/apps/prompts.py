@@ -145,10 +145,15 @@ def lineage_tags(prompt: LoadedPrompt, role: str = "prompt") -> dict[str, str]:
     return {f"shipyard.{role}": prompt.uri}
 
 
+def is_file_ref(ref: str | None) -> bool:
+    """A prompt named by a PromptSpec file (else it is a registry ref: NAME, NAME@ALIAS, NAME/VERSION)."""
+    return bool(ref) and ref.endswith((".yaml", ".yml", ".json"))
+
+
 def resolve(ref: str, tracking_uri: str | None = None, variables: int | None = 1) -> tuple[PromptSpec, str]:
     """(spec, where it came from: the file, or ``prompts:/NAME/VERSION``) of a PromptSpec file or a registered
     prompt (``NAME``, ``NAME@ALIAS``, ``NAME/VERSION``); ``variables``: how many it must have (None: any)."""
-    if ref.endswith((".yaml", ".yml", ".json")) or Path(ref).is_file():
+    if is_file_ref(ref) or Path(ref).is_file():
         spec, where = read_spec(ref), str(ref)
     else:
         from shipyard.paths import default_tracking_uri

@@ -38,6 +38,7 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from shipyard.apps.prompts import is_file_ref as prompt_is_file
 from shipyard.schema import Device, StrictModel
 
 SUITE_NAME = r"^[a-z][a-z0-9_]{0,40}$"
@@ -266,11 +267,6 @@ class EvalSpec(StrictModel):
             raise ValueError(f"{metric!r}: {exc.args[0]}") from None
         if name not in known:
             raise ValueError(f"{metric!r}: suite {suite!r} measures {', '.join(known)}; not {name!r}")
-
-
-def prompt_is_file(ref: str | None) -> bool:
-    """A prompt given as a PromptSpec file (else it is NAME@ALIAS in the registry)."""
-    return bool(ref) and ref.endswith((".yaml", ".yml", ".json"))
 
 
 def load_eval_spec(path, base=None) -> EvalSpec:
